@@ -1,0 +1,5 @@
+import sys
+
+from fogverse.cli import main
+
+sys.exit(main())

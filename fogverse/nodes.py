@@ -1,0 +1,241 @@
+"""Kafka-facing nodes: ``Consumer`` reads a topic, ``Producer`` writes one.
+
+Configuration follows the seed: attributes set before ``__init__``, constructor arguments,
+and the environment variables CONSUMER_TOPIC, CONSUMER_SERVERS, PRODUCER_TOPIC,
+PRODUCER_SERVERS, GROUP_ID and CLIENT_ID, which override both. A server string
+``memory://NAME`` puts the node on the in-process :class:`~fogverse.MemoryBroker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from fogverse.codec import Codec, CodecName, get_codec
+from fogverse.config import default_servers, resolve, split_topics
+from fogverse.delivery import current_delivery
+from fogverse.record import Headers, Record, TopicPartition
+from fogverse.runnable import Runnable
+from fogverse.transport.base import ConsumerTransport, ProducerTransport
+from fogverse.transport.memory import (
+    SCHEME,
+    MemoryBroker,
+    MemoryConsumerTransport,
+    MemoryProducerTransport,
+)
+
+__all__ = ["Consumer", "Producer"]
+
+logger = logging.getLogger(__name__)
+
+CONTENT_TYPE = "content-type"
+
+
+def _producer_transport(servers: str, client_id: str | None,
+                        conf: dict[str, Any]) -> ProducerTransport:
+    if servers.startswith(SCHEME):
+        return MemoryProducerTransport(MemoryBroker.for_servers(servers))
+    from fogverse.transport.kafka import KafkaProducerTransport
+
+    return KafkaProducerTransport(servers, client_id=client_id, config=conf)
+
+
+def _consumer_transport(servers: str, topics: list[str], group_id: str, client_id: str | None,
+                        conf: dict[str, Any]) -> ConsumerTransport:
+    if servers.startswith(SCHEME):
+        return MemoryConsumerTransport(
+            MemoryBroker.for_servers(servers), topics, group_id,
+            auto_offset_reset=conf.get("auto_offset_reset", "earliest"),
+        )
+    from fogverse.transport.kafka import KafkaConsumerTransport
+
+    return KafkaConsumerTransport(topics, servers, group_id, client_id=client_id, config=conf)
+
+
+class _Output:
+    """The producing half shared by Producer and Consumer: encode with a codec, send with the
+    input's own key and headers, tie each ack to its input."""
+
+    producer_topic: str | None = None
+    producer: ProducerTransport | None = None
+    _output_codec: Codec
+
+    def _setup_output(self, producer_topic: str | None, producer_servers: str | None,
+                      client_id: str | None, producer_conf: dict[str, Any] | None,
+                      output_codec: CodecName | Codec | None) -> None:
+        self.producer_topic = resolve(self, "producer_topic", producer_topic, env="PRODUCER_TOPIC")
+        self.producer_servers = resolve(self, "producer_servers", producer_servers,
+                                        env="PRODUCER_SERVERS", default=default_servers())
+        self.client_id = resolve(self, "client_id", client_id, env="CLIENT_ID",
+                                 default=socket.gethostname())
+        self.producer_conf = dict(resolve(self, "producer_conf", producer_conf, default={}))
+        self._output_codec = get_codec(resolve(self, "output_codec", output_codec,
+                                               default="auto"))
+        self.producer = _producer_transport(self.producer_servers, self.client_id,
+                                            self.producer_conf)
+
+    def encode(self, data: Any) -> Any:
+        if not getattr(self, "auto_encode", True):
+            return data
+        if isinstance(data, bytes):
+            return data
+        out, content_type = self._output_codec.encode_tagged(data)
+        delivery = current_delivery.get()
+        if delivery is not None:
+            delivery.content_type = content_type
+        return out
+
+    async def send(self, data: Any, topic: str | None = None, key: bytes | None = None,
+                   headers: Headers | None = None,
+                   callback: Callable[..., Any] | None = None) -> asyncio.Future[Any]:
+        """Send ``data``; returns the future of its acknowledgement.
+
+        Key and headers default to the current input's own, so every output carries its
+        input's frame index and ``cam``/``frame``/``timestamp`` headers.
+        """
+        delivery = current_delivery.get()
+        record = delivery.record if delivery is not None else None
+        if key is None and record is not None:
+            key = record.key
+        if headers is None:
+            headers = record.headers if record is not None else []
+            content_type = delivery.content_type if delivery is not None else None
+            if content_type is not None:
+                # Our codec re-encoded the payload: its content type replaces the input's.
+                headers = [(k, v) for k, v in headers if k != CONTENT_TYPE]
+                headers.append((CONTENT_TYPE, content_type.encode()))
+        topic = topic or self.producer_topic
+        if topic is None:
+            raise ValueError("no topic to send to: set producer_topic or PRODUCER_TOPIC")
+        if self.producer is None:
+            raise RuntimeError("this node has no producer")
+        ack = asyncio.ensure_future(await self.producer.send(topic, data, key, list(headers)))
+        if delivery is not None:
+            delivery.track(ack)
+        if callback is not None:
+            return asyncio.ensure_future(_call_after(ack, callback))
+        return ack
+
+
+async def _call_after(ack: asyncio.Future[Any], callback: Callable[..., Any]) -> Any:
+    result = callback(await ack)
+    return (await result) if inspect.isawaitable(result) else result
+
+
+class Producer(_Output, Runnable):
+    """A node whose ``receive()`` you write (a camera, a file, a queue) and whose results go
+    to ``producer_topic``. Return a :class:`~fogverse.Record` from ``receive`` to give an
+    output its key and headers; raise ``StopAsyncIteration`` to end the stream."""
+
+    def __init__(self, producer_topic: str | None = None, producer_servers: str | None = None,
+                 *, client_id: str | None = None, producer_conf: dict[str, Any] | None = None,
+                 output_codec: CodecName | Codec | None = None, loop: Any = None) -> None:
+        self._setup_output(producer_topic, producer_servers, client_id, producer_conf,
+                           output_codec)
+
+
+class Consumer(_Output, Runnable):
+    """A node that reads ``consumer_topic`` as part of group ``group_id``.
+
+    With a ``producer_topic`` its results go to Kafka; otherwise override ``send``.
+    Each input's offset is committed only after everything sent for it was acknowledged.
+    ``always_read_last=True`` is the live-video mode: skip the backlog and keep only the
+    newest record of each partition (the skipped ones are committed as skipped).
+    """
+
+    always_read_last: bool = False
+    max_poll_records: int = 500
+    poll_timeout: float = 0.2
+
+    def __init__(self, consumer_topic: str | list[str] | None = None,
+                 consumer_servers: str | None = None, group_id: str | None = None, *,
+                 producer_topic: str | None = None, producer_servers: str | None = None,
+                 client_id: str | None = None, consumer_conf: dict[str, Any] | None = None,
+                 producer_conf: dict[str, Any] | None = None,
+                 always_read_last: bool | None = None,
+                 input_codec: CodecName | Codec | None = None,
+                 output_codec: CodecName | Codec | None = None,
+                 dead_letter_topic: str | None = None, loop: Any = None) -> None:
+        self.consumer_topic = split_topics(
+            resolve(self, "consumer_topic", consumer_topic, env="CONSUMER_TOPIC"))
+        if not self.consumer_topic:
+            raise ValueError("a Consumer needs consumer_topic (or CONSUMER_TOPIC)")
+        self.consumer_servers = resolve(self, "consumer_servers", consumer_servers,
+                                        env="CONSUMER_SERVERS", default=default_servers())
+        self.group_id = resolve(self, "group_id", group_id, env="GROUP_ID",
+                                default=type(self).__name__)
+        self.consumer_conf = dict(resolve(self, "consumer_conf", consumer_conf, default={}))
+        self.always_read_last = bool(resolve(self, "always_read_last", always_read_last,
+                                             default=False))
+        if dead_letter_topic is not None:
+            self.dead_letter_topic = dead_letter_topic
+        self._input_codec = get_codec(resolve(self, "input_codec", input_codec,
+                                              default="auto"))
+        # Producer servers default to the consumer's cluster: outputs and dead letters go there.
+        self._setup_output(producer_topic, producer_servers or self._servers_default(),
+                           client_id, producer_conf, output_codec)
+        self.consumer = _consumer_transport(self.consumer_servers, self.consumer_topic,
+                                            self.group_id, self.client_id, self.consumer_conf)
+        self._buffer: deque[Record] = deque()
+
+    def _servers_default(self) -> str | None:
+        if getattr(self, "producer_servers", None):
+            return None
+        return self.consumer_servers
+
+    async def start_consumer(self) -> None:
+        """Seed hook name: start (subscribe) the Kafka consumer."""
+        assert self.consumer is not None
+        await self.consumer.start()
+
+    async def _start(self) -> None:
+        if self.producer is not None:
+            await self.producer.start()
+        assert self.consumer is not None
+        self.consumer.on_revoke = self._on_revoke
+        self.consumer.on_assign = self._on_assign
+        await self.start_consumer()
+
+    async def receive(self) -> Record | None:
+        if not self._buffer:
+            assert self.consumer is not None
+            records = await self.consumer.getmany(self.poll_timeout, self.max_poll_records)
+            if self.always_read_last and records:
+                records = self._latest_only(records)
+            self._buffer.extend(records)
+            if not self._buffer:
+                return None
+        return self._buffer.popleft()
+
+    def decode(self, data: Any) -> Any:
+        if not getattr(self, "auto_decode", True) or not isinstance(
+                data, bytes | bytearray | memoryview):
+            return data
+        delivery = current_delivery.get()
+        content_type = delivery.record.header(CONTENT_TYPE) if delivery is not None else None
+        return self._input_codec.decode(
+            data, content_type.decode("latin-1") if content_type else None)
+
+    def _latest_only(self, records: list[Record]) -> list[Record]:
+        newest: dict[TopicPartition | None, Record] = {}
+        for r in records:
+            newest[r.tp] = r
+        keep = {id(r) for r in newest.values()}
+        for r in records:
+            if id(r) not in keep and r.tp is not None and r.offset is not None:
+                # Skipped on purpose: count it as finished so the watermark moves past it.
+                self._tracker.done(self._tracker.begin(r.tp, r.offset))
+        return [r for r in records if id(r) in keep]
+
+    async def _on_assign(self, tps: set[TopicPartition]) -> None:
+        if self.always_read_last and self.consumer is not None:
+            await self.consumer.seek_to_end(tps)
+
+    def _drop_buffered(self, tps: set[TopicPartition]) -> None:
+        if self._buffer:
+            self._buffer = deque(r for r in self._buffer if r.tp not in tps)

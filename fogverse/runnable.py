@@ -1,0 +1,318 @@
+"""The node loop: start → loop { receive → decode → process → encode → send } → close.
+
+Every step has ``_before_X`` / ``_after_X`` hooks (sync or async). Inputs are tracked from
+receive until every record sent for them is acknowledged (see :mod:`fogverse.delivery`);
+offsets are committed in the background up to each partition's contiguous watermark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import signal
+import threading
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fogverse.delivery import Delivery, current_delivery, error_headers
+from fogverse.offsets import OffsetTracker
+from fogverse.record import Record
+from fogverse.transport.base import ConsumerTransport, ProducerTransport
+
+__all__ = ["Runnable"]
+
+logger = logging.getLogger(__name__)
+
+_HOOKS = tuple(
+    f"_{when}_{step}"
+    for step in ("start", "receive", "decode", "process", "encode", "send", "close")
+    for when in ("before", "after")
+)
+
+# Every node running in this process: one SIGINT/SIGTERM stops them all.
+_running: weakref.WeakSet[Runnable] = weakref.WeakSet()
+
+
+def _stop_all() -> None:
+    for node in list(_running):
+        node.stop()
+
+
+class FatalDeliveryError(RuntimeError):
+    """An output and its dead letter both failed: the node stops without committing it."""
+
+
+class Runnable:
+    """A pipeline node. Subclasses provide ``receive`` and ``send`` (or inherit them from
+    :class:`~fogverse.Consumer` / :class:`~fogverse.Producer`) and usually ``process``.
+    """
+
+    consumer: ConsumerTransport | None = None
+    producer: ProducerTransport | None = None
+    commit_interval: float = 0.5
+    """Seconds between background commits of finished offsets."""
+    drain_timeout: float = 30.0
+    """Seconds a stopping node waits for in-flight outputs to be acknowledged."""
+    dead_letter_topic: str | None = None
+    """Where failed inputs go; ``None`` means ``<input topic>.dlq``."""
+
+    message: Any = None
+
+    # ---- the steps users override -------------------------------------------------------
+
+    async def receive(self) -> Any:
+        raise NotImplementedError("a node must implement receive() or inherit it from Consumer")
+
+    def decode(self, data: Any) -> Any:
+        return data
+
+    def process(self, data: Any) -> Any:
+        return data
+
+    def encode(self, data: Any) -> Any:
+        return data
+
+    async def send(self, data: Any, topic: str | None = None, key: bytes | None = None,
+                   headers: list[tuple[str, bytes]] | None = None,
+                   callback: Callable[..., Any] | None = None) -> Any:
+        raise NotImplementedError("a node must implement send() or inherit it from Producer")
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the node to stop: it finishes in-flight work, commits and closes."""
+        self._stopping = True
+        ev = getattr(self, "_stop_event", None)
+        if ev is not None:
+            ev.set()
+
+    @property
+    def stopping(self) -> bool:
+        return getattr(self, "_stopping", False)
+
+    async def run(self) -> None:
+        await self._run(self._serial_loop)
+
+    async def _run(self, body: Callable[[], Awaitable[None]]) -> None:
+        self._stopping = getattr(self, "_stopping", False)
+        self._stop_event = asyncio.Event()
+        if self._stopping:
+            self._stop_event.set()
+        self._fatal: BaseException | None = None
+        self._tracker = OffsetTracker()
+        self._hooks = {n: getattr(self, n) for n in _HOOKS if callable(getattr(self, n, None))}
+        self._install_signals()
+        committer: asyncio.Task[None] | None = None
+        try:
+            await self._hook("_before_start")
+            await self._start()
+            await self._hook("_after_start")
+            if self.consumer is not None:
+                committer = asyncio.create_task(self._commit_loop())
+            await body()
+            await self._drain()
+        finally:
+            if committer is not None:
+                committer.cancel()
+            try:
+                await self._commit()
+            except Exception:
+                logger.exception("final commit failed; the uncommitted inputs will be re-read")
+            await self._hook("_before_close")
+            await self._close()
+            await self._hook("_after_close")
+            self._remove_signals()
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def _start(self) -> None:
+        if self.producer is not None:
+            await self.producer.start()
+        if self.consumer is not None:
+            self.consumer.on_revoke = self._on_revoke
+            self.consumer.on_assign = self._on_assign
+            await self.consumer.start()
+
+    async def _close(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+
+    def _install_signals(self) -> None:
+        _running.add(self)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # non-Unix loops
+                loop.add_signal_handler(sig, _stop_all)
+
+    def _remove_signals(self) -> None:
+        _running.discard(self)
+        if _running or threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+    async def _hook(self, name: str, *args: Any) -> None:
+        fn = self._hooks.get(name)
+        if fn is not None:
+            result = fn(*args)
+            if inspect.isawaitable(result):
+                await result
+
+    # ---- the serial loop ----------------------------------------------------------------
+
+    async def _serial_loop(self) -> None:
+        while not self._stopping:
+            delivery = await self._next()
+            if delivery is None:
+                continue
+            try:
+                await self._handle(delivery)
+            finally:
+                delivery.seal()
+
+    async def _next(self) -> Delivery | None:
+        """Receive one input and open its delivery, or ``None`` (nothing yet / stopping)."""
+        await self._hook("_before_receive")
+        try:
+            message = await self.receive()
+        except StopAsyncIteration:
+            self.stop()
+            return None
+        if message is None:
+            return None
+        self.message = message
+        record = message if isinstance(message, Record) else Record(value=message)
+        delivery = Delivery(record, self._tracker, self._dead_letter_failed_output, self._die)
+        current_delivery.set(delivery)
+        await self._hook("_after_receive", message)
+        return delivery
+
+    async def _handle(self, delivery: Delivery) -> None:
+        stage = "decode"
+        try:
+            data = await self._decode_step(delivery.record)
+            stage = "process"
+            await self._hook("_before_process", data)
+            result = self.process(data)
+            if inspect.isawaitable(result):
+                result = await result
+            await self._hook("_after_process", result)
+            stage = "encode"
+            await self._encode_and_send(result)
+        except Exception as exc:
+            await self._dead_letter(delivery, stage, exc)
+
+    async def _decode_step(self, record: Record) -> Any:
+        await self._hook("_before_decode", record.value)
+        data = self.decode(record.value)
+        if inspect.isawaitable(data):
+            data = await data
+        await self._hook("_after_decode", data)
+        return data
+
+    async def _encode_and_send(self, result: Any) -> None:
+        """Encode and send one result; ``None`` means the input yields no output."""
+        if result is None:
+            return
+        await self._hook("_before_encode", result)
+        out = self.encode(result)
+        if inspect.isawaitable(out):
+            out = await out
+        await self._hook("_after_encode", out)
+        await self._hook("_before_send", out)
+        await self.send(out)
+        await self._hook("_after_send", out)
+
+    # ---- failures -----------------------------------------------------------------------
+
+    def _dead_letter_topic_for(self, record: Record) -> str | None:
+        if self.dead_letter_topic:
+            return self.dead_letter_topic
+        base = record.topic or getattr(self, "producer_topic", None)
+        return f"{base}.dlq" if base else None
+
+    async def _dead_letter(self, delivery: Delivery, stage: str, exc: BaseException,
+                           tb: str | None = None) -> None:
+        record = delivery.record
+        topic = self._dead_letter_topic_for(record)
+        where = f"{record.topic}[{record.partition}]@{record.offset}"
+        producer = self._dead_letter_producer()
+        if topic is None or producer is None:
+            # Nowhere to put it: failing loudly beats committing past a lost message.
+            raise RuntimeError(f"{stage} failed for {where} and there is no dead-letter topic"
+                               ) from exc
+        logger.warning("%s failed for %s: %s: %s; sent to %s", stage, where,
+                       type(exc).__name__, exc, topic)
+        value = record.value
+        if not isinstance(value, bytes | bytearray | memoryview) and value is not None:
+            value = repr(value)[:4096].encode()
+        ack = await producer.send(topic, value, record.key, error_headers(record, stage, exc, tb))
+        delivery.track(ack, dead_letter=True)
+
+    def _dead_letter_producer(self) -> ProducerTransport | None:
+        return self.producer
+
+    async def _dead_letter_failed_output(self, delivery: Delivery, exc: BaseException) -> None:
+        await self._dead_letter(delivery, "send", exc)
+
+    def _die(self, exc: BaseException) -> None:
+        if self._fatal is None:
+            logger.error("stopping: an input could be neither delivered nor dead-lettered: %s",
+                         exc)
+            self._fatal = FatalDeliveryError(str(exc))
+            self._fatal.__cause__ = exc
+        self.stop()
+
+    # ---- commits and rebalances ---------------------------------------------------------
+
+    async def _commit(self) -> None:
+        if self.consumer is None or not hasattr(self, "_tracker"):
+            return
+        offsets = self._tracker.committable()
+        if offsets:
+            await self.consumer.commit(offsets)
+            self._tracker.mark_committed(offsets)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.commit_interval)
+            try:
+                await self._commit()
+            except Exception as exc:  # a rebalance in progress, a broker restart...
+                logger.warning("commit failed (will retry): %s", exc)
+
+    async def _drain(self) -> None:
+        if self.producer is not None:
+            await self.producer.flush()
+        if not await self._tracker.wait_idle(self.drain_timeout):
+            logger.warning("%d inputs still unacknowledged after %.0f s; they stay uncommitted",
+                           self._tracker.in_flight, self.drain_timeout)
+
+    async def _on_revoke(self, tps: set[tuple[str, int]]) -> None:
+        """Finish (or give up on) work for partitions being taken away, then commit it."""
+        self._drop_buffered(tps)
+        if self.producer is not None:
+            await self.producer.flush()
+        if not await self._tracker.wait_partitions(tps, self.drain_timeout):
+            logger.warning("revoked partitions still had unacknowledged inputs after %.0f s; "
+                           "the new owner will process them again", self.drain_timeout)
+        try:
+            await self._commit()
+        except Exception as exc:
+            logger.warning("commit on revoke failed: %s", exc)
+        self._tracker.forget(tps)
+
+    async def _on_assign(self, tps: set[tuple[str, int]]) -> None:
+        return None
+
+    def _drop_buffered(self, tps: set[tuple[str, int]]) -> None:
+        return None

@@ -1,0 +1,198 @@
+"""Kafka transports on aiokafka; topic administration on confluent-kafka's AdminClient."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+
+from fogverse.record import Headers, Record
+from fogverse.record import TopicPartition as TP
+from fogverse.transport.base import RebalanceCallback
+
+__all__ = ["KafkaAdmin", "KafkaConsumerTransport", "KafkaProducerTransport"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, owner: KafkaConsumerTransport) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if self._owner.on_revoke is not None and revoked:
+            await self._owner.on_revoke({(tp.topic, tp.partition) for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        if self._owner.on_assign is not None and assigned:
+            await self._owner.on_assign({(tp.topic, tp.partition) for tp in assigned})
+
+
+class KafkaConsumerTransport:
+    """An aiokafka consumer that never commits on its own.
+
+    ``auto_offset_reset`` defaults to ``earliest``: a partition this group has never
+    committed is read from its start, so nothing is skipped silently at start-up (and a
+    partition added later by dynamic partitioning loses nothing).
+    """
+
+    def __init__(
+        self,
+        topics: Iterable[str],
+        bootstrap_servers: str,
+        group_id: str | None,
+        *,
+        client_id: str | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.topics = list(topics)
+        self.on_assign: RebalanceCallback | None = None
+        self.on_revoke: RebalanceCallback | None = None
+        conf: dict[str, Any] = {
+            "bootstrap_servers": bootstrap_servers,
+            "group_id": group_id,
+            "auto_offset_reset": "earliest",
+            **(config or {}),
+        }
+        if client_id:
+            conf.setdefault("client_id", client_id)
+        # At-least-once depends on this: offsets move only when the node commits them.
+        conf["enable_auto_commit"] = False
+        self.config = conf
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        # aiokafka binds to the running loop, so the client is made here, not in __init__.
+        self.consumer = AIOKafkaConsumer(**self.config)
+        self.consumer.subscribe(self.topics, listener=_Listener(self))
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+    async def getmany(self, timeout: float, max_records: int) -> list[Record]:
+        batches = await self.consumer.getmany(
+            timeout_ms=int(timeout * 1000), max_records=max_records
+        )
+        out: list[Record] = []
+        for tp, msgs in batches.items():
+            for m in msgs:
+                out.append(
+                    Record(
+                        value=m.value,
+                        key=m.key,
+                        headers=list(m.headers) if m.headers else [],
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        offset=m.offset,
+                        timestamp=m.timestamp,
+                    )
+                )
+        return out
+
+    async def commit(self, offsets: dict[TP, int]) -> None:
+        await self.consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+
+    async def seek_to_end(self, partitions: Iterable[TP]) -> None:
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        if tps:
+            await self.consumer.seek_to_end(*tps)
+
+    def assignment(self) -> set[TP]:
+        return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+
+
+class KafkaProducerTransport:
+    """An aiokafka producer; ``acks=all`` and idempotence unless the user says otherwise."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        client_id: str | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        conf: dict[str, Any] = {
+            "bootstrap_servers": bootstrap_servers,
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": 5,
+            **(config or {}),
+        }
+        if client_id:
+            conf.setdefault("client_id", client_id)
+        self.config = conf
+        self.producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        self.producer = AIOKafkaProducer(**self.config)
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+    ) -> Awaitable[Any]:
+        return await self.producer.send(topic, value=value, key=key, headers=headers or None)
+
+    async def flush(self) -> None:
+        await self.producer.flush()
+
+
+class KafkaAdmin:
+    """Topic administration on confluent-kafka, every call awaited off the event loop."""
+
+    def __init__(self, bootstrap_servers: str, config: Mapping[str, Any] | None = None) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        self.client = AdminClient({"bootstrap.servers": bootstrap_servers, **(config or {})})
+
+    async def _wait(self, futures: Mapping[str, Any]) -> None:
+        for name, fut in futures.items():
+            try:
+                await asyncio.to_thread(fut.result)
+            except Exception as exc:
+                if _is_already_exists(exc):
+                    logger.debug("topic %s already exists", name)
+                    continue
+                raise
+
+    async def create_topic(
+        self, name: str, partitions: int = 1, replication: int = 1, config: dict | None = None
+    ) -> None:
+        from confluent_kafka.admin import NewTopic
+
+        topic = NewTopic(name, num_partitions=partitions, replication_factor=replication,
+                         config=config or {})
+        await self._wait(self.client.create_topics([topic]))
+
+    async def partitions(self, name: str) -> int:
+        meta = await asyncio.to_thread(self.client.list_topics, name, 10)
+        t = meta.topics.get(name)
+        if t is None or t.error is not None:
+            return 0
+        return len(t.partitions)
+
+    async def grow_partitions(self, name: str, total: int) -> None:
+        """Raise the partition count to ``total``; partitions never shrink."""
+        from confluent_kafka.admin import NewPartitions
+
+        if await self.partitions(name) >= total:
+            return
+        await self._wait(self.client.create_partitions([NewPartitions(name, total)]))
+
+
+def _is_already_exists(exc: Exception) -> bool:
+    from confluent_kafka import KafkaError
+
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS

@@ -1,0 +1,96 @@
+"""The fused YOLO input path: (decode) -> letterbox -> RGB -> CHW -> float32 / 255."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from fogverse.processor import Processor
+
+from .image import decode_image
+from .letterbox import LetterboxParams, Shape, _as_hw, letterbox_params
+from .tensor import _float_table
+
+__all__ = ["YoloPreprocess"]
+
+
+@dataclass(frozen=True)
+class YoloPreprocess(Processor):
+    """Processor: BGR uint8 HxWx3 frame (or encoded bytes with ``decode=True``) -> model input.
+
+    Returns a new C-contiguous float32 array of shape ``(3, H, W)``, or ``(1, 3, H, W)`` with
+    ``batch_dim=True``, holding RGB values in [0, 1]. The values are identical to::
+
+        Compose(Letterbox(size, pad_value, stride, scaleup, interpolation),
+                BGRToRGB(), HWCToCHW(), ToFloat())
+
+    but computed with fewer passes: the frame is resized once, then each colour plane is
+    converted to float through a lookup table directly into its place in the output (the
+    channel swap and layout change come free with the plane order), and only the padding
+    borders are filled. Use :meth:`process_with_params` when the boxes must be mapped back
+    to the frame with :func:`~processors.letterbox.scale_boxes`.
+    """
+
+    size: Shape = 640
+    pad_value: int = 114
+    stride: int | None = None
+    decode: bool = False
+    batch_dim: bool = False
+    scaleup: bool = True
+    interpolation: int = cv2.INTER_LINEAR
+
+    def __post_init__(self) -> None:
+        _as_hw(self.size, "size")
+        if not (isinstance(self.pad_value, int | np.integer) and 0 <= self.pad_value <= 255):
+            raise ValueError(f"pad_value must be an int in 0..255, got {self.pad_value!r}")
+        if self.stride is not None and self.stride <= 0:
+            raise ValueError(f"stride must be positive, got {self.stride!r}")
+
+    def params(self, src_hw: tuple[int, int]) -> LetterboxParams:
+        """The letterbox geometry used for a frame of shape ``src_hw``."""
+        return letterbox_params(src_hw, self.size, stride=self.stride, scaleup=self.scaleup)
+
+    def process(self, data: Any) -> NDArray[np.float32]:
+        return self.process_with_params(data)[0]
+
+    def process_with_params(self, data: Any) -> tuple[NDArray[np.float32], LetterboxParams]:
+        """Like :meth:`process`, also returning the letterbox geometry of this frame."""
+        img = decode_image(data) if self.decode else data
+        if not (
+            isinstance(img, np.ndarray)
+            and img.ndim == 3
+            and img.shape[2] == 3
+            and img.dtype == np.uint8
+        ):
+            what = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img)
+            raise ValueError(f"YoloPreprocess expects a BGR uint8 HxWx3 frame, got {what}")
+        p = self.params(img.shape[:2])
+        unpad_w, unpad_h = p.new_unpad_wh
+        if (unpad_w, unpad_h) != (img.shape[1], img.shape[0]):
+            img = cv2.resize(img, p.new_unpad_wh, interpolation=self.interpolation)
+
+        out_h, out_w = p.out_hw
+        if self.batch_dim:
+            result = np.empty((1, 3, out_h, out_w), dtype=np.float32)
+            out = result[0]
+        else:
+            result = out = np.empty((3, out_h, out_w), dtype=np.float32)
+        table = _float_table(1 / 255)
+        pad = table[self.pad_value]
+        top, left = p.pad_top, p.pad_left
+        bottom, right = top + unpad_h, left + unpad_w
+        # Only the borders are filled; the content area is written once, below.
+        out[:, :top, :] = pad
+        out[:, bottom:, :] = pad
+        out[:, top:bottom, :left] = pad
+        out[:, top:bottom, right:] = pad
+        for channel, plane in enumerate(reversed(cv2.split(img))):  # B,G,R -> R,G,B
+            dst = out[channel, top:bottom, left:right]
+            res = cv2.LUT(plane, table, dst=dst)
+            if res is not dst:  # cv2 reallocates on a shape/type mismatch; keep the values
+                dst[...] = res
+        return result, p
