@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from fogverse.metrics import Profiler, Stamps
 from fogverse.offsets import OffsetTracker, Pending
 from fogverse.record import Headers, Record
 
@@ -38,8 +39,10 @@ class Delivery:
         "on_failure",
         "on_fatal",
         "pending",
+        "profiler",
         "record",
         "sealed",
+        "stamps",
         "token",
         "tracker",
     )
@@ -61,6 +64,8 @@ class Delivery:
         self.content_type: str | None = None
         self.on_failure = on_failure
         self.on_fatal = on_fatal
+        self.profiler: Profiler | None = None
+        self.stamps: Stamps | None = None
 
     def track(self, ack: Awaitable[Any], *, dead_letter: bool = False) -> None:
         """Count ``ack`` (a delivery future) against this input until it resolves."""
@@ -104,6 +109,8 @@ class Delivery:
             self._finish()
 
     def _finish(self) -> None:
+        if self.stamps is not None and self.profiler is not None:
+            self.profiler.finish(self.stamps)
         if self.token is not None and self.tracker is not None:
             self.tracker.done(self.token)
             self.token = None

@@ -188,19 +188,6 @@ class Consumer(_Output, Runnable):
             return None
         return self.consumer_servers
 
-    async def start_consumer(self) -> None:
-        """Seed hook name: start (subscribe) the Kafka consumer."""
-        assert self.consumer is not None
-        await self.consumer.start()
-
-    async def _start(self) -> None:
-        if self.producer is not None:
-            await self.producer.start()
-        assert self.consumer is not None
-        self.consumer.on_revoke = self._on_revoke
-        self.consumer.on_assign = self._on_assign
-        await self.start_consumer()
-
     async def receive(self) -> Record | None:
         if not self._buffer:
             assert self.consumer is not None

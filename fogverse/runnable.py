@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import signal
 import threading
 import weakref
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fogverse.delivery import Delivery, current_delivery, error_headers
+from fogverse.metrics import Profiler, Stamps
 from fogverse.offsets import OffsetTracker
 from fogverse.record import Record
 from fogverse.transport.base import ConsumerTransport, ProducerTransport
@@ -58,6 +60,12 @@ class Runnable:
     """Seconds a stopping node waits for in-flight outputs to be acknowledged."""
     dead_letter_topic: str | None = None
     """Where failed inputs go; ``None`` means ``<input topic>.dlq``."""
+    profile: bool = False
+    """Time every stage of every message (see :mod:`fogverse.metrics`); FOGVERSE_PROFILE=1
+    switches it on too."""
+    profile_csv: str | None = None
+    """Append one CSV row per message here while profiling (FOGVERSE_PROFILE_CSV)."""
+    profiler: Profiler | None = None
 
     message: Any = None
 
@@ -104,6 +112,9 @@ class Runnable:
         self._fatal: BaseException | None = None
         self._tracker = OffsetTracker()
         self._hooks = {n: getattr(self, n) for n in _HOOKS if callable(getattr(self, n, None))}
+        if self.profile or os.environ.get("FOGVERSE_PROFILE", "") not in ("", "0"):
+            self.profiler = Profiler(type(self).__name__,
+                                     self.profile_csv or os.environ.get("FOGVERSE_PROFILE_CSV"))
         self._install_signals()
         committer: asyncio.Task[None] | None = None
         try:
@@ -125,22 +136,42 @@ class Runnable:
             await self._close()
             await self._hook("_after_close")
             self._remove_signals()
+            if self.profiler is not None:
+                self.profiler.close()
+                logger.info("profile: %s", self.profiler.summary())
         if self._fatal is not None:
             raise self._fatal
 
     async def _start(self) -> None:
+        await self.start_producer()
+        await self.start_consumer()
+
+    async def start_producer(self) -> None:
+        """Seed hook: start the producer (override to customise; call super)."""
         if self.producer is not None:
             await self.producer.start()
+
+    async def start_consumer(self) -> None:
+        """Seed hook: join the group and start consuming (override to customise, e.g. to
+        grow partitions under a lock first; call super or start ``self.consumer`` yourself)."""
         if self.consumer is not None:
             self.consumer.on_revoke = self._on_revoke
             self.consumer.on_assign = self._on_assign
             await self.consumer.start()
 
-    async def _close(self) -> None:
+    async def close_consumer(self) -> None:
         if self.consumer is not None:
             await self.consumer.stop()
+
+    async def close_producer(self) -> None:
         if self.producer is not None:
             await self.producer.stop()
+
+    async def _close(self) -> None:
+        try:
+            await self.close_consumer()
+        finally:
+            await self.close_producer()
 
     def _install_signals(self) -> None:
         _running.add(self)
@@ -181,6 +212,8 @@ class Runnable:
 
     async def _next(self) -> Delivery | None:
         """Receive one input and open its delivery, or ``None`` (nothing yet / stopping)."""
+        profiler = self.profiler
+        start = profiler.now() if profiler is not None else 0
         await self._hook("_before_receive")
         try:
             message = await self.receive()
@@ -192,6 +225,12 @@ class Runnable:
         self.message = message
         record = message if isinstance(message, Record) else Record(value=message)
         delivery = Delivery(record, self._tracker, self._dead_letter_failed_output, self._die)
+        if profiler is not None:
+            delivery.profiler = profiler
+            delivery.stamps = stamps = Stamps(start)
+            stamps.received = profiler.now()
+            if isinstance(record.value, bytes | bytearray | memoryview):
+                stamps.size_in = len(record.value)
         current_delivery.set(delivery)
         await self._hook("_after_receive", message)
         return delivery
@@ -199,27 +238,32 @@ class Runnable:
     async def _handle(self, delivery: Delivery) -> None:
         stage = "decode"
         try:
-            data = await self._decode_step(delivery.record)
+            data = await self._decode_step(delivery)
             stage = "process"
             await self._hook("_before_process", data)
             result = self.process(data)
             if inspect.isawaitable(result):
                 result = await result
+            if delivery.stamps is not None:
+                delivery.stamps.processed = Profiler.now()
             await self._hook("_after_process", result)
             stage = "encode"
-            await self._encode_and_send(result)
+            await self._encode_and_send(result, delivery)
         except Exception as exc:
             await self._dead_letter(delivery, stage, exc)
 
-    async def _decode_step(self, record: Record) -> Any:
-        await self._hook("_before_decode", record.value)
-        data = self.decode(record.value)
+    async def _decode_step(self, delivery: Delivery) -> Any:
+        value = delivery.record.value
+        await self._hook("_before_decode", value)
+        data = self.decode(value)
         if inspect.isawaitable(data):
             data = await data
+        if delivery.stamps is not None:
+            delivery.stamps.decoded = Profiler.now()
         await self._hook("_after_decode", data)
         return data
 
-    async def _encode_and_send(self, result: Any) -> None:
+    async def _encode_and_send(self, result: Any, delivery: Delivery) -> None:
         """Encode and send one result; ``None`` means the input yields no output."""
         if result is None:
             return
@@ -227,9 +271,16 @@ class Runnable:
         out = self.encode(result)
         if inspect.isawaitable(out):
             out = await out
+        stamps = delivery.stamps
+        if stamps is not None:
+            stamps.encoded = Profiler.now()
+            if isinstance(out, bytes | bytearray | memoryview):
+                stamps.size_out += len(out)
         await self._hook("_after_encode", out)
         await self._hook("_before_send", out)
         await self.send(out)
+        if stamps is not None:
+            stamps.sent = Profiler.now()
         await self._hook("_after_send", out)
 
     # ---- failures -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from fogverse import Consumer
+from fogverse import Consumer, ParallelConsumer, Processor
 
 
 class SlowEcho(Consumer):
@@ -19,3 +19,16 @@ class SlowEcho(Consumer):
     async def process(self, data):
         await asyncio.sleep(self.delay)
         return data
+
+
+class Double(Processor):
+    """Doubles an ndarray frame in a worker process."""
+
+    def process(self, data):
+        return data * 2
+
+
+class ParallelDouble(ParallelConsumer):
+    processor = Double()
+    process_number = 2
+    max_running_task = 8

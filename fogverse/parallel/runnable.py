@@ -14,11 +14,11 @@ import logging
 from collections import deque
 from typing import Literal
 
+from fogverse.delivery import Delivery, current_delivery
+from fogverse.metrics import Profiler
+from fogverse.nodes import Consumer, Producer
 from fogverse.parallel.errors import TaskFailed, WorkerCrashed
 from fogverse.parallel.pool import TaskHandle, WorkerPool
-
-from fogverse.delivery import Delivery, current_delivery
-from fogverse.nodes import Consumer, Producer
 from fogverse.processor import Processor
 from fogverse.record import TopicPartition
 from fogverse.runnable import Runnable
@@ -26,6 +26,7 @@ from fogverse.runnable import Runnable
 __all__ = ["ParallelConsumer", "ParallelProducer", "ParallelRunnable"]
 
 logger = logging.getLogger(__name__)
+
 
 class _Task:
     __slots__ = ("delivery", "handle")
@@ -46,9 +47,12 @@ class ParallelRunnable(Runnable):
 
     pool: WorkerPool | None = None
 
-    async def run(self, process_number: int | None = None,  # type: ignore[override]
-                  max_running_task: int | None = None,
-                  processor: Processor | None = None) -> None:
+    async def run(
+        self,
+        process_number: int | None = None,  # type: ignore[override]
+        max_running_task: int | None = None,
+        processor: Processor | None = None,
+    ) -> None:
         """Run the node with ``process_number`` workers and at most ``max_running_task``
         tasks in flight. ``processor`` defaults to the ``processor`` attribute."""
         processor = processor or getattr(self, "processor", None)
@@ -57,12 +61,18 @@ class ParallelRunnable(Runnable):
         if not isinstance(processor, Processor):
             raise TypeError(f"processor must be a fogverse.Processor, not {type(processor)!r}")
         process_number = process_number or getattr(self, "process_number", None) or 1
-        max_running_task = max_running_task or getattr(self, "max_running_task", None) or (
-            2 * process_number)
+        max_running_task = (
+            max_running_task or getattr(self, "max_running_task", None) or (2 * process_number)
+        )
         if process_number < 1 or max_running_task < 1:
             raise ValueError("process_number and max_running_task must be >= 1")
-        self.pool = WorkerPool(processor, process_number, max_running_task,
-                               start_method=self.start_method, max_retries=self.max_retries)
+        self.pool = WorkerPool(
+            processor,
+            process_number,
+            max_running_task,
+            start_method=self.start_method,
+            max_retries=self.max_retries,
+        )
         await self._run(self._parallel_loop)
 
     async def _start(self) -> None:
@@ -104,13 +114,15 @@ class ParallelRunnable(Runnable):
     async def _submit(self, delivery: Delivery) -> None:
         assert self.pool is not None
         try:
-            data = await self._decode_step(delivery.record)
+            data = await self._decode_step(delivery)
             await self._hook("_before_process", data)
         except Exception as exc:
             await self._dead_letter(delivery, "decode", exc)
             delivery.seal()
             return
         handle = await self.pool.submit(data)
+        if delivery.stamps is not None:
+            delivery.stamps.admitted = Profiler.now()
         task = _Task(delivery, handle)
         self._outstanding += 1
         self._all_emitted.clear()
@@ -150,9 +162,11 @@ class ParallelRunnable(Runnable):
             except WorkerCrashed as exc:
                 await self._dead_letter(delivery, "worker", exc)
                 return
+            if delivery.stamps is not None:
+                delivery.stamps.processed = Profiler.now()
             await self._hook("_after_process", result)
             stage = "encode"
-            await self._encode_and_send(result)
+            await self._encode_and_send(result, delivery)
         except Exception as exc:
             await self._dead_letter(delivery, stage, exc)
         finally:

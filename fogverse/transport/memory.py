@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 import zlib
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
@@ -80,7 +81,7 @@ class MemoryBroker:
             topic=topic,
             partition=p,
             offset=len(parts[p]),
-            timestamp=int(asyncio.get_running_loop().time() * 1000),
+            timestamp=int(time.time() * 1000),
         )
         parts[p].append(rec)
         self._notify()

@@ -1,0 +1,219 @@
+"""ParallelConsumer on the real broker: context per task, order, faults, window, memory."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import psutil
+import pytest
+from backends import produce_kafka, read_kafka
+
+from fogverse import ParallelConsumer, Processor
+from fogverse.codec import NDArrayCodec
+
+# Processors defined here travel to workers by value, as a user's script's would.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+NODES = str(Path(__file__).parent.parent / "pipeline_nodes.py")
+CODEC = NDArrayCodec()
+
+
+class Jitter(Processor):
+    """Adds one to a frame after a random pause, so completion order differs from input
+    order; frames whose first value is 13 raise."""
+
+    def process(self, data):
+        time.sleep(random.random() * 0.004)
+        if data.flat[0] == 13:
+            raise ValueError("unlucky frame")
+        return data + 1
+
+
+def _frames(n: int, cams: int = 2):
+    items = []
+    for i in range(n):
+        cam = i % cams
+        frame = np.full((8, 8, 3), i % 250, dtype=np.uint8)
+        headers = [("cam", f"cam-{cam}".encode()), ("frame", str(i).encode()),
+                   ("timestamp", str(time.time()).encode())]
+        items.append((f"cam-{cam}".encode(), CODEC.encode(frame), headers))
+    return items
+
+
+async def _run_node(node, pm, mrt, processor, until, timeout=90.0, during=None):
+    task = asyncio.create_task(node.run(pm, mrt, processor))
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not await until():
+            if task.done():
+                task.result()
+            if during is not None:
+                await during()
+            assert asyncio.get_running_loop().time() < deadline, "node did not finish"
+    finally:
+        node.stop()
+        await asyncio.wait_for(task, 60)
+
+
+def _shm_entries() -> set[str]:
+    """Shared-memory segments that could be ours (other processes on this machine make
+    their own, e.g. multiprocessing's semaphores)."""
+    if not os.path.isdir("/dev/shm"):
+        return set()
+    return {e for e in os.listdir("/dev/shm") if "fogverse" in e or e.startswith("psm_")}
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_every_output_has_its_own_context_and_order_holds(kafka_bootstrap, new_topic, ordered):
+    src, out = new_topic(partitions=2), new_topic()
+    n = 200
+    shm_before = _shm_entries()
+    asyncio.run(produce_kafka(kafka_bootstrap, src, _frames(n)))
+    node = ParallelConsumer(src, kafka_bootstrap, f"g-{uuid.uuid4().hex[:6]}",
+                            producer_topic=out)
+    node.ordered = ordered
+
+    async def until():
+        return (len(await read_kafka(kafka_bootstrap, out, n - 1, timeout=0.5)) >= n - 1 and
+                len(await read_kafka(kafka_bootstrap, f"{src}.dlq", 1, timeout=0.5)) >= 1)
+
+    asyncio.run(_run_node(node, 2, 8, Jitter(), until))
+    got = asyncio.run(read_kafka(kafka_bootstrap, out, n - 1))
+    dead = asyncio.run(read_kafka(kafka_bootstrap, f"{src}.dlq", 1))
+    assert len(got) == n - 1
+    per_cam: dict[bytes, list[int]] = collections.defaultdict(list)
+    for r in got:
+        h = dict(r.headers)
+        i = int(h["frame"])
+        assert r.key == h["cam"] == f"cam-{i % 2}".encode()
+        assert CODEC.decode(r.value).flat[0] == (i % 250) + 1, "a result took another's context"
+        per_cam[r.key].append(i)
+    if ordered:
+        for frames in per_cam.values():
+            assert frames == sorted(frames), "per-partition order broken"
+    assert [dict(r.headers)["frame"] for r in dead] == [b"13"]
+    h = dict(dead[0].headers)
+    assert h["fogverse.error.stage"] == b"process"
+    assert b"unlucky frame" in h["fogverse.error.traceback"]
+    assert b"in process" in h["fogverse.error.traceback"], "worker traceback missing"
+    assert node.pool.max_in_flight_seen <= 8
+    assert _shm_entries() <= shm_before, "shared memory left in /dev/shm"
+
+
+def test_worker_killed_mid_run_loses_nothing_and_node_keeps_going(kafka_bootstrap, new_topic):
+    src, out = new_topic(partitions=2), new_topic()
+    n = 600
+    asyncio.run(produce_kafka(kafka_bootstrap, src, _frames(n)))
+    node = ParallelConsumer(src, kafka_bootstrap, f"g-{uuid.uuid4().hex[:6]}",
+                            producer_topic=out)
+    kills: list[int] = []
+
+    class Slow(Processor):
+        def process(self, data):
+            time.sleep(0.01)
+            return data
+
+    async def until():
+        return len(await read_kafka(kafka_bootstrap, out, n, timeout=0.3)) >= n
+
+    async def during():
+        # Kill a busy worker three times while the stream runs.
+        if len(kills) < 3 and node.pool is not None and node.pool.in_flight > 0:
+            pid = random.choice(node.pool.worker_pids)
+            os.kill(pid, signal.SIGKILL)
+            kills.append(pid)
+            await asyncio.sleep(0.2)
+
+    asyncio.run(_run_node(node, 2, 8, Slow(), until, during=during))
+    got = asyncio.run(read_kafka(kafka_bootstrap, out, n))
+    frames = collections.Counter(dict(r.headers)["frame"] for r in got)
+    assert set(frames) == {str(i).encode() for i in range(n)}
+    assert len(kills) == 3
+    assert node.pool.stats.get("restarts", 0) >= 3
+
+
+def test_node_sigkill_and_restart_loses_nothing(kafka_bootstrap, new_topic):
+    src, out = new_topic(partitions=2), new_topic()
+    n = 1500
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    shm_before = _shm_entries()
+    asyncio.run(produce_kafka(kafka_bootstrap, src, _frames(n)))
+    env = {**os.environ, "CONSUMER_TOPIC": src, "PRODUCER_TOPIC": out, "GROUP_ID": group,
+           "CONSUMER_SERVERS": kafka_bootstrap}
+    cmd = [sys.executable, "-m", "fogverse", "run", f"{NODES}:ParallelDouble"]
+    node = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    try:
+        async def started():
+            deadline = asyncio.get_running_loop().time() + 90
+            while len(await read_kafka(kafka_bootstrap, out, 200, timeout=0.5)) < 200:
+                assert asyncio.get_running_loop().time() < deadline
+        asyncio.run(started())
+        children = [c.pid for c in psutil.Process(node.pid).children(recursive=True)]
+        node.kill()
+        node.wait(10)
+        # Workers notice their parent is gone and exit.
+        deadline = time.monotonic() + 20
+        while any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+                  for p in children):
+            assert time.monotonic() < deadline, "worker processes outlived their node"
+            time.sleep(0.1)
+        node = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+
+        async def everything():
+            deadline = asyncio.get_running_loop().time() + 90
+            while True:
+                got = await read_kafka(kafka_bootstrap, out, n, timeout=0.5)
+                if len({dict(r.headers)["frame"] for r in got}) >= n:
+                    return got
+                assert asyncio.get_running_loop().time() < deadline, "lost messages"
+        got = asyncio.run(everything())
+    finally:
+        node.kill()
+        node.wait(10)
+    frames = collections.Counter(dict(r.headers)["frame"] for r in got)
+    assert set(frames) == {str(i).encode() for i in range(n)}
+    for r in got:
+        i = int(dict(r.headers)["frame"])
+        assert CODEC.decode(r.value).flat[0] == 2 * (i % 250) % 256
+    assert _shm_entries() <= shm_before
+
+
+def test_backlog_of_10000_frames_keeps_memory_flat(kafka_bootstrap, new_topic):
+    src, out = new_topic(), new_topic()
+    n = 10_000
+    frame = CODEC.encode(np.zeros((64, 64, 3), np.uint8))  # 12 KB a frame, 120 MB backlog
+    items = [(None, frame, [("frame", str(i).encode())]) for i in range(n)]
+    asyncio.run(produce_kafka(kafka_bootstrap, src, items))
+    node = ParallelConsumer(src, kafka_bootstrap, f"g-{uuid.uuid4().hex[:6]}",
+                            producer_topic=out)
+    proc = psutil.Process()
+    samples: list[tuple[int, int]] = []
+
+    class Count(Processor):
+        def process(self, data):
+            return int(data.shape[0])
+
+    async def until():
+        await asyncio.sleep(0.2)
+        completed = node.pool.stats.get("completed", 0) if node.pool else 0
+        samples.append((completed, proc.memory_info().rss))
+        return completed >= n
+
+    asyncio.run(_run_node(node, 2, 16, Count(), until, timeout=110))
+    assert node.pool.max_in_flight_seen <= 16
+    early = [rss for done, rss in samples if n * 0.2 <= done <= n * 0.4]
+    late = [rss for done, rss in samples if done >= n * 0.8]
+    assert early and late
+    growth = max(late) - min(early)
+    assert growth < 64 * 2**20, f"RSS grew by {growth / 2**20:.0f} MiB over the backlog"
