@@ -17,8 +17,9 @@ DEFAULT_SERVERS = "localhost:9092"
 _UNSET: Any = object()
 
 
-def resolve(obj: object, attr: str, arg: Any = None, *, env: str | None = None,
-            default: Any = None) -> Any:
+def resolve(
+    obj: object, attr: str, arg: Any = None, *, env: str | None = None, default: Any = None
+) -> Any:
     """Environment variable > constructor argument > attribute preset on ``obj`` > default."""
     if env is not None:
         value = os.environ.get(env)

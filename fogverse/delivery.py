@@ -122,8 +122,7 @@ def _failure(fut: asyncio.Future[Any]) -> BaseException | None:
     return fut.exception()
 
 
-def error_headers(record: Record, stage: str, exc: BaseException,
-                  tb: str | None = None) -> Headers:
+def error_headers(record: Record, stage: str, exc: BaseException, tb: str | None = None) -> Headers:
     """The input's own headers plus what went wrong, where, and where the input came from."""
     if tb is None:
         tb = "".join(traceback.format_exception(exc))

@@ -27,8 +27,27 @@ STAGES = ("receive_wait", "decode", "queue_wait", "process", "encode", "send", "
 in-flight window (parallel nodes); process; encode; send: handing the output to the
 producer; ack_wait: from handing it over until the broker acknowledged it."""
 
-_BUCKETS = np.array([1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1,
-                     0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+_BUCKETS = np.array(
+    [
+        1e-5,
+        5e-5,
+        1e-4,
+        5e-4,
+        1e-3,
+        2.5e-3,
+        5e-3,
+        1e-2,
+        2.5e-2,
+        5e-2,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
+    ]
+)
 
 
 class Stamps:
@@ -62,9 +81,15 @@ class Stamps:
         encoded = self.encoded or processed
         sent = self.sent or encoded
         acked = self.acked or sent
-        return ((self.received - self.start) * ns, (decoded - self.received) * ns,
-                (admitted - decoded) * ns, (processed - admitted) * ns,
-                (encoded - processed) * ns, (sent - encoded) * ns, (acked - encoded) * ns)
+        return (
+            (self.received - self.start) * ns,
+            (decoded - self.received) * ns,
+            (admitted - decoded) * ns,
+            (processed - admitted) * ns,
+            (encoded - processed) * ns,
+            (sent - encoded) * ns,
+            (acked - encoded) * ns,
+        )
 
 
 class Profiler:
@@ -121,11 +146,13 @@ class Profiler:
             self._csv_file = open(self.csv_path, "a", newline="")  # type: ignore[arg-type]  # noqa: SIM115
             self._csv = csv.writer(self._csv_file)
             if new:
-                self._csv.writerow(["node", "t_start_ns", *(f"{s}_s" for s in STAGES),
-                                    "size_in", "size_out"])
+                self._csv.writerow(
+                    ["node", "t_start_ns", *(f"{s}_s" for s in STAGES), "size_in", "size_out"]
+                )
         for s, row in zip(batch, d, strict=True):
-            self._csv.writerow([self.node, s.start, *(f"{x:.6f}" for x in row),
-                                s.size_in, s.size_out])
+            self._csv.writerow(
+                [self.node, s.start, *(f"{x:.6f}" for x in row), s.size_in, s.size_out]
+            )
         self._csv_file.flush()
 
     def close(self) -> None:
@@ -139,9 +166,13 @@ class Profiler:
         self.flush()
         with self._lock:
             recent = np.concatenate(self._recent) if self._recent else np.zeros((0, len(STAGES)))
-            out: dict[str, Any] = {"node": self.node, "messages": self.count,
-                                   "bytes_in": self._bytes_in, "bytes_out": self._bytes_out,
-                                   "stages": {}}
+            out: dict[str, Any] = {
+                "node": self.node,
+                "messages": self.count,
+                "bytes_in": self._bytes_in,
+                "bytes_out": self._bytes_out,
+                "stages": {},
+            }
             for i, stage in enumerate(STAGES):
                 col = recent[:, i] if len(recent) else np.zeros(1)
                 out["stages"][stage] = {
@@ -160,17 +191,18 @@ class Profiler:
 
         self.flush()
         with self._lock:
-            hist = HistogramMetricFamily("fogverse_stage_seconds",
-                                         "Time per message in each node stage",
-                                         labels=["node", "stage"])
+            hist = HistogramMetricFamily(
+                "fogverse_stage_seconds",
+                "Time per message in each node stage",
+                labels=["node", "stage"],
+            )
             for i, stage in enumerate(STAGES):
                 cum = np.cumsum(self._buckets[i])
                 buckets = [(repr(float(b)), int(c)) for b, c in zip(_BUCKETS, cum, strict=False)]
                 buckets.append(("+Inf", int(cum[-1])))
                 hist.add_metric([self.node, stage], buckets, float(self._sum[i]))
             yield hist
-            msgs = CounterMetricFamily("fogverse_messages", "Messages finished",
-                                       labels=["node"])
+            msgs = CounterMetricFamily("fogverse_messages", "Messages finished", labels=["node"])
             msgs.add_metric([self.node], self.count)
             yield msgs
             size = CounterMetricFamily("fogverse_bytes", "Payload bytes", labels=["node", "dir"])

@@ -36,8 +36,9 @@ logger = logging.getLogger(__name__)
 CONTENT_TYPE = "content-type"
 
 
-def _producer_transport(servers: str, client_id: str | None,
-                        conf: dict[str, Any]) -> ProducerTransport:
+def _producer_transport(
+    servers: str, client_id: str | None, conf: dict[str, Any]
+) -> ProducerTransport:
     if servers.startswith(SCHEME):
         return MemoryProducerTransport(MemoryBroker.for_servers(servers))
     from fogverse.transport.kafka import KafkaProducerTransport
@@ -45,11 +46,14 @@ def _producer_transport(servers: str, client_id: str | None,
     return KafkaProducerTransport(servers, client_id=client_id, config=conf)
 
 
-def _consumer_transport(servers: str, topics: list[str], group_id: str, client_id: str | None,
-                        conf: dict[str, Any]) -> ConsumerTransport:
+def _consumer_transport(
+    servers: str, topics: list[str], group_id: str, client_id: str | None, conf: dict[str, Any]
+) -> ConsumerTransport:
     if servers.startswith(SCHEME):
         return MemoryConsumerTransport(
-            MemoryBroker.for_servers(servers), topics, group_id,
+            MemoryBroker.for_servers(servers),
+            topics,
+            group_id,
             auto_offset_reset=conf.get("auto_offset_reset", "earliest"),
         )
     from fogverse.transport.kafka import KafkaConsumerTransport
@@ -65,19 +69,30 @@ class _Output:
     producer: ProducerTransport | None = None
     _output_codec: Codec
 
-    def _setup_output(self, producer_topic: str | None, producer_servers: str | None,
-                      client_id: str | None, producer_conf: dict[str, Any] | None,
-                      output_codec: CodecName | Codec | None) -> None:
+    def _setup_output(
+        self,
+        producer_topic: str | None,
+        producer_servers: str | None,
+        client_id: str | None,
+        producer_conf: dict[str, Any] | None,
+        output_codec: CodecName | Codec | None,
+    ) -> None:
         self.producer_topic = resolve(self, "producer_topic", producer_topic, env="PRODUCER_TOPIC")
-        self.producer_servers = resolve(self, "producer_servers", producer_servers,
-                                        env="PRODUCER_SERVERS", default=default_servers())
-        self.client_id = resolve(self, "client_id", client_id, env="CLIENT_ID",
-                                 default=socket.gethostname())
+        self.producer_servers = resolve(
+            self,
+            "producer_servers",
+            producer_servers,
+            env="PRODUCER_SERVERS",
+            default=default_servers(),
+        )
+        self.client_id = resolve(
+            self, "client_id", client_id, env="CLIENT_ID", default=socket.gethostname()
+        )
         self.producer_conf = dict(resolve(self, "producer_conf", producer_conf, default={}))
-        self._output_codec = get_codec(resolve(self, "output_codec", output_codec,
-                                               default="auto"))
-        self.producer = _producer_transport(self.producer_servers, self.client_id,
-                                            self.producer_conf)
+        self._output_codec = get_codec(resolve(self, "output_codec", output_codec, default="auto"))
+        self.producer = _producer_transport(
+            self.producer_servers, self.client_id, self.producer_conf
+        )
 
     def encode(self, data: Any) -> Any:
         if not getattr(self, "auto_encode", True):
@@ -90,9 +105,14 @@ class _Output:
             delivery.content_type = content_type
         return out
 
-    async def send(self, data: Any, topic: str | None = None, key: bytes | None = None,
-                   headers: Headers | None = None,
-                   callback: Callable[..., Any] | None = None) -> asyncio.Future[Any]:
+    async def send(
+        self,
+        data: Any,
+        topic: str | None = None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+        callback: Callable[..., Any] | None = None,
+    ) -> asyncio.Future[Any]:
         """Send ``data``; returns the future of its acknowledgement.
 
         Key and headers default to the current input's own, so every output carries its
@@ -132,11 +152,17 @@ class Producer(_Output, Runnable):
     to ``producer_topic``. Return a :class:`~fogverse.Record` from ``receive`` to give an
     output its key and headers; raise ``StopAsyncIteration`` to end the stream."""
 
-    def __init__(self, producer_topic: str | None = None, producer_servers: str | None = None,
-                 *, client_id: str | None = None, producer_conf: dict[str, Any] | None = None,
-                 output_codec: CodecName | Codec | None = None, loop: Any = None) -> None:
-        self._setup_output(producer_topic, producer_servers, client_id, producer_conf,
-                           output_codec)
+    def __init__(
+        self,
+        producer_topic: str | None = None,
+        producer_servers: str | None = None,
+        *,
+        client_id: str | None = None,
+        producer_conf: dict[str, Any] | None = None,
+        output_codec: CodecName | Codec | None = None,
+        loop: Any = None,
+    ) -> None:
+        self._setup_output(producer_topic, producer_servers, client_id, producer_conf, output_codec)
 
 
 class Consumer(_Output, Runnable):
@@ -152,35 +178,60 @@ class Consumer(_Output, Runnable):
     max_poll_records: int = 500
     poll_timeout: float = 0.2
 
-    def __init__(self, consumer_topic: str | list[str] | None = None,
-                 consumer_servers: str | None = None, group_id: str | None = None, *,
-                 producer_topic: str | None = None, producer_servers: str | None = None,
-                 client_id: str | None = None, consumer_conf: dict[str, Any] | None = None,
-                 producer_conf: dict[str, Any] | None = None,
-                 always_read_last: bool | None = None,
-                 input_codec: CodecName | Codec | None = None,
-                 output_codec: CodecName | Codec | None = None,
-                 dead_letter_topic: str | None = None, loop: Any = None) -> None:
+    def __init__(
+        self,
+        consumer_topic: str | list[str] | None = None,
+        consumer_servers: str | None = None,
+        group_id: str | None = None,
+        *,
+        producer_topic: str | None = None,
+        producer_servers: str | None = None,
+        client_id: str | None = None,
+        consumer_conf: dict[str, Any] | None = None,
+        producer_conf: dict[str, Any] | None = None,
+        always_read_last: bool | None = None,
+        input_codec: CodecName | Codec | None = None,
+        output_codec: CodecName | Codec | None = None,
+        dead_letter_topic: str | None = None,
+        loop: Any = None,
+    ) -> None:
         self.consumer_topic = split_topics(
-            resolve(self, "consumer_topic", consumer_topic, env="CONSUMER_TOPIC"))
+            resolve(self, "consumer_topic", consumer_topic, env="CONSUMER_TOPIC")
+        )
         if not self.consumer_topic:
             raise ValueError("a Consumer needs consumer_topic (or CONSUMER_TOPIC)")
-        self.consumer_servers = resolve(self, "consumer_servers", consumer_servers,
-                                        env="CONSUMER_SERVERS", default=default_servers())
-        self.group_id = resolve(self, "group_id", group_id, env="GROUP_ID",
-                                default=type(self).__name__)
+        self.consumer_servers = resolve(
+            self,
+            "consumer_servers",
+            consumer_servers,
+            env="CONSUMER_SERVERS",
+            default=default_servers(),
+        )
+        self.group_id = resolve(
+            self, "group_id", group_id, env="GROUP_ID", default=type(self).__name__
+        )
         self.consumer_conf = dict(resolve(self, "consumer_conf", consumer_conf, default={}))
-        self.always_read_last = bool(resolve(self, "always_read_last", always_read_last,
-                                             default=False))
+        self.always_read_last = bool(
+            resolve(self, "always_read_last", always_read_last, default=False)
+        )
         if dead_letter_topic is not None:
             self.dead_letter_topic = dead_letter_topic
-        self._input_codec = get_codec(resolve(self, "input_codec", input_codec,
-                                              default="auto"))
+        self._input_codec = get_codec(resolve(self, "input_codec", input_codec, default="auto"))
         # Producer servers default to the consumer's cluster: outputs and dead letters go there.
-        self._setup_output(producer_topic, producer_servers or self._servers_default(),
-                           client_id, producer_conf, output_codec)
-        self.consumer = _consumer_transport(self.consumer_servers, self.consumer_topic,
-                                            self.group_id, self.client_id, self.consumer_conf)
+        self._setup_output(
+            producer_topic,
+            producer_servers or self._servers_default(),
+            client_id,
+            producer_conf,
+            output_codec,
+        )
+        self.consumer = _consumer_transport(
+            self.consumer_servers,
+            self.consumer_topic,
+            self.group_id,
+            self.client_id,
+            self.consumer_conf,
+        )
         self._buffer: deque[Record] = deque()
 
     def _servers_default(self) -> str | None:
@@ -201,12 +252,14 @@ class Consumer(_Output, Runnable):
 
     def decode(self, data: Any) -> Any:
         if not getattr(self, "auto_decode", True) or not isinstance(
-                data, bytes | bytearray | memoryview):
+            data, bytes | bytearray | memoryview
+        ):
             return data
         delivery = current_delivery.get()
         content_type = delivery.record.header(CONTENT_TYPE) if delivery is not None else None
         return self._input_codec.decode(
-            data, content_type.decode("latin-1") if content_type else None)
+            data, content_type.decode("latin-1") if content_type else None
+        )
 
     def _latest_only(self, records: list[Record]) -> list[Record]:
         newest: dict[TopicPartition | None, Record] = {}

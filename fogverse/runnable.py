@@ -83,9 +83,14 @@ class Runnable:
     def encode(self, data: Any) -> Any:
         return data
 
-    async def send(self, data: Any, topic: str | None = None, key: bytes | None = None,
-                   headers: list[tuple[str, bytes]] | None = None,
-                   callback: Callable[..., Any] | None = None) -> Any:
+    async def send(
+        self,
+        data: Any,
+        topic: str | None = None,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        callback: Callable[..., Any] | None = None,
+    ) -> Any:
         raise NotImplementedError("a node must implement send() or inherit it from Producer")
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -113,8 +118,9 @@ class Runnable:
         self._tracker = OffsetTracker()
         self._hooks = {n: getattr(self, n) for n in _HOOKS if callable(getattr(self, n, None))}
         if self.profile or os.environ.get("FOGVERSE_PROFILE", "") not in ("", "0"):
-            self.profiler = Profiler(type(self).__name__,
-                                     self.profile_csv or os.environ.get("FOGVERSE_PROFILE_CSV"))
+            self.profiler = Profiler(
+                type(self).__name__, self.profile_csv or os.environ.get("FOGVERSE_PROFILE_CSV")
+            )
         self._install_signals()
         committer: asyncio.Task[None] | None = None
         try:
@@ -144,6 +150,11 @@ class Runnable:
 
     async def _start(self) -> None:
         await self.start_producer()
+        if self.consumer is not None:
+            # Wired before start_consumer(): a user override of it (the seed's dynamic
+            # partition recipe) still gets rebalances handled.
+            self.consumer.on_revoke = self._on_revoke
+            self.consumer.on_assign = self._on_assign
         await self.start_consumer()
 
     async def start_producer(self) -> None:
@@ -155,8 +166,6 @@ class Runnable:
         """Seed hook: join the group and start consuming (override to customise, e.g. to
         grow partitions under a lock first; call super or start ``self.consumer`` yourself)."""
         if self.consumer is not None:
-            self.consumer.on_revoke = self._on_revoke
-            self.consumer.on_assign = self._on_assign
             await self.consumer.start()
 
     async def close_consumer(self) -> None:
@@ -291,18 +300,21 @@ class Runnable:
         base = record.topic or getattr(self, "producer_topic", None)
         return f"{base}.dlq" if base else None
 
-    async def _dead_letter(self, delivery: Delivery, stage: str, exc: BaseException,
-                           tb: str | None = None) -> None:
+    async def _dead_letter(
+        self, delivery: Delivery, stage: str, exc: BaseException, tb: str | None = None
+    ) -> None:
         record = delivery.record
         topic = self._dead_letter_topic_for(record)
         where = f"{record.topic}[{record.partition}]@{record.offset}"
         producer = self._dead_letter_producer()
         if topic is None or producer is None:
             # Nowhere to put it: failing loudly beats committing past a lost message.
-            raise RuntimeError(f"{stage} failed for {where} and there is no dead-letter topic"
-                               ) from exc
-        logger.warning("%s failed for %s: %s: %s; sent to %s", stage, where,
-                       type(exc).__name__, exc, topic)
+            raise RuntimeError(
+                f"{stage} failed for {where} and there is no dead-letter topic"
+            ) from exc
+        logger.warning(
+            "%s failed for %s: %s: %s; sent to %s", stage, where, type(exc).__name__, exc, topic
+        )
         value = record.value
         if not isinstance(value, bytes | bytearray | memoryview) and value is not None:
             value = repr(value)[:4096].encode()
@@ -317,8 +329,7 @@ class Runnable:
 
     def _die(self, exc: BaseException) -> None:
         if self._fatal is None:
-            logger.error("stopping: an input could be neither delivered nor dead-lettered: %s",
-                         exc)
+            logger.error("stopping: an input could be neither delivered nor dead-lettered: %s", exc)
             self._fatal = FatalDeliveryError(str(exc))
             self._fatal.__cause__ = exc
         self.stop()
@@ -345,8 +356,11 @@ class Runnable:
         if self.producer is not None:
             await self.producer.flush()
         if not await self._tracker.wait_idle(self.drain_timeout):
-            logger.warning("%d inputs still unacknowledged after %.0f s; they stay uncommitted",
-                           self._tracker.in_flight, self.drain_timeout)
+            logger.warning(
+                "%d inputs still unacknowledged after %.0f s; they stay uncommitted",
+                self._tracker.in_flight,
+                self.drain_timeout,
+            )
 
     async def _on_revoke(self, tps: set[tuple[str, int]]) -> None:
         """Finish (or give up on) work for partitions being taken away, then commit it."""
@@ -354,8 +368,11 @@ class Runnable:
         if self.producer is not None:
             await self.producer.flush()
         if not await self._tracker.wait_partitions(tps, self.drain_timeout):
-            logger.warning("revoked partitions still had unacknowledged inputs after %.0f s; "
-                           "the new owner will process them again", self.drain_timeout)
+            logger.warning(
+                "revoked partitions still had unacknowledged inputs after %.0f s; "
+                "the new owner will process them again",
+                self.drain_timeout,
+            )
         try:
             await self._commit()
         except Exception as exc:

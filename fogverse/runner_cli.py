@@ -59,8 +59,10 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("run", help="run a node: module:Class, script.py:Class or a coroutine")
     p.add_argument("target", help="module:Name or path/to/script.py:Name")
-    p.add_argument("--process-number", type=int, default=None,
-                   help="worker processes for a parallel node")
-    p.add_argument("--max-running-task", type=int, default=None,
-                   help="tasks in flight for a parallel node")
+    p.add_argument(
+        "--process-number", type=int, default=None, help="worker processes for a parallel node"
+    )
+    p.add_argument(
+        "--max-running-task", type=int, default=None, help="tasks in flight for a parallel node"
+    )
     p.set_defaults(func=_run)

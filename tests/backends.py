@@ -48,30 +48,35 @@ class Backend:
         return await read_kafka(self.servers, topic, n, timeout)
 
 
-async def produce_kafka(servers: str, topic: str,
-                        items: list[tuple[bytes | None, bytes, Headers]]) -> None:
+async def produce_kafka(
+    servers: str, topic: str, items: list[tuple[bytes | None, bytes, Headers]]
+) -> None:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
     await producer.start()
     try:
-        futs = [await producer.send(topic, value=v, key=k, headers=h or None)
-                for k, v, h in items]
+        futs = [await producer.send(topic, value=v, key=k, headers=h or None) for k, v, h in items]
         await asyncio.gather(*futs)
     finally:
         await producer.stop()
 
 
-async def read_kafka(servers: str, topic: str, n: int, timeout: float = 30.0,
-                     settle: float = 0.0) -> list[Record]:
+async def read_kafka(
+    servers: str, topic: str, n: int, timeout: float = 30.0, settle: float = 0.0
+) -> list[Record]:
     """Every record of ``topic`` from the beginning (no group), until ``n`` arrived.
 
     ``settle`` keeps reading that long after ``n`` arrived, to catch unexpected extras.
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False,
-                                auto_offset_reset="earliest", metadata_max_age_ms=1000)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        metadata_max_age_ms=1000,
+    )
     await consumer.start()
     out: list[Record] = []
     try:
@@ -93,8 +98,18 @@ async def read_kafka(servers: str, topic: str, n: int, timeout: float = 30.0,
         while loop.time() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
             for tp, msgs in batch.items():
-                out.extend(Record(m.value, m.key, list(m.headers or []), tp.topic, tp.partition,
-                                  m.offset, m.timestamp) for m in msgs)
+                out.extend(
+                    Record(
+                        m.value,
+                        m.key,
+                        list(m.headers or []),
+                        tp.topic,
+                        tp.partition,
+                        m.offset,
+                        m.timestamp,
+                    )
+                    for m in msgs
+                )
             if len(out) >= n:
                 if settle_until is None:
                     settle_until = loop.time() + settle

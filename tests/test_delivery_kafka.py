@@ -12,18 +12,27 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from backends import produce_kafka, read_kafka
 
 NODES = str(Path(__file__).with_name("pipeline_nodes.py"))
 
 
 def _start_node(bootstrap: str, src: str, out: str, group: str, delay: float):
-    env = {**os.environ, "CONSUMER_TOPIC": src, "PRODUCER_TOPIC": out, "GROUP_ID": group,
-           "CONSUMER_SERVERS": bootstrap, "PRODUCER_SERVERS": bootstrap,
-           "ECHO_DELAY": str(delay)}
-    return subprocess.Popen([sys.executable, "-m", "fogverse", "run", f"{NODES}:SlowEcho"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "CONSUMER_TOPIC": src,
+        "PRODUCER_TOPIC": out,
+        "GROUP_ID": group,
+        "CONSUMER_SERVERS": bootstrap,
+        "PRODUCER_SERVERS": bootstrap,
+        "ECHO_DELAY": str(delay),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "fogverse", "run", f"{NODES}:SlowEcho"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _wait_for(predicate, timeout: float, what: str):
@@ -31,6 +40,7 @@ def _wait_for(predicate, timeout: float, what: str):
         deadline = asyncio.get_running_loop().time() + timeout
         while not await predicate():
             assert asyncio.get_running_loop().time() < deadline, f"timed out waiting: {what}"
+
     return poll()
 
 
@@ -48,8 +58,11 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(kafka_bootstrap, new_topi
     src, out = new_topic(partitions=2), new_topic()
     group = f"g-{uuid.uuid4().hex[:8]}"
     n = 600
-    asyncio.run(produce_kafka(kafka_bootstrap, src,
-                              [(str(i).encode(), f"m{i}".encode(), []) for i in range(n)]))
+    asyncio.run(
+        produce_kafka(
+            kafka_bootstrap, src, [(str(i).encode(), f"m{i}".encode(), []) for i in range(n)]
+        )
+    )
     for round_ in range(3):
         node = _start_node(kafka_bootstrap, src, out, group, delay=0.004)
         nodes.append(node)
@@ -80,8 +93,11 @@ def test_sigterm_drains_commits_and_restart_redoes_nothing(kafka_bootstrap, new_
     src, out = new_topic(), new_topic()
     group = f"g-{uuid.uuid4().hex[:8]}"
     n = 300
-    asyncio.run(produce_kafka(kafka_bootstrap, src,
-                              [(str(i).encode(), f"m{i}".encode(), []) for i in range(n)]))
+    asyncio.run(
+        produce_kafka(
+            kafka_bootstrap, src, [(str(i).encode(), f"m{i}".encode(), []) for i in range(n)]
+        )
+    )
     node = _start_node(kafka_bootstrap, src, out, group, delay=0.01)
     nodes.append(node)
 

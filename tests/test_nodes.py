@@ -77,7 +77,8 @@ def test_chain_preserves_keys_headers_and_dead_letters_failures(backend: Backend
 
     outputs, dead = asyncio.run(main())
     assert sorted(r.value for r in outputs) == sorted(
-        f"FRAME-{i}".encode() for i in range(20) if i != 3)
+        f"FRAME-{i}".encode() for i in range(20) if i != 3
+    )
     for r in outputs:
         i = int(r.key)
         assert r.value == f"FRAME-{i}".encode()
@@ -95,7 +96,8 @@ def test_chain_preserves_keys_headers_and_dead_letters_failures(backend: Backend
 
 
 def test_corrupt_image_and_pickle_payload_are_dead_lettered_never_executed(
-        backend: Backend, tmp_path: Path):
+    backend: Backend, tmp_path: Path
+):
     marker = tmp_path / "pwned"
 
     class Evil:
@@ -118,12 +120,19 @@ def test_corrupt_image_and_pickle_payload_are_dead_lettered_never_executed(
             (b"3", NDArrayCodec().encode(frame), []),
         ]
         await backend.produce(src, items)
-        node = Sum(src, backend.servers, f"g-{uuid.uuid4().hex[:6]}", producer_topic=out,
-                   output_codec="json")
+        node = Sum(
+            src,
+            backend.servers,
+            f"g-{uuid.uuid4().hex[:6]}",
+            producer_topic=out,
+            output_codec="json",
+        )
 
         async def done():
-            return (len(await backend.read(out, 1, timeout=0.2)) >= 1
-                    and len(await backend.read(f"{src}.dlq", 3, timeout=0.2)) >= 3)
+            return (
+                len(await backend.read(out, 1, timeout=0.2)) >= 1
+                and len(await backend.read(f"{src}.dlq", 3, timeout=0.2)) >= 3
+            )
 
         await _run_until([node], done)
         return await backend.read(out, 1), await backend.read(f"{src}.dlq", 3)
@@ -204,9 +213,18 @@ def test_hooks_run_in_order_sync_and_async(backend: Backend):
 
     asyncio.run(main())
     i = calls.index("after_receive")
-    assert calls[i:i + 10] == [
-        "after_receive", "before_decode", "after_decode", "before_process", "after_process",
-        "before_encode", "after_encode", "before_send", "after_send", "before_receive"]
+    assert calls[i : i + 10] == [
+        "after_receive",
+        "before_decode",
+        "after_decode",
+        "before_process",
+        "after_process",
+        "before_encode",
+        "after_encode",
+        "before_send",
+        "after_send",
+        "before_receive",
+    ]
 
 
 def test_environment_overrides_constructor(monkeypatch: pytest.MonkeyPatch):

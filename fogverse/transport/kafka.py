@@ -171,8 +171,9 @@ class KafkaAdmin:
     ) -> None:
         from confluent_kafka.admin import NewTopic
 
-        topic = NewTopic(name, num_partitions=partitions, replication_factor=replication,
-                         config=config or {})
+        topic = NewTopic(
+            name, num_partitions=partitions, replication_factor=replication, config=config or {}
+        )
         await self._wait(self.client.create_topics([topic]))
 
     async def partitions(self, name: str) -> int:

@@ -45,8 +45,11 @@ def _frames(n: int, cams: int = 2):
     for i in range(n):
         cam = i % cams
         frame = np.full((8, 8, 3), i % 250, dtype=np.uint8)
-        headers = [("cam", f"cam-{cam}".encode()), ("frame", str(i).encode()),
-                   ("timestamp", str(time.time()).encode())]
+        headers = [
+            ("cam", f"cam-{cam}".encode()),
+            ("frame", str(i).encode()),
+            ("timestamp", str(time.time()).encode()),
+        ]
         items.append((f"cam-{cam}".encode(), CODEC.encode(frame), headers))
     return items
 
@@ -80,13 +83,14 @@ def test_every_output_has_its_own_context_and_order_holds(kafka_bootstrap, new_t
     n = 200
     shm_before = _shm_entries()
     asyncio.run(produce_kafka(kafka_bootstrap, src, _frames(n)))
-    node = ParallelConsumer(src, kafka_bootstrap, f"g-{uuid.uuid4().hex[:6]}",
-                            producer_topic=out)
+    node = ParallelConsumer(src, kafka_bootstrap, f"g-{uuid.uuid4().hex[:6]}", producer_topic=out)
     node.ordered = ordered
 
     async def until():
-        return (len(await read_kafka(kafka_bootstrap, out, n - 1, timeout=0.5)) >= n - 1 and
-                len(await read_kafka(kafka_bootstrap, f"{src}.dlq", 1, timeout=0.5)) >= 1)
+        return (
+            len(await read_kafka(kafka_bootstrap, out, n - 1, timeout=0.5)) >= n - 1
+            and len(await read_kafka(kafka_bootstrap, f"{src}.dlq", 1, timeout=0.5)) >= 1
+        )
 
     asyncio.run(_run_node(node, 2, 8, Jitter(), until))
     got = asyncio.run(read_kafka(kafka_bootstrap, out, n - 1))
@@ -115,8 +119,7 @@ def test_worker_killed_mid_run_loses_nothing_and_node_keeps_going(kafka_bootstra
     src, out = new_topic(partitions=2), new_topic()
     n = 600
     asyncio.run(produce_kafka(kafka_bootstrap, src, _frames(n)))
-    node = ParallelConsumer(src, kafka_bootstrap, f"g-{uuid.uuid4().hex[:6]}",
-                            producer_topic=out)
+    node = ParallelConsumer(src, kafka_bootstrap, f"g-{uuid.uuid4().hex[:6]}", producer_topic=out)
     kills: list[int] = []
 
     class Slow(Processor):
@@ -149,23 +152,31 @@ def test_node_sigkill_and_restart_loses_nothing(kafka_bootstrap, new_topic):
     group = f"g-{uuid.uuid4().hex[:6]}"
     shm_before = _shm_entries()
     asyncio.run(produce_kafka(kafka_bootstrap, src, _frames(n)))
-    env = {**os.environ, "CONSUMER_TOPIC": src, "PRODUCER_TOPIC": out, "GROUP_ID": group,
-           "CONSUMER_SERVERS": kafka_bootstrap}
+    env = {
+        **os.environ,
+        "CONSUMER_TOPIC": src,
+        "PRODUCER_TOPIC": out,
+        "GROUP_ID": group,
+        "CONSUMER_SERVERS": kafka_bootstrap,
+    }
     cmd = [sys.executable, "-m", "fogverse", "run", f"{NODES}:ParallelDouble"]
     node = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
     try:
+
         async def started():
             deadline = asyncio.get_running_loop().time() + 90
             while len(await read_kafka(kafka_bootstrap, out, 200, timeout=0.5)) < 200:
                 assert asyncio.get_running_loop().time() < deadline
+
         asyncio.run(started())
         children = [c.pid for c in psutil.Process(node.pid).children(recursive=True)]
         node.kill()
         node.wait(10)
         # Workers notice their parent is gone and exit.
         deadline = time.monotonic() + 20
-        while any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
-                  for p in children):
+        while any(
+            psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in children
+        ):
             assert time.monotonic() < deadline, "worker processes outlived their node"
             time.sleep(0.1)
         node = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
@@ -177,6 +188,7 @@ def test_node_sigkill_and_restart_loses_nothing(kafka_bootstrap, new_topic):
                 if len({dict(r.headers)["frame"] for r in got}) >= n:
                     return got
                 assert asyncio.get_running_loop().time() < deadline, "lost messages"
+
         got = asyncio.run(everything())
     finally:
         node.kill()
@@ -195,8 +207,7 @@ def test_backlog_of_10000_frames_keeps_memory_flat(kafka_bootstrap, new_topic):
     frame = CODEC.encode(np.zeros((64, 64, 3), np.uint8))  # 12 KB a frame, 120 MB backlog
     items = [(None, frame, [("frame", str(i).encode())]) for i in range(n)]
     asyncio.run(produce_kafka(kafka_bootstrap, src, items))
-    node = ParallelConsumer(src, kafka_bootstrap, f"g-{uuid.uuid4().hex[:6]}",
-                            producer_topic=out)
+    node = ParallelConsumer(src, kafka_bootstrap, f"g-{uuid.uuid4().hex[:6]}", producer_topic=out)
     proc = psutil.Process()
     samples: list[tuple[int, int]] = []
 
