@@ -1,0 +1,310 @@
+"""LockClient and SyncLockClient: renewal, release on every exit path, loss detection,
+abandoned requests, reconnection and error types."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from fogverse.autoscale.lock import (
+    LockClient,
+    LockError,
+    LockLost,
+    LockServer,
+    LockServiceError,
+    LockTimeout,
+    SyncLockClient,
+)
+
+HOST = "127.0.0.1"
+Until = Callable[..., Awaitable[None]]
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    async def main() -> Any:
+        return await coro
+
+    return asyncio.run(main())
+
+
+async def is_free(port: int, name: str) -> bool:
+    """Whether another client could take ``name`` right now."""
+    async with LockClient(HOST, port) as probe:
+        try:
+            grant = await probe.acquire(name, timeout=0)
+        except LockTimeout:
+            return False
+        await probe.release(grant)
+        return True
+
+
+def test_lock_block_renews_the_lease_while_held_and_releases_after() -> None:
+    async def scenario() -> None:
+        async with LockServer(HOST, 0) as server, LockClient(HOST, server.port) as client:
+            async with client.lock("r", lease=0.3, timeout=5) as grant:
+                first_expiry = grant.expires_at
+                # Three leases long: only renewals keep the lock.
+                await asyncio.sleep(0.9)
+                assert not await is_free(server.port, "r")
+                assert not grant.lost and grant.expires_at > first_expiry
+            assert grant.released and not grant.lost
+            assert await is_free(server.port, "r")
+
+    run(scenario())
+
+
+def test_lock_is_released_when_the_block_raises_or_is_cancelled(until: Until) -> None:
+    async def scenario() -> None:
+        async with LockServer(HOST, 0) as server, LockClient(HOST, server.port) as client:
+            with pytest.raises(ValueError, match="boom"):
+                async with client.lock("x", lease=30):
+                    raise ValueError("boom")
+            assert await is_free(server.port, "x")
+
+            entered = asyncio.Event()
+
+            async def holder() -> None:
+                async with client.lock("x", lease=30):
+                    entered.set()
+                    await asyncio.Event().wait()
+
+            task = asyncio.create_task(holder())
+            await entered.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await is_free(server.port, "x")
+            await until(lambda: server.stats()["locks"] == 0)
+
+    run(scenario())
+
+
+def test_cancelled_acquire_does_not_leave_the_lock_taken(until: Until) -> None:
+    async def scenario() -> None:
+        async with (
+            LockServer(HOST, 0) as server,
+            LockClient(HOST, server.port) as a,
+            LockClient(HOST, server.port) as b,
+        ):
+            grant = await a.acquire("c", lease=30)
+            waiting = asyncio.create_task(b.acquire("c", lease=30, timeout=None))
+            await until(lambda: server.stats()["waiting"] == 1)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            # The server still grants b's request when a releases; b gives it straight back.
+            await a.release(grant)
+            async with LockClient(HOST, server.port) as c:
+                late = await c.acquire("c", timeout=5)
+                assert late.fence > grant.fence + 1  # b had the fence in between
+                await c.release(late)
+
+    run(scenario())
+
+
+def test_shared_client_serialises_its_own_tasks() -> None:
+    async def scenario() -> None:
+        async with LockServer(HOST, 0) as server, LockClient(HOST, server.port) as client:
+            inside = 0
+            most_inside = 0
+
+            async def worker() -> None:
+                nonlocal inside, most_inside
+                for _ in range(5):
+                    async with client.lock("shared", lease=5, timeout=10):
+                        inside += 1
+                        most_inside = max(most_inside, inside)
+                        await asyncio.sleep(0.001)
+                        inside -= 1
+
+            await asyncio.gather(*(worker() for _ in range(4)))
+            assert most_inside == 1
+
+    run(scenario())
+
+
+def test_lost_connection_cancels_the_block_with_lock_lost() -> None:
+    async def scenario() -> None:
+        async with LockServer(HOST, 0) as server, LockClient(HOST, server.port) as client:
+            with pytest.raises(LockLost, match="connection"):
+                async with client.lock("d", lease=30) as grant:
+                    assert client._conn is not None
+                    client._conn.writer.transport.abort()
+                    await asyncio.sleep(30)
+            assert grant.lost
+            # The client reconnects on next use.
+            async with client.lock("d", lease=5, timeout=5) as again:
+                assert again.fence > grant.fence
+
+    run(scenario())
+
+
+def test_expired_lease_is_reported_as_lock_lost(lock_server: Any) -> None:
+    async def scenario() -> None:
+        async with LockClient(HOST, lock_server.port) as client:
+            started = time.monotonic()
+            with pytest.raises(LockLost):
+                async with client.lock("e", lease=0.2) as grant:
+                    # Blocking this loop stops the renewals; the server (own thread) expires
+                    # the lease meanwhile. The next renewal is refused and the block cancelled.
+                    time.sleep(0.6)  # noqa: ASYNC251 - the point: a loop that stalls
+                    await asyncio.sleep(30)
+            assert grant.lost and "not held" in (grant.lost_reason or "")
+            assert time.monotonic() - started < 20
+            with pytest.raises(LockLost):
+                await client.renew(grant)
+            with pytest.raises(LockLost):
+                grant.check()
+
+    run(scenario())
+
+
+def test_without_cancel_on_loss_the_block_finishes_and_exit_raises(until: Until) -> None:
+    async def scenario() -> None:
+        async with LockServer(HOST, 0) as server, LockClient(HOST, server.port) as client:
+            with pytest.raises(LockLost):
+                async with client.lock("f", lease=30, cancel_on_loss=False) as grant:
+                    assert client._conn is not None
+                    client._conn.writer.transport.abort()
+                    await until(lambda: grant.lost)
+                    await asyncio.sleep(0.01)  # not cancelled
+
+    run(scenario())
+
+
+def test_block_that_swallows_the_loss_cancellation_still_raises_lock_lost() -> None:
+    async def scenario() -> None:
+        async with LockServer(HOST, 0) as server, LockClient(HOST, server.port) as client:
+            swallowed = False
+            with pytest.raises(LockLost):
+                async with client.lock("g", lease=30):
+                    assert client._conn is not None
+                    client._conn.writer.transport.abort()
+                    try:
+                        await asyncio.sleep(30)
+                    except asyncio.CancelledError:
+                        swallowed = True
+            assert swallowed
+            # No stray cancellation is left on the task.
+            await asyncio.sleep(0)
+            assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+    run(scenario())
+
+
+def test_outer_cancellation_is_not_turned_into_lock_lost() -> None:
+    async def scenario() -> None:
+        async with LockServer(HOST, 0) as server, LockClient(HOST, server.port) as client:
+            entered = asyncio.Event()
+
+            async def body() -> None:
+                async with client.lock("o", lease=30):
+                    entered.set()
+                    await asyncio.sleep(30)
+
+            task = asyncio.create_task(body())
+            await entered.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await is_free(server.port, "o")
+
+    run(scenario())
+
+
+def test_bad_arguments_are_refused_before_reaching_the_server() -> None:
+    async def scenario() -> None:
+        async with LockServer(HOST, 0) as server, LockClient(HOST, server.port) as client:
+            grant = await client.acquire("ok", lease=30)
+            for name in ("", "x" * 257, "a\ud800", 5):
+                with pytest.raises(ValueError):
+                    await client.acquire(name)  # type: ignore[arg-type]
+            for lease in (0, -1, float("nan")):
+                with pytest.raises(ValueError):
+                    await client.acquire("y", lease=lease)
+            # The connection, and the lock it holds, are untouched.
+            await client.renew(grant)
+            await client.release(grant)
+        with pytest.raises(ValueError):
+            LockClient(HOST, 1, token="")
+        with pytest.raises(ValueError):
+            LockServer(HOST, 0, token="")
+
+    run(scenario())
+
+
+def test_timeouts_and_service_errors() -> None:
+    async def scenario() -> None:
+        async with (
+            LockServer(HOST, 0) as server,
+            LockClient(HOST, server.port) as a,
+            LockClient(HOST, server.port) as b,
+        ):
+            grant = await a.acquire("t", lease=30)
+            with pytest.raises(LockTimeout, match=r"0\.1 s"):
+                await b.acquire("t", timeout=0.1)
+            with pytest.raises(TimeoutError):  # LockTimeout is a TimeoutError
+                await b.acquire("t", timeout=0)
+            await a.release(grant)
+            await a.release(grant)  # releasing twice is a no-op
+            with pytest.raises(LockLost):
+                await a.renew(grant)
+        # Nothing listens on a just-closed port.
+        with socket.socket() as sock:
+            sock.bind((HOST, 0))
+            port = sock.getsockname()[1]
+        with pytest.raises(LockServiceError) as info:
+            await LockClient(HOST, port, connect_timeout=2).acquire("t")
+        assert info.value.code == "connection_lost"
+        assert issubclass(LockServiceError, LockError)
+
+    run(scenario())
+
+
+def test_sync_client(lock_server: Any) -> None:
+    before = set(threading.enumerate())
+    with (
+        SyncLockClient(HOST, lock_server.port, client_name="sync") as client,
+        SyncLockClient(HOST, lock_server.port) as other,
+    ):
+        assert client.ping() >= 0
+        with client.lock("s", lease=0.3, timeout=5) as grant:
+            time.sleep(0.9)  # renewed in the background meanwhile
+            with pytest.raises(LockTimeout):
+                other.acquire("s", timeout=0)
+            assert not grant.lost
+        assert grant.released
+        with pytest.raises(KeyError), client.lock("s", lease=5):
+            raise KeyError("boom")
+        taken = other.acquire("s", timeout=0)
+        assert taken.fence > grant.fence
+        other.release(taken)
+    # No thread of either client outlives it.
+    assert set(threading.enumerate()) <= before
+    # A closed client can be used again (on a fresh background loop), and closed again.
+    reused = SyncLockClient(HOST, lock_server.port)
+    for _ in range(2):
+        with reused.lock("s", lease=5, timeout=5) as again:
+            assert again.fence > taken.fence
+        reused.close()
+    assert set(threading.enumerate()) <= before
+
+
+def test_sync_client_reports_a_loss_when_the_block_ends(lock_server: Any) -> None:
+    with SyncLockClient(HOST, lock_server.port) as client:
+        with pytest.raises(LockLost), client.lock("l", lease=30) as grant:
+            loop = client._loop
+            assert loop is not None and client._client._conn is not None
+            loop.call_soon_threadsafe(client._client._conn.writer.transport.abort)
+            deadline = time.monotonic() + 10
+            while not grant.lost:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        with pytest.raises(LockLost):
+            client.renew(grant)
