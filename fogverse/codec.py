@@ -67,6 +67,12 @@ def _fail(codec: str, reason: str) -> DecodeError:
     return DecodeError(f"{codec} decode: {reason}")
 
 
+def _snip(value: object, limit: int = 80) -> str:
+    """``repr`` for error messages, cut short: headers come from untrusted senders."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _as_view(data: object, codec: str) -> memoryview:
     """A flat byte view of ``data`` without copying it."""
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -199,24 +205,22 @@ class NDArrayCodec(Codec):
         dtype_str = header.get("dtype")
         dtype = _ALLOWED_DTYPES.get(dtype_str) if isinstance(dtype_str, str) else None
         if dtype is None:
-            raise _fail(name, f"dtype {dtype_str!r} is not an allowed numeric dtype")
+            raise _fail(name, f"dtype {_snip(dtype_str)} is not an allowed numeric dtype")
         shape = header.get("shape")
         if not isinstance(shape, list):
-            raise _fail(name, f"shape {shape!r} is not a list")
+            raise _fail(name, f"shape {_snip(shape)} is not a list")
         if len(shape) > _FVND_MAX_NDIM:
             raise _fail(name, f"{len(shape)} dimensions exceed the limit of {_FVND_MAX_NDIM}")
         if not all(type(d) is int and d >= 0 for d in shape):
-            raise _fail(name, f"shape {shape!r} must hold non-negative integers")
+            raise _fail(name, f"shape {_snip(shape)} must hold non-negative integers")
         # Python ints do not overflow; numpy's own limit is on the non-zero dimensions.
         if math.prod(max(d, 1) for d in shape) * dtype.itemsize > _INTP_MAX:
-            raise _fail(name, f"shape {shape!r} is too large for any array")
+            raise _fail(name, f"shape {_snip(shape)} is too large for any array")
         expected = math.prod(shape) * dtype.itemsize
         actual = n - data_start
         if expected != actual:
-            raise _fail(
-                name,
-                f"shape {shape} of {dtype_str} needs {expected} data bytes, payload has {actual}",
-            )
+            need = f"shape {_snip(shape)} of {dtype_str} needs {expected} data bytes"
+            raise _fail(name, f"{need}, payload has {actual}")
         array = np.frombuffer(view, dtype=dtype, offset=data_start).reshape(shape)
         array.flags.writeable = False
         return array
@@ -227,7 +231,7 @@ class NDArrayCodec(Codec):
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_PNG_MAX_CHUNKS = 65536
 # Start-of-frame markers (all coding processes); C4, C8 and CC are other tables.
 _JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD))
 _JPEG_SOF |= {0xCE, 0xCF}
@@ -269,8 +273,10 @@ def _jpeg_frame(view: memoryview, codec: str) -> tuple[int, int, int]:
         if length < 2 or pos + length > n:
             raise _fail(codec, f"segment 0x{marker:02X} of length {length} is truncated")
         if marker in _JPEG_SOF and size is None:
-            if length < 8:
-                raise _fail(codec, "frame header too short")
+            components = view[pos + 7] if length >= 8 else 0
+            # Grey, colour or CMYK only: libjpeg's buffers grow with the component count.
+            if components not in (1, 3, 4) or length != 8 + 3 * components:
+                raise _fail(codec, f"frame header with {components} components is not supported")
             height = int.from_bytes(view[pos + 3 : pos + 5], "big")
             width = int.from_bytes(view[pos + 5 : pos + 7], "big")
             size = (width, height)
@@ -307,18 +313,35 @@ def _jpeg_require_eoi(view: memoryview, pos: int, codec: str) -> None:
 
 
 def _png_size(view: memoryview, codec: str) -> tuple[int, int]:
-    """``(width, height)`` from the IHDR chunk, which PNG requires to come first."""
-    if len(view) < 33:
-        raise _fail(codec, f"{len(view)} bytes is too short for a PNG header")
+    """``(width, height)`` from IHDR, after checking that every chunk lies inside the data.
+
+    OpenCV sizes its chunk buffers from the declared length, so a 100-byte PNG claiming a
+    2 GB chunk would make it allocate and zero 2 GB before noticing the data is missing.
+    """
+    n = len(view)
+    if n < 33:
+        raise _fail(codec, f"{n} bytes is too short for a PNG header")
     if view[8:16] != b"\x00\x00\x00\x0dIHDR":
         raise _fail(codec, "first chunk is not a 13-byte IHDR")
     if zlib.crc32(view[12:29]) != int.from_bytes(view[29:33], "big"):
         raise _fail(codec, "IHDR checksum mismatch")
     width = int.from_bytes(view[16:20], "big")
     height = int.from_bytes(view[20:24], "big")
-    if view[-12:] != _PNG_IEND:
-        raise _fail(codec, "truncated: does not end with an IEND chunk")
-    return width, height
+    pos = 8
+    for _ in range(_PNG_MAX_CHUNKS):
+        if pos + 12 > n:
+            raise _fail(codec, "truncated: no IEND chunk")
+        length = int.from_bytes(view[pos : pos + 4], "big")
+        kind = bytes(view[pos + 4 : pos + 8])
+        end = pos + 12 + length  # length, type, data, CRC
+        if end > n:
+            raise _fail(codec, f"truncated: chunk {kind!r} of length {length} runs past the end")
+        if kind == b"IEND":
+            if end != n:
+                raise _fail(codec, f"{n - end} bytes after the IEND chunk")
+            return width, height
+        pos = end
+    raise _fail(codec, f"more than {_PNG_MAX_CHUNKS} chunks")
 
 
 def _check_image_array(obj: Any, codec: str, dtypes: tuple[type, ...]) -> np.ndarray:

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from fogverse.codec import CONTENT_TYPE_HEADER as CONTENT_TYPE
 from fogverse.codec import Codec, CodecName, get_codec
 from fogverse.config import default_servers, resolve, split_topics
 from fogverse.delivery import current_delivery
@@ -32,8 +33,6 @@ from fogverse.transport.memory import (
 __all__ = ["Consumer", "Producer"]
 
 logger = logging.getLogger(__name__)
-
-CONTENT_TYPE = "content-type"
 
 
 def _producer_transport(
@@ -67,6 +66,10 @@ class _Output:
 
     producer_topic: str | None = None
     producer: ProducerTransport | None = None
+    auto_encode: bool = True
+    """Encode results with ``output_codec`` (the seed's flag; ``False`` sends them as is)."""
+    auto_decode: bool = True
+    """Decode inputs with ``input_codec`` (the seed's flag; ``False`` passes raw bytes)."""
     _output_codec: Codec
 
     def _setup_output(
@@ -95,7 +98,7 @@ class _Output:
         )
 
     def encode(self, data: Any) -> Any:
-        if not getattr(self, "auto_encode", True):
+        if not self.auto_encode:
             return data
         if isinstance(data, bytes):
             return data
@@ -251,15 +254,11 @@ class Consumer(_Output, Runnable):
         return self._buffer.popleft()
 
     def decode(self, data: Any) -> Any:
-        if not getattr(self, "auto_decode", True) or not isinstance(
-            data, bytes | bytearray | memoryview
-        ):
+        if not self.auto_decode or not isinstance(data, bytes | bytearray | memoryview):
             return data
         delivery = current_delivery.get()
         content_type = delivery.record.header(CONTENT_TYPE) if delivery is not None else None
-        return self._input_codec.decode(
-            data, content_type.decode("latin-1") if content_type else None
-        )
+        return self._input_codec.decode(data, content_type)
 
     def _latest_only(self, records: list[Record]) -> list[Record]:
         newest: dict[TopicPartition | None, Record] = {}

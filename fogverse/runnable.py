@@ -117,6 +117,11 @@ class Runnable:
         self._fatal: BaseException | None = None
         self._tracker = OffsetTracker()
         self._hooks = {n: getattr(self, n) for n in _HOOKS if callable(getattr(self, n, None))}
+        # decode/encode may be coroutines; process may also be a sync function that returns an
+        # awaitable (rare), which the loop still checks for.
+        self._async_decode = inspect.iscoroutinefunction(self.decode)
+        self._async_encode = inspect.iscoroutinefunction(self.encode)
+        self._async_process = inspect.iscoroutinefunction(self.process)
         if self.profile or os.environ.get("FOGVERSE_PROFILE", "") not in ("", "0"):
             self.profiler = Profiler(
                 type(self).__name__, self.profile_csv or os.environ.get("FOGVERSE_PROFILE_CSV")
@@ -208,6 +213,8 @@ class Runnable:
                 await result
 
     # ---- the serial loop ----------------------------------------------------------------
+    # The hot path: per message it checks cheap flags instead of calling absent hooks or
+    # probing results for awaitables, so a pass-through node spends its time in Kafka.
 
     async def _serial_loop(self) -> None:
         while not self._stopping:
@@ -223,7 +230,9 @@ class Runnable:
         """Receive one input and open its delivery, or ``None`` (nothing yet / stopping)."""
         profiler = self.profiler
         start = profiler.now() if profiler is not None else 0
-        await self._hook("_before_receive")
+        hooks = self._hooks
+        if hooks:
+            await self._hook("_before_receive")
         try:
             message = await self.receive()
         except StopAsyncIteration:
@@ -232,7 +241,7 @@ class Runnable:
         if message is None:
             return None
         self.message = message
-        record = message if isinstance(message, Record) else Record(value=message)
+        record = message if type(message) is Record else Record(value=message)
         delivery = Delivery(record, self._tracker, self._dead_letter_failed_output, self._die)
         if profiler is not None:
             delivery.profiler = profiler
@@ -241,7 +250,8 @@ class Runnable:
             if isinstance(record.value, bytes | bytearray | memoryview):
                 stamps.size_in = len(record.value)
         current_delivery.set(delivery)
-        await self._hook("_after_receive", message)
+        if hooks:
+            await self._hook("_after_receive", message)
         return delivery
 
     async def _handle(self, delivery: Delivery) -> None:
@@ -249,13 +259,16 @@ class Runnable:
         try:
             data = await self._decode_step(delivery)
             stage = "process"
-            await self._hook("_before_process", data)
+            hooks = self._hooks
+            if hooks:
+                await self._hook("_before_process", data)
             result = self.process(data)
-            if inspect.isawaitable(result):
+            if self._async_process or inspect.isawaitable(result):
                 result = await result
             if delivery.stamps is not None:
                 delivery.stamps.processed = Profiler.now()
-            await self._hook("_after_process", result)
+            if hooks:
+                await self._hook("_after_process", result)
             stage = "encode"
             await self._encode_and_send(result, delivery)
         except Exception as exc:
@@ -263,34 +276,41 @@ class Runnable:
 
     async def _decode_step(self, delivery: Delivery) -> Any:
         value = delivery.record.value
-        await self._hook("_before_decode", value)
+        hooks = self._hooks
+        if hooks:
+            await self._hook("_before_decode", value)
         data = self.decode(value)
-        if inspect.isawaitable(data):
+        if self._async_decode:
             data = await data
         if delivery.stamps is not None:
             delivery.stamps.decoded = Profiler.now()
-        await self._hook("_after_decode", data)
+        if hooks:
+            await self._hook("_after_decode", data)
         return data
 
     async def _encode_and_send(self, result: Any, delivery: Delivery) -> None:
         """Encode and send one result; ``None`` means the input yields no output."""
         if result is None:
             return
-        await self._hook("_before_encode", result)
+        hooks = self._hooks
+        if hooks:
+            await self._hook("_before_encode", result)
         out = self.encode(result)
-        if inspect.isawaitable(out):
+        if self._async_encode:
             out = await out
         stamps = delivery.stamps
         if stamps is not None:
             stamps.encoded = Profiler.now()
             if isinstance(out, bytes | bytearray | memoryview):
                 stamps.size_out += len(out)
-        await self._hook("_after_encode", out)
-        await self._hook("_before_send", out)
+        if hooks:
+            await self._hook("_after_encode", out)
+            await self._hook("_before_send", out)
         await self.send(out)
         if stamps is not None:
             stamps.sent = Profiler.now()
-        await self._hook("_after_send", out)
+        if hooks:
+            await self._hook("_after_send", out)
 
     # ---- failures -----------------------------------------------------------------------
 
