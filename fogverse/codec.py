@@ -616,6 +616,9 @@ class AutoCodec(Codec):
     content_type: ClassVar[None] = None
 
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, kw_only=True)
+    images: bool = field(default=True, kw_only=True)
+    """Decode JPEG/PNG payloads into arrays. Parallel nodes set ``False``: the image bytes go
+    to a worker, which decodes them there (decoding is the expensive part)."""
     _codecs: dict[str, Codec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -653,14 +656,16 @@ class AutoCodec(Codec):
         if content_type is not None:
             name = _name_for(content_type)
             if name is not None:
+                if not self.images and name in ("jpeg", "png"):
+                    return self._codecs["bytes"].decode(data)
                 return self._codecs[name].decode(data)
             logger.debug("unknown content type %r: sniffing the payload", content_type)
         view = _as_view(data, self.name)
         if view[:4] == _FVND_MAGIC:
             return self._codecs["ndarray"].decode(view)
-        if view[:3] == _JPEG_MAGIC:
+        if self.images and view[:3] == _JPEG_MAGIC:
             return self._codecs["jpeg"].decode(view)
-        if view[:8] == _PNG_MAGIC:
+        if self.images and view[:8] == _PNG_MAGIC:
             return self._codecs["png"].decode(view)
         return self._codecs["bytes"].decode(data)
 

@@ -1097,3 +1097,16 @@ def test_fuzz_ndarray_junk_headers(header: dict[str, Any], body: bytes) -> None:
 @given(st.binary(max_size=64), st.one_of(st.text(max_size=40), st.binary(max_size=40)))
 def test_fuzz_content_type_headers(data: bytes, content_type: str | bytes) -> None:
     _decode_or_decode_error(AutoCodec(max_pixels=SMALL), data, content_type)
+
+
+def test_auto_codec_can_leave_images_encoded_for_workers():
+    import cv2
+
+    frame = np.zeros((16, 16, 3), np.uint8)
+    jpeg = cv2.imencode(".jpg", frame)[1].tobytes()
+    lazy = AutoCodec(images=False)
+    assert lazy.decode(jpeg) == jpeg
+    assert lazy.decode(jpeg, "image/jpeg") == jpeg
+    assert isinstance(AutoCodec().decode(jpeg), np.ndarray)
+    # Arrays are still decoded (zero-copy) by a lazy codec.
+    assert lazy.decode(NDArrayCodec().encode(frame)).shape == (16, 16, 3)

@@ -14,6 +14,7 @@ import logging
 from collections import deque
 from typing import Literal
 
+from fogverse.codec import AutoCodec, Codec
 from fogverse.delivery import Delivery, current_delivery
 from fogverse.metrics import Profiler
 from fogverse.nodes import Consumer, Producer
@@ -46,6 +47,9 @@ class ParallelRunnable(Runnable):
     """How often a task whose worker died is retried before it is dead-lettered."""
 
     pool: WorkerPool | None = None
+    input_codec: Codec = AutoCodec(images=False)
+    """Images stay encoded in the parent: decoding them is work for the processor
+    (e.g. ``processors.YoloPreprocess(decode=True)``), in the workers."""
 
     async def run(
         self,
