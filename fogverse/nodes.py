@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import socket
+import uuid
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fogverse.codec import CONTENT_TYPE_HEADER as CONTENT_TYPE
 from fogverse.codec import Codec, CodecName, get_codec
@@ -29,6 +31,10 @@ from fogverse.transport.memory import (
     MemoryConsumerTransport,
     MemoryProducerTransport,
 )
+
+if TYPE_CHECKING:
+    # Type-only: the partitions module pulls in the lock client, which nodes don't need.
+    from fogverse.partitions import ConsumerStart
 
 __all__ = ["Consumer", "Producer"]
 
@@ -180,6 +186,9 @@ class Consumer(_Output, Runnable):
     always_read_last: bool = False
     max_poll_records: int = 500
     poll_timeout: float = 0.2
+    dynamic_partitions: ConsumerStart | None = None
+    """Join by growing the topic's partitions under the master's lock (see
+    :mod:`fogverse.partitions`); FOGVERSE_DYNAMIC_PARTITIONS=host:port switches it on."""
 
     def __init__(
         self,
@@ -196,6 +205,7 @@ class Consumer(_Output, Runnable):
         input_codec: CodecName | Codec | None = None,
         output_codec: CodecName | Codec | None = None,
         dead_letter_topic: str | None = None,
+        dynamic_partitions: ConsumerStart | None = None,
         loop: Any = None,
     ) -> None:
         self.consumer_topic = split_topics(
@@ -236,6 +246,32 @@ class Consumer(_Output, Runnable):
             self.consumer_conf,
         )
         self._buffer: deque[Record] = deque()
+        if dynamic_partitions is not None:
+            self.dynamic_partitions = dynamic_partitions
+        elif (
+            self.dynamic_partitions is None
+            and os.environ.get("FOGVERSE_DYNAMIC_PARTITIONS")
+            and not self.consumer_servers.startswith(SCHEME)
+        ):
+            from fogverse.partitions import ConsumerStart
+
+            self.dynamic_partitions = ConsumerStart.from_env(self.consumer_servers)
+
+    async def start_producer(self) -> None:
+        if self.dynamic_partitions is not None and self.producer is not None:
+            self.dynamic_partitions.refresh_metadata(self.producer)
+        await super().start_producer()
+
+    async def start_consumer(self) -> None:
+        if self.dynamic_partitions is None or self.consumer is None:
+            await super().start_consumer()
+            return
+        await self.dynamic_partitions.start_with_distributed_lock(
+            self.consumer,
+            self.consumer_topic,
+            self.group_id,
+            f"{self.client_id}-{uuid.uuid4().hex[:8]}",
+        )
 
     def _servers_default(self) -> str | None:
         if getattr(self, "producer_servers", None):

@@ -556,8 +556,8 @@ class LocalKafka:
             "kafka.tools.StorageTool",
             "format",
             "--standalone",
-            "-t",
-            cluster_id,
+            # One id in 64 starts with "-": as a separate argument it would read as an option.
+            f"--cluster-id={cluster_id}",
             "-c",
             str(data_dir / "server.properties"),
         ]

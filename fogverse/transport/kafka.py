@@ -72,7 +72,8 @@ class KafkaConsumerTransport:
         await self.consumer.start()
 
     async def stop(self) -> None:
-        await self.consumer.stop()
+        if self.consumer is not None:
+            await self.consumer.stop()
 
     async def getmany(self, timeout: float, max_records: int) -> list[Record]:
         batches = await self.consumer.getmany(
@@ -133,7 +134,8 @@ class KafkaProducerTransport:
         await self.producer.start()
 
     async def stop(self) -> None:
-        await self.producer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
 
     async def send(
         self,
@@ -159,7 +161,7 @@ class KafkaAdmin:
     async def _wait(self, futures: Mapping[str, Any]) -> None:
         for name, fut in futures.items():
             try:
-                await asyncio.to_thread(fut.result)
+                await asyncio.wrap_future(fut)
             except Exception as exc:
                 if _is_already_exists(exc):
                     logger.debug("topic %s already exists", name)
@@ -177,11 +179,17 @@ class KafkaAdmin:
         await self._wait(self.client.create_topics([topic]))
 
     async def partitions(self, name: str) -> int:
-        meta = await asyncio.to_thread(self.client.list_topics, name, 10)
-        t = meta.topics.get(name)
-        if t is None or t.error is not None:
-            return 0
-        return len(t.partitions)
+        """The topic's partition count; 0 if it does not exist (and it is not created)."""
+        from confluent_kafka import KafkaError, KafkaException, TopicCollection
+
+        fut = self.client.describe_topics(TopicCollection([name]))[name]
+        try:
+            desc = await asyncio.wrap_future(fut)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return 0
+            raise
+        return len(desc.partitions)
 
     async def grow_partitions(self, name: str, total: int) -> None:
         """Raise the partition count to ``total``; partitions never shrink."""
