@@ -15,11 +15,13 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     # Each feature registers its own sub-command so that this file stays a table of contents.
+    from fogverse.autoscale.cli import register as register_master
     from fogverse.broker.cli import register as register_broker
     from fogverse.runner_cli import register as register_run
 
     register_run(sub)
     register_broker(sub)
+    register_master(sub)
     return parser
 
 

@@ -34,6 +34,8 @@ _HOOKS = tuple(
     for when in ("before", "after")
 )
 
+_YIELD_EVERY = 0.005  # seconds of uninterrupted work before the loop lets other tasks run
+
 # Every node running in this process: one SIGINT/SIGTERM stops them all.
 _running: weakref.WeakSet[Runnable] = weakref.WeakSet()
 
@@ -66,6 +68,11 @@ class Runnable:
     profile_csv: str | None = None
     """Append one CSV row per message here while profiling (FOGVERSE_PROFILE_CSV)."""
     profiler: Profiler | None = None
+    heartbeats: Any = None
+    """Report throughput to the auto-scaling master: an ``Observer``, an ``ObserverConfig``
+    or ``True`` (configure from the environment). ``None`` attaches one only when
+    FOGVERSE_OBSERVER_TOPIC is set (the deploy providers set it for the instances they start).
+    Nodes that create ``self.observer`` themselves (the seed's way) are left alone."""
 
     message: Any = None
 
@@ -116,6 +123,12 @@ class Runnable:
             self._stop_event.set()
         self._fatal: BaseException | None = None
         self._tracker = OffsetTracker()
+        if getattr(self, "observer", None) is None and (
+            self.heartbeats or os.environ.get("FOGVERSE_OBSERVER_TOPIC")
+        ):
+            from fogverse.autoscale.observer import enable_heartbeats
+
+            enable_heartbeats(self, self.heartbeats)
         self._hooks = {n: getattr(self, n) for n in _HOOKS if callable(getattr(self, n, None))}
         # decode/encode may be coroutines; process may also be a sync function that returns an
         # awaitable (rare), which the loop still checks for.
@@ -217,6 +230,8 @@ class Runnable:
     # probing results for awaitables, so a pass-through node spends its time in Kafka.
 
     async def _serial_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_yield = loop.time()
         while not self._stopping:
             delivery = await self._next()
             if delivery is None:
@@ -225,6 +240,11 @@ class Runnable:
                 await self._handle(delivery)
             finally:
                 delivery.seal()
+            # Buffered records and a sync process() never suspend: let the group heartbeat,
+            # the committer and the ack callbacks run at least every few milliseconds.
+            if loop.time() - last_yield > _YIELD_EVERY:
+                await asyncio.sleep(0)
+                last_yield = loop.time()
 
     async def _next(self) -> Delivery | None:
         """Receive one input and open its delivery, or ``None`` (nothing yet / stopping)."""

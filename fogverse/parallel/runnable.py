@@ -100,12 +100,18 @@ class ParallelRunnable(Runnable):
         self._all_emitted = asyncio.Event()
         self._all_emitted.set()
         emitter = asyncio.create_task(self._emit_loop())
+        loop = asyncio.get_running_loop()
+        last_yield = loop.time()
         try:
             while not self._stopping and not emitter.done():
                 delivery = await self._next()
                 if delivery is None:
                     continue
                 await self._submit(delivery)
+                # With free slots and buffered records nothing suspends: let the emitter run.
+                if loop.time() - last_yield > 0.005:
+                    await asyncio.sleep(0)
+                    last_yield = loop.time()
             # Drain: everything admitted leaves through the emitter before we return.
             waiter = asyncio.create_task(self._all_emitted.wait())
             await asyncio.wait([waiter, emitter], return_when=asyncio.FIRST_COMPLETED)

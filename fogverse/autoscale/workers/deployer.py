@@ -1,0 +1,453 @@
+"""AUTO_DEPLOYER: turns the signals' recommendations into deploys (and, if enabled, scale-ins).
+
+Signals (:mod:`.io_ratio`, :mod:`.lag`) call :meth:`AutoDeployer.recommend` with the number of
+instances they want for a stage; vetoes (:mod:`.statistic`) may block a scale-out. Per stage the
+deployer counts live instances from heartbeats (expired ones drop out) plus instances it started
+that have not reported yet, and deploys one more only when
+
+- the wanted count exceeds that, and the stage is below ``max_instance``;
+- ``deploy_delay`` has passed since its last deploy, and ``after_heartbeat_delay`` since its
+  newest instance first reported (its effect must show in the rates first);
+- no instance it started is still starting, and the backoff after failed deploys has passed.
+
+Deploy functions run off the event loop (sync) or are awaited (async), as a task, so a slow
+deploy blocks nothing else. Scale-in (off by default) stops one instance the deployer started,
+only when every recommendation over ``stabilisation_window`` seconds was below the count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fogverse.autoscale.config import DeployerSettings
+from fogverse.autoscale.deploy import (
+    DeployConfig,
+    DeployScripts,
+    call_deploy_function,
+    stop_handle,
+)
+from fogverse.autoscale.messages import ControlMessage, DeployEvent, now
+from fogverse.autoscale.state import ControlState, Stage, StageKey
+
+__all__ = ["AutoDeployer", "DeployRecord", "StageStatus", "Veto"]
+
+logger = logging.getLogger(__name__)
+
+Veto = Callable[[Stage], str | None]
+"""Returns a reason to hold a scale-out of the stage back, or ``None``."""
+
+
+@dataclass
+class DeployRecord:
+    """One thing the deployer did, for timelines and tests."""
+
+    ts: float
+    stage: StageKey
+    action: str  # "deploy", "deploy-failed", "startup-timeout", "scale-in"
+    instance_id: str
+    instances_before: int
+    detail: str = ""
+
+
+@dataclass
+class _Owned:
+    instance_id: str
+    handle: Any
+    deployed_at: float
+
+
+@dataclass
+class StageStatus:
+    """The deployer's bookkeeping for one stage."""
+
+    last_action: float = -math.inf
+    failures: int = 0
+    retry_at: float = -math.inf
+    task: asyncio.Task[None] | None = None
+    pending: dict[str, float] = field(default_factory=dict)
+    owned: list[_Owned] = field(default_factory=list)
+    stopping: set[str] = field(default_factory=set)
+    recommendations: dict[str, tuple[float, int, float]] = field(default_factory=dict)
+    history: deque[tuple[float, int]] = field(default_factory=deque)
+    blocked: str | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+
+class AutoDeployer:
+    """Deploys instances of registered stages through :class:`DeployScripts`."""
+
+    def __init__(
+        self,
+        scripts: DeployScripts,
+        settings: DeployerSettings | None = None,
+        *,
+        clock: Callable[[], float] = now,
+    ) -> None:
+        self.scripts = scripts
+        self.settings = settings or DeployerSettings()
+        self.clock = clock
+        self.state: ControlState | None = None
+        self.stages: dict[StageKey, StageStatus] = {}
+        self.records: list[DeployRecord] = []
+        self.vetoes: list[Veto] = []
+        self.control_topic: str | None = None
+        self.control_servers: str | None = None
+        self._master: Any = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ---- wiring --------------------------------------------------------------------------
+
+    async def start(self, master: Any) -> None:
+        self._master = master
+        self.state = master.state
+        self.control_topic = master.consumer_topic
+        self.control_servers = master.consumer_servers
+        self._loop_task = asyncio.create_task(self._loop(master.ready), name="auto-deployer")
+
+    async def stop(self) -> None:
+        task, self._loop_task = self._loop_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        running = [s.task for s in self.stages.values() if s.busy] + list(self._background)
+        if running:
+            # A deploy in flight finishes (its handle is recorded) rather than leaking.
+            await asyncio.wait(running, timeout=30)  # type: ignore[arg-type]
+        if self.settings.stop_instances_on_exit:
+            await self.stop_all()
+
+    def add_veto(self, veto: Veto) -> None:
+        self.vetoes.append(veto)
+
+    def on_message(self, message: ControlMessage) -> None:
+        if isinstance(message, DeployEvent):
+            self._restore(message)
+
+    def _restore(self, event: DeployEvent) -> None:
+        """Learn about a deploy from the control topic (ours, or a previous master's)."""
+        st = self._status(event.stage)
+        st.last_action = max(st.last_action, event.ts)
+        if event.action != "deploy":
+            return
+        known = event.instance_id in st.pending or any(
+            o.instance_id == event.instance_id for o in st.owned
+        )
+        seen = self.state is not None and event.instance_id in self.state.instances
+        deadline = event.ts + self.settings.startup_timeout
+        if not known and not seen and deadline > self.clock():
+            logger.debug(
+                "instance %s of %s was deployed at %.0f and has not reported yet",
+                event.instance_id,
+                event.stage,
+                event.ts,
+            )
+            st.pending[event.instance_id] = deadline
+
+    def _status(self, key: StageKey) -> StageStatus:
+        st = self.stages.get(key)
+        if st is None:
+            st = self.stages[key] = StageStatus()
+        return st
+
+    # ---- the signals' side ---------------------------------------------------------------
+
+    def recommend(self, stage: StageKey, desired: int, source: str, ttl: float = 10.0) -> None:
+        """Signal ``source`` wants ``desired`` instances of ``stage``, valid for ``ttl`` s."""
+        self._status(stage).recommendations[source] = (self.clock(), max(0, int(desired)), ttl)
+
+    def desired(self, stage: StageKey, current: float | None = None) -> int | None:
+        """The largest fresh recommendation for ``stage`` (``None``: no signal has one)."""
+        current = self.clock() if current is None else current
+        st = self.stages.get(stage)
+        if st is None:
+            return None
+        fresh = [d for ts, d, ttl in st.recommendations.values() if current - ts <= ttl]
+        return max(fresh) if fresh else None
+
+    def counts(self, stage: StageKey, current: float | None = None) -> tuple[int, int]:
+        """``(live, starting)`` instances of ``stage``."""
+        current = self.clock() if current is None else current
+        st = self._status(stage)
+        live = (
+            {i.instance_id for i in self.state.instances_of(stage, current)}
+            if self.state is not None
+            else set()
+        )
+        # An instance we started whose process still runs counts even when its heartbeats are
+        # late (a node busy in blocking code): replacing it would overshoot max_instance.
+        live |= {
+            o.instance_id
+            for o in st.owned
+            if o.instance_id not in st.pending and _running(o.handle)
+        }
+        starting = [i for i in st.pending if self.state is None or i not in self.state.instances]
+        return len(live - st.stopping), len(starting)
+
+    # ---- deciding ------------------------------------------------------------------------
+
+    async def _loop(self, ready: asyncio.Event) -> None:
+        await ready.wait()
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                logger.exception("auto-deployer tick failed")
+            await asyncio.sleep(self.settings.tick)
+
+    async def tick(self, current: float | None = None) -> None:
+        """Decide once for every stage."""
+        if self.state is None:
+            return
+        current = self.clock() if current is None else current
+        for key, stage in list(self.state.stages.items()):
+            st = self._status(key)
+            self._settle_pending(key, st, current)
+            live, starting = self.counts(key, current)
+            effective = live + starting
+            want = self.desired(key, current)
+            if want is None:
+                continue
+            st.history.append((current, want))
+            while st.history and current - st.history[0][0] > self.settings.stabilisation_window:
+                st.history.popleft()
+            if st.busy:
+                continue
+            if want > effective:
+                reason = self._hold_out(key, stage, st, effective, current)
+                if reason is None:
+                    st.task = asyncio.create_task(self._deploy(stage, st, effective, current))
+                elif reason != st.blocked:
+                    logger.info(
+                        "stage %s -> %s wants %d instances (has %d): waiting: %s",
+                        key[0],
+                        key[1],
+                        want,
+                        effective,
+                        reason,
+                    )
+                st.blocked = reason
+            else:
+                st.blocked = None
+                if self.settings.scale_in and want < effective:
+                    self._maybe_scale_in(key, st, effective, current)
+
+    def _settle_pending(self, key: StageKey, st: StageStatus, current: float) -> None:
+        assert self.state is not None
+        for iid, deadline in list(st.pending.items()):
+            if iid in self.state.instances:
+                del st.pending[iid]  # it reported: heartbeats count it from now on
+            elif current > deadline:
+                del st.pending[iid]
+                self._failed(st, current)
+                self.records.append(DeployRecord(current, key, "startup-timeout", iid, 0))
+                logger.warning(
+                    "instance %s of %s did not report within %.0f s; counting the deploy as failed",
+                    iid,
+                    key,
+                    self.settings.startup_timeout,
+                )
+                owned = next((o for o in st.owned if o.instance_id == iid), None)
+                if owned is not None:
+                    st.owned.remove(owned)
+                    task = asyncio.create_task(self._stop_quietly(owned))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+        live = {i.instance_id for i in self.state.live_instances(current)}
+        # A silent instance may only be hung: its handle is kept (so it can still be stopped)
+        # unless the handle itself says the instance has exited.
+        st.owned = [o for o in st.owned if o.instance_id in live or not _exited(o.handle)]
+        st.stopping &= live
+
+    def _hold_out(
+        self, key: StageKey, stage: Stage, st: StageStatus, effective: int, current: float
+    ) -> str | None:
+        s = self.settings
+        if effective >= stage.spec.max_instance:
+            return f"at max_instance ({stage.spec.max_instance})"
+        if st.pending:
+            return f"{len(st.pending)} instance(s) still starting"
+        if current < st.retry_at:
+            return f"backing off after {st.failures} failed deploy(s)"
+        if current < st.last_action + s.deploy_delay:
+            return "deploy_delay"
+        assert self.state is not None
+        newest = max(
+            (i.first_seen for i in self.state.instances_of(key, current)), default=-math.inf
+        )
+        if current < newest + s.after_heartbeat_delay:
+            return "after_heartbeat_delay"
+        for veto in self.vetoes:
+            reason = veto(stage)
+            if reason:
+                return reason
+        return None
+
+    def _failed(self, st: StageStatus, current: float) -> None:
+        st.failures += 1
+        backoff = min(
+            self.settings.retry_backoff_max, self.settings.retry_backoff * 2 ** (st.failures - 1)
+        )
+        st.retry_at = current + backoff
+
+    # ---- acting --------------------------------------------------------------------------
+
+    async def _deploy(self, stage: Stage, st: StageStatus, effective: int, current: float) -> None:
+        spec = stage.spec
+        instance_id = f"{spec.service_name}-{uuid.uuid4().hex[:10]}"
+        config: DeployConfig = {
+            "provider": spec.provider,
+            "service_name": spec.service_name,
+            "max_instance": spec.max_instance,
+            "extra_configs": dict(spec.extra_configs),
+            "instance_id": instance_id,
+            "source_topic": stage.source_topic,
+            "target_topic": stage.target_topic,
+            "group_id": stage.group_id,
+            "current_instances": effective,
+            "control_topic": self.control_topic,
+            "control_servers": self.control_servers,
+        }
+        fn = self.scripts.get_deploy_function(spec.provider)
+        logger.info(
+            "deploying %s for %s -> %s (%d running, max %d)",
+            instance_id,
+            stage.source_topic,
+            stage.target_topic,
+            effective,
+            spec.max_instance,
+        )
+        handle: Any = None
+        error = ""
+        try:
+            if fn is None:
+                error = (
+                    f"no deploy function for provider {spec.provider!r} (registered: "
+                    f"{', '.join(self.scripts.providers) or 'none'})"
+                )
+            else:
+                handle = await call_deploy_function(fn, logger, config)
+                if handle is None:
+                    error = "the deploy function returned None"
+        except Exception as exc:
+            logger.exception("deploy function for %s raised", spec.provider)
+            error = f"{type(exc).__name__}: {exc}"
+        finished = self.clock()
+        if error:
+            self._failed(st, finished)
+            logger.warning(
+                "deploy of %s failed (%s); retrying in %.1f s",
+                instance_id,
+                error,
+                st.retry_at - finished,
+            )
+            self.records.append(
+                DeployRecord(current, stage.key, "deploy-failed", instance_id, effective, error)
+            )
+            return
+        st.failures = 0
+        st.retry_at = -math.inf
+        st.last_action = current
+        st.owned.append(_Owned(instance_id, handle, current))
+        assert self.state is not None
+        if instance_id not in self.state.instances:
+            st.pending[instance_id] = finished + self.settings.startup_timeout
+        self.records.append(DeployRecord(current, stage.key, "deploy", instance_id, effective))
+        if self._master is not None:
+            await self._master.publish(
+                DeployEvent(
+                    instance_id,
+                    current,
+                    stage.source_topic,
+                    stage.target_topic,
+                    "deploy",
+                    spec.provider,
+                    spec.service_name,
+                )
+            )
+
+    def _maybe_scale_in(
+        self, key: StageKey, st: StageStatus, effective: int, current: float
+    ) -> None:
+        s = self.settings
+        if not st.history or current - st.history[0][0] < s.stabilisation_window * 0.999:
+            return  # not a full window of evidence yet
+        target = max(max(d for _, d in st.history), s.min_instance)
+        if target >= effective or current < st.last_action + s.deploy_delay:
+            return
+        assert self.state is not None
+        live = {i.instance_id for i in self.state.instances_of(key, current)}
+        candidates = [
+            o for o in st.owned if o.instance_id in live and o.instance_id not in st.stopping
+        ]
+        if not candidates:
+            return  # nothing of ours to stop (instances started elsewhere stay)
+        victim = max(candidates, key=lambda o: o.deployed_at)
+        st.stopping.add(victim.instance_id)
+        st.owned.remove(victim)
+        st.last_action = current
+        self.records.append(DeployRecord(current, key, "scale-in", victim.instance_id, effective))
+        logger.info(
+            "scaling %s -> %s in: stopping %s (%d -> %d wanted)",
+            key[0],
+            key[1],
+            victim.instance_id,
+            effective,
+            target,
+        )
+        st.task = asyncio.create_task(self._scale_in(key, victim, current))
+
+    async def _scale_in(self, key: StageKey, victim: _Owned, current: float) -> None:
+        await self._stop_quietly(victim)
+        if self._master is not None:
+            await self._master.publish(
+                DeployEvent(victim.instance_id, current, key[0], key[1], "stop")
+            )
+
+    async def _stop_quietly(self, owned: _Owned) -> None:
+        try:
+            await stop_handle(owned.handle)
+        except Exception:
+            logger.exception("stopping instance %s failed", owned.instance_id)
+
+    async def stop_all(self) -> None:
+        """Stop every instance this deployer started and still holds a handle for."""
+        owned = [o for st in self.stages.values() for o in st.owned]
+        for st in self.stages.values():
+            st.owned.clear()
+            st.pending.clear()
+        if owned:
+            logger.info("stopping %d deployed instance(s)", len(owned))
+            await asyncio.gather(*(self._stop_quietly(o) for o in owned))
+
+
+def _exited(handle: Any) -> bool:
+    alive = getattr(handle, "alive", None)
+    if not callable(alive):
+        return False
+    try:
+        return not alive()
+    except Exception:
+        return False
+
+
+def _running(handle: Any) -> bool:
+    alive = getattr(handle, "alive", None)
+    if not callable(alive):
+        return False
+    try:
+        return bool(alive())
+    except Exception:
+        return False

@@ -1,0 +1,178 @@
+"""LAG_WORKER: scale on the consumer group's lag, the way KEDA's Kafka scaler does.
+
+Every ``refresh_rate_second`` seconds, for each stage whose consumer group is known, it reads
+the group's committed offsets and the source topic's end offsets (confluent-kafka's
+AdminClient, in a thread: its calls block) and recommends
+``ceil(total lag / lag_threshold)`` instances, at most one per partition (more would sit idle)
+unless ``allow_beyond_partitions``. A partition the group never committed counts from its
+beginning, because our consumers start there (``auto_offset_reset=earliest``).
+
+It needs no heartbeats for the signal itself; the group comes from the stage's auto-scale
+request (``group_id``, filled in by an attached observer, or ``extra_configs["group_id"]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from fogverse.autoscale.config import LagSettings
+from fogverse.autoscale.messages import ControlMessage
+from fogverse.autoscale.state import ControlState, Stage, StageKey
+
+__all__ = ["LagSample", "LagWorker", "desired_instances", "measure_lag"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LagSample:
+    ts: float
+    lag: int
+    partitions: int
+    wanted: int
+
+
+def desired_instances(
+    lag: int, threshold: float, partitions: int, allow_beyond_partitions: bool = False
+) -> int:
+    """KEDA's rule: ``ceil(lag / threshold)``, capped at ``partitions`` unless allowed."""
+    if lag <= 0:
+        return 0
+    wanted = math.ceil(lag / threshold)
+    if not allow_beyond_partitions and partitions > 0:
+        wanted = min(wanted, partitions)
+    return wanted
+
+
+def measure_lag(admin: Any, group_id: str, topic: str, timeout: float = 10.0) -> tuple[int, int]:
+    """``(total lag, partition count)`` of ``group_id`` on ``topic``; blocking."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    meta = admin.list_topics(topic, timeout=timeout)
+    info = meta.topics.get(topic)
+    if info is None or info.error is not None:
+        raise LookupError(f"topic {topic!r} not found: {info.error if info else 'no metadata'}")
+    parts = sorted(info.partitions)
+    tps = [TopicPartition(topic, p) for p in parts]
+    request = ConsumerGroupTopicPartitions(group_id, tps)
+    committed_res = admin.list_consumer_group_offsets([request], request_timeout=timeout)
+    committed = {
+        tp.partition: tp.offset for tp in committed_res[group_id].result(timeout).topic_partitions
+    }
+    ends = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=timeout)
+    end = {tp.partition: f.result(timeout).offset for tp, f in ends.items()}
+    missing = [TopicPartition(topic, p) for p in parts if committed.get(p, -1) < 0]
+    start: dict[int, int] = {}
+    if missing:
+        res = admin.list_offsets(
+            {tp: OffsetSpec.earliest() for tp in missing}, request_timeout=timeout
+        )
+        start = {tp.partition: f.result(timeout).offset for tp, f in res.items()}
+    lag = 0
+    for p in parts:
+        base = committed.get(p, -1)
+        if base < 0:
+            base = start.get(p, 0)
+        lag += max(0, end[p] - base)
+    return lag, len(parts)
+
+
+class LagWorker:
+    """Recommends instance counts from consumer-group lag."""
+
+    SOURCE = "lag"
+
+    def __init__(
+        self,
+        settings: LagSettings | None = None,
+        deployer: Any = None,
+        servers: str | None = None,
+        admin: Any = None,
+    ) -> None:
+        self.settings = settings or LagSettings()
+        self.deployer = deployer
+        self.servers = servers
+        self.admin = admin
+        self.state: ControlState | None = None
+        self.last: dict[StageKey, LagSample] = {}
+        self._warned: set[StageKey] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, master: Any) -> None:
+        self.state = master.state
+        if self.deployer is None:
+            self.deployer = getattr(master, "deployer", None)
+        if self.admin is None:
+            from confluent_kafka.admin import AdminClient
+
+            self.admin = AdminClient(
+                {"bootstrap.servers": self.servers or master.consumer_servers or "localhost:9092"}
+            )
+        self._task = asyncio.create_task(self._loop(master.ready), name="lag-worker")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def on_message(self, message: ControlMessage) -> None:
+        return None
+
+    async def _loop(self, ready: asyncio.Event) -> None:
+        await ready.wait()
+        while True:
+            await self.evaluate()
+            await asyncio.sleep(self.settings.refresh_rate_second)
+
+    def _group(self, stage: Stage) -> str | None:
+        group = stage.group_id or stage.spec.extra_configs.get("group_id")
+        return group if isinstance(group, str) and group else None
+
+    async def evaluate(self) -> dict[StageKey, LagSample]:
+        assert self.state is not None
+        out = {}
+        for key, stage in list(self.state.stages.items()):
+            group = self._group(stage)
+            if group is None:
+                if key not in self._warned:
+                    self._warned.add(key)
+                    logger.warning(
+                        "stage %s -> %s has no consumer group in its auto-scale "
+                        "request; the lag signal cannot measure it",
+                        *key,
+                    )
+                continue
+            try:
+                lag, parts = await asyncio.to_thread(
+                    measure_lag, self.admin, group, stage.source_topic, self.settings.admin_timeout
+                )
+            except Exception as exc:
+                logger.warning("lag of %s on %s unavailable: %s", group, stage.source_topic, exc)
+                continue
+            wanted = desired_instances(
+                lag, self.settings.lag_threshold, parts, self.settings.allow_beyond_partitions
+            )
+            sample = LagSample(self.state.clock(), lag, parts, wanted)
+            self.last[key] = sample
+            out[key] = sample
+            logger.debug(
+                "stage %s -> %s: lag %d on %d partitions -> %d instance(s)",
+                key[0],
+                key[1],
+                lag,
+                parts,
+                wanted,
+            )
+            if self.deployer is not None:
+                self.deployer.recommend(
+                    key, wanted, self.SOURCE, ttl=2 * self.settings.refresh_rate_second + 5
+                )
+        return out

@@ -1,0 +1,145 @@
+"""LOCAL provider: real subprocesses with the stage's environment; handles that stop them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fogverse.autoscale.deploy import DeployConfig, build_deploy_scripts
+from fogverse.autoscale.deploy.local import LocalDeployer, LocalService
+
+logger = logging.getLogger(__name__)
+
+# Writes its environment, then waits; exits 0 on SIGTERM unless told to ignore it.
+CHILD = """
+import json, os, signal, sys, time
+if os.environ.get("IGNORE_TERM"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+else:
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+keys = [k for k in os.environ if k.startswith(("FOGVERSE_", "CONSUMER_", "PRODUCER_", "GROUP_"))]
+with open(sys.argv[1], "w") as f:
+    json.dump({k: os.environ[k] for k in keys}, f)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def _config(**extra: Any) -> DeployConfig:
+    return {
+        "provider": "LOCAL",
+        "service_name": "child",
+        "max_instance": 2,
+        "extra_configs": {"command": ["rm", "-rf", "/"]},
+        "instance_id": "child-1",
+        "source_topic": "in",
+        "target_topic": "out",
+        "group_id": "g",
+        "control_topic": "ctl",
+        "control_servers": "127.0.0.1:1",
+        **extra,
+    }
+
+
+def _wait_file(path: Path, timeout: float = 20.0) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size:
+            return json.loads(path.read_text())
+        time.sleep(0.02)
+    raise AssertionError("the child never started")
+
+
+@pytest.fixture
+def deployer(tmp_path: Path) -> Any:
+    made: list[LocalDeployer] = []
+
+    def make(**service: Any) -> LocalDeployer:
+        d = LocalDeployer(
+            {
+                "child": LocalService(
+                    [sys.executable, "-c", CHILD, str(tmp_path / "env.json")], **service
+                )
+            }
+        )
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.stop_all(timeout=5)
+        assert not [h for h in d.handles if h.alive()]
+
+
+def test_starts_the_configured_command_with_the_stage_environment(
+    deployer: Any, tmp_path: Path
+) -> None:
+    d = deployer(env={"GROUP_ID": "pinned", "EXTRA": "1"}, stop_timeout=10)
+    handle = d(logger, _config())
+    env = _wait_file(tmp_path / "env.json")
+    assert env["FOGVERSE_INSTANCE_ID"] == "child-1"
+    assert env["CONSUMER_TOPIC"] == "in" and env["PRODUCER_TOPIC"] == "out"
+    assert env["GROUP_ID"] == "pinned", "the service's own setting wins"
+    assert env["FOGVERSE_OBSERVER_TOPIC"] == "ctl"
+    assert env["FOGVERSE_OBSERVER_SERVERS"] == "127.0.0.1:1"
+    assert handle.alive()
+    assert handle.stop() == 0, "SIGTERM: the child exited cleanly"
+    assert not handle.alive()
+
+
+def test_a_child_that_ignores_sigterm_is_killed_after_stop_timeout(
+    deployer: Any, tmp_path: Path
+) -> None:
+    d = deployer(env={"IGNORE_TERM": "1"}, stop_timeout=0.5)
+    handle = d(logger, _config())
+    _wait_file(tmp_path / "env.json")
+    start = time.monotonic()
+    assert handle.stop() == -9
+    assert time.monotonic() - start < 5
+
+
+def test_unknown_service_or_unstartable_command_is_a_failed_deploy(tmp_path: Path) -> None:
+    d = LocalDeployer({"child": LocalService(["/nonexistent/binary"])})
+    assert d(logger, _config()) is None
+    assert d(logger, _config(service_name="rm")) is None
+    assert d.handles == []
+
+
+def test_output_goes_to_the_configured_file(tmp_path: Path) -> None:
+    log = tmp_path / "out.log"
+    d = LocalDeployer(
+        {
+            "child": LocalService(
+                [sys.executable, "-c", "print('hello from child')"], output=str(log)
+            )
+        }
+    )
+    handle = d(logger, _config())
+    handle.process.wait(20)
+    handle.stop()
+    assert "hello from child" in log.read_text()
+
+
+def test_commands_are_argument_lists_and_come_from_the_master_yaml() -> None:
+    with pytest.raises(ValueError, match="list of arguments"):
+        LocalService("python -m fogverse run x.py:Node")  # type: ignore[arg-type]
+    scripts = build_deploy_scripts(
+        {
+            "LOCAL": {
+                "type": "local",
+                "services": {"slow": {"command": ["python", "-m", "fogverse"], "env": {"A": 1}}},
+            }
+        }
+    )
+    fn = scripts.get_deploy_function("LOCAL")
+    assert isinstance(fn, LocalDeployer) and fn.services["slow"].env == {"A": "1"}
+    with pytest.raises(ValueError, match="'type' must be"):
+        build_deploy_scripts({"X": {"type": "ssh"}})
+    scripts = build_deploy_scripts({"MINE": {"function": "json:dumps"}})
+    assert scripts.get_deploy_function("MINE") is json.dumps

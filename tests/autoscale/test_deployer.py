@@ -1,0 +1,414 @@
+"""AUTO_DEPLOYER decisions on a controlled clock: delays, max_instance, expiry, backoff,
+sync and async deploy functions, startup timeouts, scale-in and restart bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from fogverse.autoscale.config import DeployerSettings
+from fogverse.autoscale.deploy import DeployScripts
+from fogverse.autoscale.messages import AutoScaleRequest, DeployEvent, DeploySpec, Heartbeat
+from fogverse.autoscale.state import ControlState
+from fogverse.autoscale.workers.deployer import AutoDeployer
+
+STAGE = ("src", "out")
+T0 = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = T0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+class Handle:
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class Rig:
+    """A deployer wired to a state, with a recording deploy function."""
+
+    def __init__(self, fn: Any = None, max_instance: int = 3, **settings: Any) -> None:
+        self.clock = Clock()
+        self.state = ControlState(clock=self.clock)
+        self.calls: list[dict[str, Any]] = []
+        self.handles: list[Handle] = []
+        scripts = DeployScripts()
+        scripts.set_deploy_functions("LOCAL", fn or self.deploy)
+        base = {
+            "deploy_delay": 10.0,
+            "after_heartbeat_delay": 4.0,
+            "startup_timeout": 30.0,
+            "retry_backoff": 1.0,
+            "retry_backoff_max": 8.0,
+        }
+        self.deployer = AutoDeployer(
+            scripts, DeployerSettings(**{**base, **settings}), clock=self.clock
+        )
+        self.deployer.state = self.state
+        self.state.apply(
+            AutoScaleRequest(
+                "first", self.clock(), *STAGE, DeploySpec("LOCAL", "svc", max_instance), "g"
+            )
+        )
+        self.beat("first")
+        self.clock.advance(60)  # the first instance is long established
+        self.beat("first")
+
+    def deploy(self, log: Any, config: dict[str, Any]) -> Handle:
+        self.calls.append(dict(config))
+        handle = Handle(config["instance_id"])
+        self.handles.append(handle)
+        return handle
+
+    def beat(self, instance_id: str, count: int = 0) -> None:
+        now = self.clock()
+        self.state.apply(
+            Heartbeat(instance_id, now, STAGE[1], count, now - 1.0, 1.0, STAGE[0], "g")
+        )
+
+    def beat_all(self) -> None:
+        for iid in ["first"] + [c["instance_id"] for c in self.calls]:
+            if iid in self.state.instances and not self.state.instances[iid].final:
+                self.beat(iid)
+
+    async def tick(self) -> None:
+        await self.deployer.tick()
+        st = self.deployer.stages.get(STAGE)
+        if st is not None and st.task is not None:
+            await st.task
+
+    @property
+    def deploys(self) -> list[Any]:
+        return [r for r in self.deployer.records if r.action == "deploy"]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_deploys_when_a_signal_wants_more_and_passes_the_stage_details() -> None:
+    async def scenario() -> None:
+        rig = Rig()
+        rig.deployer.recommend(STAGE, 2, "test", ttl=100)
+        await rig.tick()
+        assert len(rig.calls) == 1
+        call = rig.calls[0]
+        assert call["provider"] == "LOCAL" and call["service_name"] == "svc"
+        assert call["source_topic"] == "src" and call["target_topic"] == "out"
+        assert call["group_id"] == "g" and call["current_instances"] == 1
+        assert rig.deployer.counts(STAGE) == (1, 1)  # the new one is starting
+        await rig.tick()
+        assert len(rig.calls) == 1, "wanted 2, has 1 + 1 starting: no second deploy"
+
+    run(scenario())
+
+
+def test_deploy_delay_and_after_heartbeat_delay_hold_the_next_deploy() -> None:
+    async def scenario() -> None:
+        rig = Rig(deploy_delay=10.0, after_heartbeat_delay=4.0)
+        rig.deployer.recommend(STAGE, 3, "test", ttl=1000)
+        await rig.tick()
+        assert len(rig.calls) == 1
+        # The new instance reports 8 s later: deploy_delay (10 s) still holds.
+        rig.clock.advance(8)
+        rig.beat_all()
+        rig.beat(rig.calls[0]["instance_id"])
+        await rig.tick()
+        assert len(rig.calls) == 1
+        assert "deploy_delay" in (rig.deployer.stages[STAGE].blocked or "")
+        # deploy_delay has passed, but the new instance reported only 3 s ago.
+        rig.clock.advance(3)
+        rig.beat_all()
+        await rig.tick()
+        assert len(rig.calls) == 1
+        assert rig.deployer.stages[STAGE].blocked == "after_heartbeat_delay"
+        rig.clock.advance(1.5)
+        rig.beat_all()
+        await rig.tick()
+        assert len(rig.calls) == 2
+        gap = rig.deploys[1].ts - rig.deploys[0].ts
+        assert gap >= 10.0
+
+    run(scenario())
+
+
+def test_max_instance_is_never_exceeded() -> None:
+    async def scenario() -> None:
+        rig = Rig(max_instance=3, deploy_delay=0.0, after_heartbeat_delay=0.0)
+        rig.deployer.recommend(STAGE, 50, "test", ttl=1000)
+        for _ in range(20):
+            await rig.tick()
+            for call in rig.calls:
+                rig.beat(call["instance_id"])
+            rig.clock.advance(0.5)
+            rig.beat_all()
+        assert len(rig.calls) == 2  # 1 running + 2 = max_instance 3
+        assert sum(rig.deployer.counts(STAGE)) == 3
+        assert "max_instance" in (rig.deployer.stages[STAGE].blocked or "")
+
+    run(scenario())
+
+
+def test_an_instance_that_stops_reporting_expires_and_is_replaced() -> None:
+    async def scenario() -> None:
+        rig = Rig(deploy_delay=0.0, after_heartbeat_delay=0.0)
+        rig.beat("second")  # seen by its target topic only: matched to the stage
+        assert rig.deployer.counts(STAGE) == (2, 0)
+        rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
+        await rig.tick()
+        assert not rig.calls
+        # "second" goes silent; expiry = 3 heartbeat intervals of 1 s.
+        rig.clock.advance(2.5)
+        rig.beat("first")
+        assert rig.deployer.counts(STAGE) == (2, 0)
+        rig.clock.advance(1.0)
+        rig.beat("first")
+        assert rig.deployer.counts(STAGE) == (1, 0)
+        await rig.tick()
+        assert len(rig.calls) == 1
+
+    run(scenario())
+
+
+def test_a_final_heartbeat_counts_the_instance_out_at_once() -> None:
+    rig = Rig()
+    rig.beat("second")
+    assert rig.deployer.counts(STAGE) == (2, 0)
+    now = rig.clock()
+    rig.state.apply(Heartbeat("second", now + 0.1, "out", 3, now, 1.0, "src", "g", final=True))
+    assert rig.deployer.counts(STAGE) == (1, 0)
+
+
+def test_failed_deploys_are_retried_with_exponential_backoff() -> None:
+    attempts: list[float] = []
+
+    async def scenario() -> None:
+        rig = Rig(
+            fn=lambda log, conf: attempts.append(rig.clock()) or None,
+            retry_backoff=1.0,
+            retry_backoff_max=4.0,
+            deploy_delay=0.0,
+            after_heartbeat_delay=0.0,
+        )
+        rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
+        for _ in range(100):  # 25 s in 0.25 s ticks
+            await rig.tick()
+            rig.clock.advance(0.25)
+            rig.beat_all()
+        gaps = [round(b - a, 2) for a, b in itertools.pairwise(attempts)]
+        assert gaps[:4] == [1.0, 2.0, 4.0, 4.0], gaps  # doubling, capped at the maximum
+        assert all(r.action == "deploy-failed" for r in rig.deployer.records)
+        assert rig.deployer.stages[STAGE].failures == len(attempts)
+
+    run(scenario())
+
+
+def test_a_raising_deploy_function_or_an_unknown_provider_is_a_failed_deploy() -> None:
+    async def scenario() -> None:
+        def boom(log: Any, conf: Any) -> Any:
+            raise RuntimeError("no capacity")
+
+        rig = Rig(fn=boom)
+        rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
+        await rig.tick()
+        [record] = rig.deployer.records
+        assert record.action == "deploy-failed" and "no capacity" in record.detail
+
+        rig2 = Rig()
+        rig2.state.stages[STAGE].spec = DeploySpec("NOWHERE", "svc", 3)
+        rig2.deployer.recommend(STAGE, 2, "test", ttl=1000)
+        await rig2.tick()
+        [record] = rig2.deployer.records
+        assert "no deploy function for provider 'NOWHERE'" in record.detail
+
+    run(scenario())
+
+
+def test_sync_deploy_functions_run_off_the_event_loop_and_async_ones_on_it() -> None:
+    threads: list[str] = []
+
+    def slow_sync(log: Any, conf: Any) -> Handle:
+        threads.append(threading.current_thread().name)
+        time.sleep(0.5)  # a blocking SDK call
+        return Handle(conf["instance_id"])
+
+    async def fast_async(log: Any, conf: Any) -> Handle:
+        threads.append(threading.current_thread().name)
+        await asyncio.sleep(0)
+        return Handle(conf["instance_id"])
+
+    async def scenario(fn: Any) -> float:
+        rig = Rig(fn=fn)
+        rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
+        loop = asyncio.get_running_loop()
+        gaps: list[float] = []
+
+        async def ticker() -> None:
+            last = loop.time()
+            while True:
+                await asyncio.sleep(0.01)
+                gaps.append(loop.time() - last)
+                last = loop.time()
+
+        t = asyncio.create_task(ticker())
+        await rig.tick()
+        t.cancel()
+        assert rig.deploys, "the deploy succeeded"
+        return max(gaps, default=0.0)
+
+    worst = run(scenario(slow_sync))
+    assert threads[-1] != threading.main_thread().name
+    assert worst < 0.3, f"the event loop was blocked for {worst:.2f} s by a sync deploy"
+    run(scenario(fast_async))
+    assert threads[-1] == threading.main_thread().name
+
+
+def test_an_instance_that_never_reports_counts_as_a_failed_deploy_and_is_stopped() -> None:
+    async def scenario() -> None:
+        rig = Rig(startup_timeout=5.0, deploy_delay=0.0, after_heartbeat_delay=0.0)
+        rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
+        await rig.tick()
+        assert rig.deployer.counts(STAGE) == (1, 1)
+        rig.clock.advance(5.5)
+        rig.beat("first")
+        await rig.tick()
+        await asyncio.sleep(0.05)  # the stop runs in the background
+        assert [r.action for r in rig.deployer.records][:2] == ["deploy", "startup-timeout"]
+        assert rig.handles[0].stopped
+        assert rig.deployer.stages[STAGE].failures == 1
+
+    run(scenario())
+
+
+def test_scale_in_is_off_by_default_and_waits_for_the_stabilisation_window() -> None:
+    async def grow(rig: Rig) -> None:
+        rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
+        await rig.tick()
+        rig.beat(rig.calls[0]["instance_id"])
+        assert rig.deployer.counts(STAGE) == (2, 0)
+
+    async def scenario(scale_in: bool) -> Rig:
+        rig = Rig(
+            deploy_delay=1.0,
+            after_heartbeat_delay=0.0,
+            scale_in=scale_in,
+            stabilisation_window=20.0,
+        )
+        await grow(rig)
+        for _ in range(60):  # 30 s of "one is enough"
+            rig.clock.advance(0.5)
+            rig.beat_all()
+            rig.deployer.recommend(STAGE, 1, "test", ttl=1000)
+            await rig.tick()
+            if rig.handles[0].stopped:
+                break
+        return rig
+
+    off = run(scenario(False))
+    assert not off.handles[0].stopped
+    on = run(scenario(True))
+    assert on.handles[0].stopped
+    [record] = [r for r in on.deployer.records if r.action == "scale-in"]
+    assert record.ts - (T0 + 60) >= 20.0, "scaled in before a full stabilisation window"
+
+
+def test_scale_in_keeps_min_instance_and_never_stops_instances_it_did_not_start() -> None:
+    async def scenario() -> Rig:
+        rig = Rig(
+            deploy_delay=0.0,
+            after_heartbeat_delay=0.0,
+            scale_in=True,
+            stabilisation_window=2.0,
+            min_instance=1,
+        )
+        rig.beat("second")  # not ours
+        for _ in range(20):
+            rig.clock.advance(0.5)
+            rig.beat_all()
+            rig.beat("second")
+            rig.deployer.recommend(STAGE, 0, "test", ttl=1000)
+            await rig.tick()
+        return rig
+
+    rig = run(scenario())
+    assert rig.deployer.counts(STAGE) == (2, 0)
+    assert not [r for r in rig.deployer.records if r.action == "scale-in"]
+
+
+def test_a_veto_holds_a_scale_out_back() -> None:
+    async def scenario() -> None:
+        rig = Rig(deploy_delay=0.0, after_heartbeat_delay=0.0)
+        vetoing = [True]
+        rig.deployer.add_veto(lambda stage: "spike" if vetoing[0] else None)
+        rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
+        await rig.tick()
+        assert not rig.calls and rig.deployer.stages[STAGE].blocked == "spike"
+        vetoing[0] = False
+        await rig.tick()
+        assert len(rig.calls) == 1
+
+    run(scenario())
+
+
+def test_a_restarted_deployer_learns_recent_deploys_from_the_control_topic() -> None:
+    async def scenario() -> None:
+        rig = Rig(deploy_delay=10.0, after_heartbeat_delay=0.0)
+        # The previous master deployed "svc-old" 3 s ago; it has not reported yet.
+        rig.deployer.on_message(
+            DeployEvent("svc-old", rig.clock() - 3, *STAGE, "deploy", "LOCAL", "svc")
+        )
+        rig.deployer.recommend(STAGE, 3, "test", ttl=1000)
+        assert rig.deployer.counts(STAGE) == (1, 1)
+        await rig.tick()
+        assert not rig.calls, "deployed again while the previous master's instance starts"
+        rig.beat("svc-old")
+        await rig.tick()
+        assert not rig.calls and rig.deployer.stages[STAGE].blocked == "deploy_delay"
+        rig.clock.advance(7.5)
+        rig.beat_all()
+        rig.beat("svc-old")
+        await rig.tick()
+        assert len(rig.calls) == 1
+
+    run(scenario())
+
+
+def test_stale_recommendations_expire() -> None:
+    rig = Rig()
+    rig.deployer.recommend(STAGE, 3, "io", ttl=2.0)
+    rig.deployer.recommend(STAGE, 2, "lag", ttl=10.0)
+    assert rig.deployer.desired(STAGE) == 3
+    rig.clock.advance(3)
+    assert rig.deployer.desired(STAGE) == 2
+    rig.clock.advance(10)
+    assert rig.deployer.desired(STAGE) is None
+
+
+@pytest.mark.parametrize("stop_on_exit", [False, True])
+def test_stop_instances_on_exit(stop_on_exit: bool) -> None:
+    async def scenario() -> Rig:
+        rig = Rig(stop_instances_on_exit=stop_on_exit)
+        rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
+        await rig.tick()
+        await rig.deployer.stop()
+        return rig
+
+    rig = run(scenario())
+    assert rig.handles[0].stopped is stop_on_exit

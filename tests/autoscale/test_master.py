@@ -1,0 +1,203 @@
+"""The Master on the real broker: garbage is skipped, early messages are read, the state is
+rebuilt from a recent window; and a lock-only master that needs no Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+from fogverse.autoscale import (
+    AutoScaleComponent,
+    AutoScaleRequest,
+    ControlMessage,
+    DeployScripts,
+    Heartbeat,
+    Master,
+    Worker,
+)
+from fogverse.autoscale.lock import LockClient
+from fogverse.autoscale.messages import DeploySpec, encode_message
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.seen: list[ControlMessage] = []
+
+    def on_message(self, message: ControlMessage) -> None:
+        self.seen.append(message)
+
+
+def _beat(iid: str, count: int, ts: float | None = None) -> bytes:
+    ts = time.time() if ts is None else ts
+    return encode_message(Heartbeat(iid, ts, "out", count, ts - 1, 1.0, "in", "g"))
+
+
+async def _produce(
+    bootstrap: str, topic: str, values: list[bytes], timestamp_ms: int | None = None
+) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for v in values:
+            await producer.send_and_wait(topic, v, timestamp_ms=timestamp_ms)
+    finally:
+        await producer.stop()
+
+
+async def _until(predicate: Any, timeout: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+GARBAGE = [
+    b"",
+    b"not json",
+    b"\x00\xff\x13garbage",
+    b"[]",
+    b'"a string"',
+    json.dumps({"v": 99, "type": "heartbeat", "instance_id": "x", "ts": time.time()}).encode(),
+    json.dumps({"v": 1, "type": "heartbeat", "instance_id": "x", "ts": "now"}).encode(),
+    json.dumps(
+        {"v": 1, "type": "heartbeat", "instance_id": 5, "ts": time.time(), "total_messages": 1}
+    ).encode(),
+    json.dumps(
+        {
+            "v": 1,
+            "type": "heartbeat",
+            "instance_id": "x",
+            "ts": time.time(),
+            "total_messages": "lots",
+        }
+    ).encode(),
+    json.dumps(
+        {
+            "v": 1,
+            "type": "auto_scale_request",
+            "instance_id": "x",
+            "ts": time.time(),
+            "source_topic": "a",
+            "target_topic": "b",
+            "topic_configs": None,
+        }
+    ).encode(),
+    b"{" * 100_000,
+]
+
+
+def test_garbage_on_the_control_topic_is_logged_skipped_and_never_stops_the_master(
+    kafka_bootstrap: str, new_topic: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    control = new_topic()
+    rec = Recorder()
+
+    async def scenario() -> Master:
+        master = Master(control, "m", kafka_bootstrap, [rec], lookback_seconds=30)
+        run = asyncio.create_task(master.run())
+        await _until(master.ready.is_set)
+        values = [_beat("a", 1), *GARBAGE, _beat("a", 2), *GARBAGE, _beat("a", 3)]
+        await _produce(kafka_bootstrap, control, values)
+        await _until(lambda: len(rec.seen) == 3)
+        assert not run.done(), "the master stopped"
+        master.stop()
+        await run
+        return master
+
+    with caplog.at_level("WARNING", logger="fogverse.autoscale.master"):
+        master = asyncio.run(scenario())
+    assert master.invalid_messages == 2 * len(GARBAGE)
+    assert [m.total_messages for m in rec.seen] == [1, 2, 3]  # type: ignore[attr-defined]
+    warnings = [r for r in caplog.records if "skipping invalid control message" in r.message]
+    # Each is logged with its reason, up to a limit that keeps a flood out of the log.
+    assert len(warnings) == 20 and "unsupported schema version 99" in warnings[5].message
+
+
+def test_a_starting_master_reads_what_was_sent_before_it_but_not_stale_history(
+    kafka_bootstrap: str, new_topic: Any
+) -> None:
+    control = new_topic(partitions=2)
+    now = time.time()
+    spec = DeploySpec("LOCAL", "svc", 3)
+
+    async def scenario() -> Master:
+        # Two minutes old: beyond the lookback, irrelevant to the current state.
+        await _produce(
+            kafka_bootstrap,
+            control,
+            [_beat("ancient", 99, now - 120)],
+            timestamp_ms=int((now - 120) * 1000),
+        )
+        # Sent before the master starts, within the lookback: must not be skipped.
+        await _produce(
+            kafka_bootstrap,
+            control,
+            [
+                encode_message(AutoScaleRequest("early", now - 5, "in", "out", spec, "g")),
+                _beat("early", 10, now - 1),
+            ],
+        )
+        master = Master(control, "m", kafka_bootstrap, [], lookback_seconds=30)
+        run = asyncio.create_task(master.run())
+        await _until(master.ready.is_set)
+        # Ready means caught up with everything that was on the topic at start.
+        assert "early" in master.state.instances and ("in", "out") in master.state.stages
+        assert "ancient" not in master.state.instances
+        await _produce(kafka_bootstrap, control, [_beat("late", 5)])
+        await _until(lambda: "late" in master.state.instances)
+        master.stop()
+        await run
+        return master
+
+    master = asyncio.run(scenario())
+    assert master.messages == 3
+
+
+def test_possible_data_types_filters_and_a_failing_observer_harms_nobody() -> None:
+    class Broken:
+        def on_message(self, message: ControlMessage) -> None:
+            raise RuntimeError("bug in a custom observer")
+
+    rec = Recorder()
+
+    async def scenario() -> Master:
+        master = Master(None, "m", None, [Broken(), rec], possible_data_types=[Heartbeat])
+        await master.handle_raw(_beat("a", 1))
+        await master.handle_raw(
+            encode_message(
+                AutoScaleRequest("a", time.time(), "in", "out", DeploySpec("LOCAL", "s", 2))
+            )
+        )
+        await master.handle_raw(b"garbage")
+        return master
+
+    master = asyncio.run(scenario())
+    assert [type(m) for m in rec.seen] == [Heartbeat]
+    assert master.invalid_messages == 1
+    assert "a" in master.state.instances
+
+
+def test_a_lock_only_master_needs_no_kafka_and_serves_locks() -> None:
+    conf = {
+        "included_worker": [Worker.DISTRIBUTED_LOCK_WORKER],
+        "distributed_worker_config": {"master_host": "127.0.0.1", "master_port": 0},
+    }
+    master = AutoScaleComponent().master_auto_scaler(conf, DeployScripts())
+
+    async def scenario() -> None:
+        run = asyncio.create_task(master.run())
+        await _until(lambda: master.ready.is_set() and master.lock_server._server is not None)
+        client = LockClient("127.0.0.1", master.lock_server.port)
+        async with client, client.lock("partition:t:g", lease=5) as grant:
+            assert grant is not None
+        master.stop()
+        await asyncio.wait_for(run, 10)
+
+    asyncio.run(scenario())

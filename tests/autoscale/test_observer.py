@@ -1,0 +1,262 @@
+"""The node-side observer: aggregated, periodic, never blocking; seed one-liner and attach()."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+from typing import Any
+
+import pytest
+from backends import read_kafka
+
+from fogverse import Consumer
+from fogverse.autoscale import Observer, enable_heartbeats
+from fogverse.autoscale.messages import Heartbeat, parse_message
+from fogverse.transport.memory import MemoryBroker
+
+
+class FakeProducer:
+    """Records what the observer hands over; acks resolve (or fail, or never come)."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.mode = "ok"
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def flush(self) -> None:
+        return None
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> Any:
+        fut = asyncio.get_running_loop().create_future()
+        if self.mode == "fail":
+            fut.set_exception(RuntimeError("broker down"))
+            return fut
+        self.sent.append(json.loads(value))
+        if self.mode == "ok":
+            fut.set_result(None)
+        return fut  # "hang": the ack never arrives
+
+    def beats(self) -> list[dict[str, Any]]:
+        return [m for m in self.sent if m["type"] == "heartbeat"]
+
+
+def _observer(fake: FakeProducer, **conf: Any) -> Observer:
+    return Observer(
+        {"producer_topic": "ctl", "heartbeat_interval": 0.05, "instance_id": "n-1", **conf},
+        producer_factory=lambda: fake,
+    )
+
+
+async def _until(predicate: Any, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def test_n_calls_become_one_heartbeat_with_their_sum() -> None:
+    async def scenario() -> None:
+        fake = FakeProducer()
+        obs = _observer(fake)
+        await obs.start()
+        await _until(lambda: fake.beats())
+        before = len(fake.beats())
+        for _ in range(1000):
+            obs.send_heartbeat("out", total_messages=1)
+        await _until(lambda: any(b["total_messages"] for b in fake.beats()))
+        new = fake.beats()[before:]
+        counted = [b for b in new if b["total_messages"]]
+        assert len(counted) == 1 and counted[0]["total_messages"] == 1000
+        assert counted[0]["target_topic"] == "out" and counted[0]["since"] <= counted[0]["ts"]
+        await obs.close()
+
+    asyncio.run(scenario())
+
+
+def test_idle_instances_keep_sending_zero_heartbeats_and_close_sends_a_final_one() -> None:
+    async def scenario() -> None:
+        fake = FakeProducer()
+        obs = _observer(fake)
+        await obs.start()
+        await _until(lambda: len(fake.beats()) >= 4)
+        assert fake.sent[0]["type"] == "announce"
+        assert all(b["total_messages"] == 0 and b["target_topic"] is None for b in fake.beats())
+        obs.send_heartbeat("out", 3)
+        await obs.close()
+        last = fake.beats()[-1]
+        assert last["final"] is True
+        assert sum(b["total_messages"] for b in fake.beats()) == 3
+
+    asyncio.run(scenario())
+
+
+def test_send_heartbeat_never_waits_for_acks_and_counts_from_threads_add_up() -> None:
+    async def scenario() -> None:
+        fake = FakeProducer()
+        fake.mode = "hang"
+        obs = _observer(fake)
+        await obs.start()
+
+        def hammer() -> None:
+            for _ in range(20_000):
+                obs.send_heartbeat("out", 1)
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for _ in range(20):  # the loop keeps running (and flushing) meanwhile
+            await asyncio.sleep(0.01)
+        for t in threads:
+            t.join()
+        await _until(lambda: sum(b["total_messages"] for b in fake.beats()) == 80_000)
+        assert len(fake.beats()) > 3, "heartbeats went on although no ack ever arrived"
+        await obs.close(timeout=0.5)
+
+    asyncio.run(scenario())
+
+
+def test_a_heartbeat_the_broker_rejected_is_counted_again_in_the_next() -> None:
+    async def scenario() -> None:
+        fake = FakeProducer()
+        obs = _observer(fake)
+        await obs.start()
+        await _until(lambda: fake.beats())
+        fake.mode = "fail"
+        obs.send_heartbeat("out", 7)
+        await asyncio.sleep(0.2)
+        fake.mode = "ok"
+        obs.send_heartbeat("out", 1)
+        await _until(lambda: sum(b["total_messages"] for b in fake.beats()) == 8)
+        await obs.close()
+
+    asyncio.run(scenario())
+
+
+def test_auto_scale_requests_go_out_at_once_and_are_resent_periodically() -> None:
+    async def scenario() -> None:
+        fake = FakeProducer()
+        obs = _observer(fake, request_refresh_interval=0.2)
+        with pytest.raises(ValueError, match="max_instance"):
+            obs.send_auto_scale_request("in", "out", {"provider": "LOCAL", "service_name": "s"})
+        await obs.start()
+        obs.send_auto_scale_request(
+            "in",
+            "out",
+            {"provider": "LOCAL", "service_name": "s", "max_instance": 3, "extra_configs": {}},
+        )
+        await _until(lambda: any(m["type"] == "auto_scale_request" for m in fake.sent), 1.0)
+        await _until(lambda: sum(m["type"] == "auto_scale_request" for m in fake.sent) >= 3)
+        reqs = [m for m in fake.sent if m["type"] == "auto_scale_request"]
+        assert reqs[0]["topic_configs"]["max_instance"] == 3
+        assert reqs[-1]["ts"] > reqs[0]["ts"], "re-sent with a fresh timestamp"
+        await obs.close()
+
+    asyncio.run(scenario())
+
+
+def test_seed_one_liner_in_send_starts_the_observer_by_itself() -> None:
+    MemoryBroker.reset()
+    servers = f"memory://{uuid.uuid4().hex[:6]}"
+    broker = MemoryBroker.for_servers(servers)
+    broker.create_topic("in")
+    broker.create_topic("out")
+    for i in range(50):
+        broker.append("in", f"m{i}".encode(), None, [])
+    fake = FakeProducer()
+
+    class SeedNode(Consumer):
+        def __init__(self) -> None:
+            super().__init__("in", servers, "g", producer_topic="out")
+            self.observer = _observer(fake)
+
+        async def send(self, data, topic=None, key=None, headers=None, callback=None):
+            result = await super().send(data, topic, key, headers, callback)
+            self.observer.send_heartbeat(self.producer_topic, total_messages=1)
+            return result
+
+    async def scenario() -> None:
+        node = SeedNode()
+        task = asyncio.create_task(node.run())
+        await _until(lambda: len(broker.records("out")) == 50)
+        await _until(lambda: sum(b["total_messages"] for b in fake.beats()) == 50)
+        node.stop()
+        await task
+        await node.observer.close()
+
+    asyncio.run(scenario())
+
+
+def test_attach_counts_a_nodes_outputs_and_reports_its_stage() -> None:
+    MemoryBroker.reset()
+    servers = f"memory://{uuid.uuid4().hex[:6]}"
+    broker = MemoryBroker.for_servers(servers)
+    broker.create_topic("in")
+    broker.create_topic("out")
+    for i in range(30):
+        broker.append("in", f"m{i}".encode(), None, [])
+    fake = FakeProducer()
+
+    async def scenario() -> None:
+        node = Consumer("in", servers, "grp", producer_topic="out")
+        obs = enable_heartbeats(node, _observer(fake))
+        assert obs is node.observer
+        task = asyncio.create_task(node.run())
+        await _until(lambda: len(broker.records("out")) == 30)
+        node.stop()
+        await task
+        announce = fake.sent[0]
+        assert (
+            announce["type"],
+            announce["source_topic"],
+            announce["target_topic"],
+            announce["group_id"],
+        ) == ("announce", "in", "out", "grp")
+        beats = fake.beats()
+        assert sum(b["total_messages"] for b in beats) == 30
+        assert beats[-1]["final"] is True, "closing the node sent the final heartbeat"
+
+    asyncio.run(scenario())
+
+
+def test_enable_heartbeats_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FOGVERSE_OBSERVER_TOPIC", raising=False)
+    node = Consumer("in", "memory://x", "g")
+    assert enable_heartbeats(node) is None
+    monkeypatch.setenv("FOGVERSE_OBSERVER_TOPIC", "ctl")
+    obs = enable_heartbeats(node)
+    assert obs is not None and obs.topic == "ctl"
+
+
+def test_heartbeats_reach_the_real_broker_aggregated(kafka_bootstrap: str, new_topic: Any) -> None:
+    control = new_topic()
+
+    async def scenario() -> list[Any]:
+        obs = Observer(
+            {
+                "kafka_server": kafka_bootstrap,
+                "producer_topic": control,
+                "heartbeat_interval": 0.2,
+                "instance_id": "real-1",
+            }
+        )
+        await obs.start()
+        for _ in range(500):
+            obs.send_heartbeat("out", 1)
+        await asyncio.sleep(0.5)
+        await obs.close()
+        records = await read_kafka(kafka_bootstrap, control, 3, timeout=10, settle=0.5)
+        return [parse_message(r.value) for r in records]
+
+    messages = asyncio.run(scenario())
+    beats = [m for m in messages if isinstance(m, Heartbeat)]
+    assert sum(b.total_messages for b in beats) == 500
+    assert [b.total_messages for b in beats if b.total_messages] == [500]
+    assert beats[-1].final

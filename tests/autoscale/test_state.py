@@ -1,0 +1,56 @@
+"""What the master knows: rates from heartbeats, live instances, stage membership."""
+
+from __future__ import annotations
+
+import pytest
+
+from fogverse.autoscale.messages import AutoScaleRequest, DeploySpec, Heartbeat
+from fogverse.autoscale.state import ControlState, RateTracker
+
+T0 = 1_800_000_000.0
+
+
+def test_counts_are_spread_over_the_span_each_heartbeat_covers() -> None:
+    r = RateTracker()
+    r.add("t", T0, T0 + 2, 100)  # 50/s over two seconds
+    assert r.count("t", T0, T0 + 1) == pytest.approx(50)
+    assert r.rate("t", T0 + 0.5, T0 + 1.5) == pytest.approx(50)
+    assert r.rate("t", T0 + 2, T0 + 4) == 0
+    assert r.rate("t", T0, T0) == 0
+
+
+class Clock:
+    t = T0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_duplicate_heartbeats_count_once_and_future_timestamps_are_clamped() -> None:
+    clock = Clock()
+    state = ControlState(clock=clock)
+    hb = Heartbeat("a", T0, "out", 10, T0 - 1, 1.0)
+    state.apply(hb)
+    state.apply(hb)  # a producer retry, an overlapping re-read
+    assert state.rates.count("out", T0 - 1, T0) == pytest.approx(10)
+    state.apply(Heartbeat("b", T0 + 3600, "out", 0, T0 + 3599, 1.0))  # a fast clock
+    clock.t = T0 + 3.5
+    assert "b" not in {i.instance_id for i in state.live_instances()}, "not kept alive"
+
+
+def test_instances_belong_to_the_stage_they_asked_to_scale_or_report_for() -> None:
+    clock = Clock()
+    state = ControlState(clock=clock)
+    spec = DeploySpec("LOCAL", "s", 3)
+    state.apply(AutoScaleRequest("a", T0, "in", "out", spec))
+    state.apply(AutoScaleRequest("x", T0, "in", "other", spec))
+    state.apply(Heartbeat("a", T0, "out", 1, T0 - 1, 1.0))
+    state.apply(Heartbeat("b", T0, "out", 1, T0 - 1, 1.0, "in"))  # source + target
+    state.apply(Heartbeat("c", T0, "out", 1, T0 - 1, 1.0))  # target only: unique match
+    state.apply(Heartbeat("up", T0, "in", 1, T0 - 1, 1.0))  # upstream: not an instance
+    assert {i.instance_id for i in state.instances_of(("in", "out"))} == {"a", "b", "c"}
+    assert {i.instance_id for i in state.instances_of(("in", "other"))} == {"x"}
+    clock.t = T0 + 3.5
+    assert state.instances_of(("in", "out")) == []
+    state.prune(T0 + 10_000)
+    assert state.instances == {}
