@@ -1,0 +1,932 @@
+"""The parent side of the process pool: an asyncio-facing window of tasks over worker processes.
+
+Each task owns one of ``max_running_task`` reusable shared-memory slots from :meth:`submit`
+until :meth:`TaskHandle.release`; waiting for a free slot is the backpressure. The input is
+copied once into the slot; the worker reads it in place and writes its result after it in the
+same slot, so frames never go through a pipe. The parent reads replies with
+``loop.add_reader`` (no thread per worker) and learns of a worker's death from its process
+sentinel; a dead worker is replaced and its tasks retried, since their inputs are still in
+their slots.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import collections
+import contextlib
+import importlib.util
+import logging
+import multiprocessing
+import os
+import pickle
+import resource
+import socket
+import threading
+import weakref
+from collections.abc import Callable, Generator
+from typing import Any, Literal
+
+import cloudpickle
+
+from fogverse.parallel import shm
+from fogverse.parallel import worker as wire
+from fogverse.parallel.errors import (
+    PoolClosed,
+    ProcessorPickleError,
+    TaskFailed,
+    WorkerCrashed,
+    WorkerSetupError,
+)
+from fogverse.processor import Processor
+
+__all__ = ["StartMethod", "TaskHandle", "WorkerPool"]
+
+logger = logging.getLogger(__name__)
+
+StartMethod = Literal["forkserver", "spawn"]
+
+# Tasks queued on one worker's socket. Two keeps a worker busy while the parent reads its last
+# result; more would strand tasks behind a slow one instead of giving them to an idle worker.
+_PREFETCH = 2
+_RECV_SIZE = 1 << 16
+_STARTUP_FAILURE_LIMIT = 3
+_RESTART_BACKOFF = 0.1
+_KILL_GRACE = 5.0
+
+_NEW, _STARTING, _RUNNING, _CLOSING, _STOPPING, _CLOSED, _BROKEN = range(7)
+_TASK_REPLIES = frozenset((wire.MSG_RESULT, wire.MSG_INBAND, wire.MSG_ERROR))
+
+
+class _Slot:
+    __slots__ = ("generation", "index", "region")
+
+    def __init__(self, index: int, region: shm.SharedRegion) -> None:
+        self.index = index
+        self.generation = 0
+        self.region = region
+
+
+class _Worker:
+    __slots__ = (
+        "exited",
+        "fd",
+        "index",
+        "known",
+        "live",
+        "outstanding",
+        "pid",
+        "process",
+        "rbuf",
+        "reading",
+        "ready",
+        "rend",
+        "rview",
+        "setup_error",
+        "sock",
+    )
+
+    def __init__(
+        self, index: int, process: Any, sock: socket.socket, slots: int, loop: Any
+    ) -> None:
+        self.index = index
+        self.process = process
+        self.pid: int = process.pid
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.live = True
+        self.reading = True
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.exited: asyncio.Future[int | None] = loop.create_future()
+        self.outstanding: collections.deque[TaskHandle] = collections.deque()
+        self.known = [-1] * slots
+        self.setup_error = ""
+        self.rbuf = bytearray(_RECV_SIZE)
+        self.rview = memoryview(self.rbuf)
+        self.rend = 0
+
+
+class TaskHandle:
+    """One submitted task. Await it for the result; call :meth:`release` when done with it.
+
+    A result may be a zero-copy view into the task's slot, valid until :meth:`release`. Copy
+    what you keep longer (``np.array(x)``), or keep the handle: a handle dropped without
+    :meth:`release` gives its slot a fresh memory region, so views of the old one stay intact.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_attempts",
+        "_callbacks",
+        "_error",
+        "_finished",
+        "_id",
+        "_pool",
+        "_released",
+        "_slot",
+        "_value",
+        "_waiter",
+    )
+
+    def __init__(self, pool: WorkerPool, task_id: int, slot: _Slot) -> None:
+        self._pool = pool
+        self._id = task_id
+        self._slot = slot
+        self._attempts = 0
+        self._released = False
+        self._finished = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[[TaskHandle], object]] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def done(self) -> bool:
+        return self._finished
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        if not self._finished:
+            if self._waiter is None:
+                loop = self._pool._loop
+                assert loop is not None
+                self._waiter = loop.create_future()
+            # Cancelling the awaiting task cancels this wait only, never the task itself.
+            yield from self._waiter.__await__()
+        return self.result()
+
+    def result(self) -> Any:
+        """The result of a finished task; raises its exception if it failed."""
+        if not self._finished:
+            raise asyncio.InvalidStateError("the task is not finished")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def exception(self) -> BaseException | None:
+        """The exception of a finished task, or None."""
+        if not self._finished:
+            raise asyncio.InvalidStateError("the task is not finished")
+        return self._error
+
+    def add_done_callback(self, fn: Callable[[TaskHandle], object]) -> None:
+        """Call ``fn(handle)`` once the task has finished.
+
+        The call happens on the event loop, straight from the pool's reader (no task or loop
+        iteration per result), so ``fn`` must be quick and must not block; exceptions it raises
+        are logged through the loop's exception handler.
+        """
+        if self._finished:
+            loop = self._pool._loop
+            assert loop is not None
+            loop.call_soon(fn, self)
+        elif self._callbacks is None:
+            self._callbacks = [fn]
+        else:
+            self._callbacks.append(fn)
+
+    def release(self) -> None:
+        """Give the task's slot back to the pool. Idempotent."""
+        if self._released:
+            return
+        self._released = True
+        if self._finished:
+            self._pool._free_slot(self._slot)
+        # Otherwise the slot is freed when the worker is done with it.
+
+    def _finish(self, value: Any, error: BaseException | None) -> None:
+        self._finished = True
+        self._value = value
+        self._error = error
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        callbacks = self._callbacks
+        if callbacks is not None:
+            self._callbacks = None
+            for fn in callbacks:
+                try:
+                    fn(self)
+                except Exception as exc:
+                    loop = self._pool._loop
+                    assert loop is not None
+                    loop.call_exception_handler(
+                        {"message": "TaskHandle done callback raised", "exception": exc}
+                    )
+
+    def __del__(self) -> None:
+        if self._released or not self._finished:
+            return
+        self._released = True
+        with contextlib.suppress(Exception):
+            self._pool._abandon_slot(self._slot)
+
+    def __repr__(self) -> str:
+        state = "done" if self._finished else "running"
+        return f"<TaskHandle {self._id} slot={self._slot.index} {state}>"
+
+
+def _pickle_processor(processor: Processor) -> bytes:
+    try:
+        return cloudpickle.dumps(processor, protocol=5)
+    except Exception as exc:
+        path, culprit, cause = _find_unpicklable(processor, "", exc, 0)
+        raise ProcessorPickleError(path or "<processor>", type(culprit).__name__, cause) from exc
+
+
+def _find_unpicklable(
+    obj: Any, path: str, cause: BaseException, depth: int
+) -> tuple[str, Any, BaseException]:
+    """Descend into the first attribute (or item) that fails to pickle on its own."""
+    if depth > 6:
+        return path, obj, cause
+    children: list[tuple[str, Any]] = []
+    if isinstance(obj, dict):
+        children = [(f"{path}[{k!r}]", v) for k, v in obj.items()]
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        children = [(f"{path}[{i}]", v) for i, v in enumerate(obj)]
+    else:
+        attrs = dict(getattr(obj, "__dict__", None) or {})
+        for name in getattr(type(obj), "__slots__", ()):
+            if hasattr(obj, name):
+                attrs[name] = getattr(obj, name)
+        children = [(f"{path}.{k}" if path else k, v) for k, v in attrs.items()]
+    for child_path, value in children:
+        try:
+            cloudpickle.dumps(value, protocol=5)
+        except Exception as exc:
+            return _find_unpicklable(value, child_path, exc, depth + 1)
+    return path, obj, cause
+
+
+def _preload_modules() -> list[str]:
+    modules = ["fogverse.parallel.worker"]
+    modules += [m for m in ("numpy", "cv2") if importlib.util.find_spec(m) is not None]
+    return modules
+
+
+def _ensure_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def _kill_all(workers: dict[int, _Worker]) -> None:
+    # Last resort when a pool is garbage-collected (or the interpreter exits) without close().
+    for w in list(workers.values()):
+        with contextlib.suppress(Exception):
+            if w.process.is_alive():
+                w.process.kill()
+
+
+class WorkerPool:
+    """Runs ``processor.process`` in ``process_number`` worker processes, at most
+    ``max_running_task`` tasks at a time.
+
+    The processor is pickled once (cloudpickle) and shipped to each worker when it starts;
+    ``setup()`` runs there before the first task and ``teardown()`` after the last. Inputs and
+    results travel through shared memory. A worker that dies is replaced and its tasks are
+    retried up to ``max_retries`` times; an exception in ``process()`` fails only that task.
+    Results arrive in completion order. Use a pool from the thread running its event loop.
+
+    ::
+
+        async with WorkerPool(MyProcessor(), process_number=2, max_running_task=8) as pool:
+            handle = await pool.submit(frame)   # waits while 8 tasks hold slots
+            handle.add_done_callback(on_result) # or: result = await handle
+            ...
+            handle.release()                    # when done with the (zero-copy) result
+
+    A script that starts a pool must guard its entry point with
+    ``if __name__ == "__main__":``: workers import the main module, as with any
+    ``multiprocessing`` start method other than fork.
+    """
+
+    def __init__(
+        self,
+        processor: Processor,
+        process_number: int,
+        max_running_task: int,
+        *,
+        start_method: StartMethod = "forkserver",
+        max_retries: int = 2,
+        worker_threads: int = 1,
+        initial_slot_bytes: int = 1 << 20,
+    ) -> None:
+        if process_number < 1:
+            raise ValueError("process_number must be >= 1")
+        if max_running_task < 1:
+            raise ValueError("max_running_task must be >= 1")
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        if worker_threads < 1:
+            raise ValueError("worker_threads must be >= 1")
+        if start_method not in ("forkserver", "spawn"):
+            raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r}")
+        self._processor = processor
+        self._process_number = process_number
+        self._max_running = max_running_task
+        self._start_method = start_method
+        self._max_retries = max_retries
+        self._worker_threads = worker_threads
+        self._initial_slot_bytes = max(4096, initial_slot_bytes)
+
+        self._state = _NEW
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._blob: shm.SharedRegion | None = None
+        self._blob_size = 0
+        self._slots: list[_Slot] = []
+        self._free: list[_Slot] = []
+        self._waiters: collections.deque[asyncio.Future[_Slot]] = collections.deque()
+        self._workers: dict[int, _Worker] = {}
+        self._ready: list[_Worker] = []
+        self._pending: collections.deque[TaskHandle] = collections.deque()
+        self._next_id = 0
+        self._in_flight = 0
+        self._max_in_flight = 0
+        self._active = 0
+        self._idle: asyncio.Event | None = None
+        self._out_hint = 0
+        self._startup_failures = 0
+        self._broken_error: BaseException | None = None
+        self._shutdown_task: asyncio.Task[None] | None = None
+        self._all_pids: list[int] = []
+        self._stats: collections.Counter[str] = collections.Counter()
+        self._submitted = 0
+        self._completed = 0
+        self._context: Any = None
+        self._finalizer = weakref.finalize(self, _kill_all, self._workers)
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def in_flight(self) -> int:
+        """Slots held by tasks that were submitted and not yet released."""
+        return self._in_flight
+
+    @property
+    def max_in_flight_seen(self) -> int:
+        return self._max_in_flight
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Pids of the live workers."""
+        return [w.pid for w in self._workers.values()]
+
+    @property
+    def all_worker_pids(self) -> list[int]:
+        """Pids of every worker this pool has started, replaced ones included."""
+        return list(self._all_pids)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: submitted, completed, failed, crashed, retried, restarts, inband_results,
+        slot_grows."""
+        return {**self._stats, "submitted": self._submitted, "completed": self._completed}
+
+    async def start(self) -> None:
+        """Start the workers; returns once every worker has run ``setup()``.
+
+        Raises :class:`ProcessorPickleError` if the processor cannot be pickled and
+        :class:`WorkerSetupError` if a worker's ``setup()`` fails.
+        """
+        if self._state != _NEW:
+            raise RuntimeError("WorkerPool.start() may be called only once")
+        self._state = _STARTING
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        try:
+            blob = _pickle_processor(self._processor)
+        except BaseException:
+            self._state = _CLOSED
+            raise
+        _ensure_fd_limit(self._max_running + 4 * self._process_number + 256)
+        self._blob = shm.SharedRegion.create(len(blob), "fogverse-processor")
+        self._blob.view[: len(blob)] = blob
+        self._blob_size = len(blob)
+        self._context = multiprocessing.get_context(self._start_method)
+        if self._start_method == "forkserver":
+            self._context.set_forkserver_preload(_preload_modules())
+        try:
+            for index in range(self._process_number):
+                self._spawn(index)
+            await asyncio.gather(*(w.ready for w in self._workers.values()))
+        except BaseException:
+            await asyncio.shield(self._begin_shutdown(drain=False, timeout=_KILL_GRACE))
+            raise
+        self._state = _RUNNING
+
+    async def submit(self, data: Any) -> TaskHandle:
+        """Queue ``data`` for ``process()``; waits while ``max_running_task`` tasks hold slots."""
+        if self._state != _RUNNING:
+            self._raise_not_running()
+        if self._free:
+            slot = self._free.pop()
+            self._take()
+        elif len(self._slots) < self._max_running:
+            slot = self._new_slot()
+            self._take()
+        else:
+            slot = await self._wait_for_slot()
+            if self._state != _RUNNING:  # closed while this slot was being handed over
+                self._free_slot(slot)
+                self._raise_not_running()
+        try:
+            self._fill(slot, data)
+        except BaseException:
+            self._free_slot(slot)
+            raise
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+        task = TaskHandle(self, self._next_id, slot)
+        self._active += 1
+        if self._active == 1:
+            assert self._idle is not None
+            self._idle.clear()
+        self._submitted += 1
+        self._dispatch(task)
+        return task
+
+    async def close(self, *, drain: bool = True, timeout: float = 30.0) -> None:
+        """Stop the pool: wait for in-flight tasks (``drain``), let workers run ``teardown()``,
+        kill those still alive after ``timeout`` seconds, release all shared memory. Idempotent.
+        """
+        if self._state == _NEW:
+            self._state = _CLOSED
+            return
+        await asyncio.shield(self._begin_shutdown(drain=drain, timeout=timeout))
+
+    async def __aenter__(self) -> WorkerPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        await self.close(drain=exc_type is None)
+
+    # ------------------------------------------------------------------ slots
+
+    def _raise_not_running(self) -> None:
+        if self._state == _BROKEN and self._broken_error is not None:
+            raise self._broken_error
+        if self._state in (_NEW, _STARTING):
+            raise RuntimeError("WorkerPool.start() has not completed")
+        raise PoolClosed("the pool is closed")
+
+    def _take(self) -> None:
+        self._in_flight += 1
+        if self._in_flight > self._max_in_flight:
+            self._max_in_flight = self._in_flight
+
+    def _new_slot(self) -> _Slot:
+        index = len(self._slots)
+        slot = _Slot(
+            index, shm.SharedRegion.create(self._initial_slot_bytes, f"fogverse-slot{index}")
+        )
+        self._slots.append(slot)
+        return slot
+
+    async def _wait_for_slot(self) -> _Slot:
+        loop = self._loop
+        assert loop is not None
+        waiter: asyncio.Future[_Slot] = loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._free_slot(waiter.result())
+            raise
+
+    def _free_slot(self, slot: _Slot) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(slot)  # handed over: still in flight
+                return
+        self._in_flight -= 1
+        self._free.append(slot)
+
+    def _abandon_slot(self, slot: _Slot) -> None:
+        """A finished handle was dropped unreleased: its result views may still be in use, so
+        the slot continues with a new region and the old one lives as long as those views."""
+        if threading.get_ident() != self._loop_thread:
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._abandon_slot, slot)
+            return
+        if self._state in (_RUNNING, _CLOSING):
+            self._replace_region(slot, slot.region.size)
+        self._free_slot(slot)
+
+    def _replace_region(self, slot: _Slot, size: int) -> None:
+        region = shm.SharedRegion.create(size, f"fogverse-slot{slot.index}")
+        slot.region.close()
+        slot.region = region
+        slot.generation += 1
+
+    def _fill(self, slot: _Slot, data: Any) -> None:
+        enc = shm.encode(data)
+        needed = shm.measure(enc)
+        if self._out_hint:
+            needed = shm.align(needed) + self._out_hint
+        if needed > slot.region.size:
+            # Headroom so that inputs and results that vary a little do not regrow every time.
+            self._replace_region(slot, needed + needed // 8)
+            self._stats["slot_grows"] += 1
+        region = slot.region
+        shm.write(region.view, 0, enc, region.address)
+
+    # ------------------------------------------------------------------ workers
+
+    def _spawn(self, index: int) -> _Worker:
+        loop = self._loop
+        assert loop is not None and self._blob is not None
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            process = self._context.Process(
+                target=wire.worker_main,
+                args=(child_sock, index, self._worker_threads, os.getpid()),
+                name=f"fogverse-worker-{index}",
+                daemon=True,
+            )
+            process.start()
+        except BaseException:
+            parent_sock.close()
+            raise
+        finally:
+            child_sock.close()
+        w = _Worker(index, process, parent_sock, self._max_running, loop)
+        self._workers[index] = w
+        self._all_pids.append(w.pid)
+        hello = wire.HELLO.pack(wire.HELLO.size - 4, wire.MSG_HELLO, self._blob_size)
+        with contextlib.suppress(OSError):  # it already died; its sentinel says so
+            parent_sock.sendmsg([hello], [_fd_message(self._blob.fd)])
+        loop.add_reader(w.fd, self._on_readable, w)
+        loop.add_reader(process.sentinel, self._on_exit, w)
+        return w
+
+    def _least_loaded(self) -> _Worker | None:
+        best: _Worker | None = None
+        load = _PREFETCH
+        for w in self._ready:
+            n = len(w.outstanding)
+            if n < load:
+                best, load = w, n
+        return best
+
+    def _dispatch(self, task: TaskHandle) -> None:
+        w = self._least_loaded()
+        if w is None:
+            self._pending.append(task)
+        else:
+            self._send_task(w, task)
+
+    def _send_task(self, w: _Worker, task: TaskHandle) -> None:
+        slot = task._slot
+        w.outstanding.append(task)
+        try:
+            if w.known[slot.index] == slot.generation:
+                w.sock.send(
+                    wire.TASK.pack(
+                        wire.TASK.size - 4, wire.MSG_TASK, task._id, slot.index, slot.generation, 0
+                    )
+                )
+            else:
+                frame = wire.TASK.pack(
+                    wire.TASK.size - 4, wire.MSG_TASK, task._id, slot.index, slot.generation, 1
+                )
+                w.sock.sendmsg([frame], [_fd_message(slot.region.fd)])
+                w.known[slot.index] = slot.generation
+        except OSError:
+            # The worker is dying; its sentinel will requeue what it held.
+            self._mark_unusable(w)
+
+    def _mark_unusable(self, w: _Worker) -> None:
+        if w.live:
+            w.live = False
+            if w in self._ready:
+                self._ready.remove(w)
+
+    def _on_readable(self, w: _Worker) -> bool:
+        """Read what the worker sent; False when nothing more is to be had now."""
+        try:
+            n = w.sock.recv_into(w.rview[w.rend :], 0, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            n = 0
+        if n == 0:
+            self._on_eof(w)
+            return False
+        end = w.rend + n
+        buf = w.rbuf
+        view = w.rview
+        pos = 0
+        while end - pos >= 4:
+            (size,) = wire.LEN.unpack_from(buf, pos)
+            stop = pos + 4 + size
+            if stop > end:
+                if 4 + size > len(buf):
+                    self._grow_rbuf(w, pos, end, 4 + size)
+                    return True
+                break
+            self._on_frame(w, view[pos:stop])
+            pos = stop
+        if pos == end:
+            w.rend = 0
+            if len(buf) > _RECV_SIZE:
+                w.rbuf = bytearray(_RECV_SIZE)
+                w.rview = memoryview(w.rbuf)
+        else:
+            view[: end - pos] = view[pos:end]
+            w.rend = end - pos
+        return True
+
+    def _grow_rbuf(self, w: _Worker, pos: int, end: int, size: int) -> None:
+        rbuf = bytearray(max(size, 2 * len(w.rbuf)))
+        rbuf[: end - pos] = w.rview[pos:end]
+        w.rbuf = rbuf
+        w.rview = memoryview(rbuf)
+        w.rend = end - pos
+
+    def _on_frame(self, w: _Worker, frame: memoryview) -> None:
+        kind = frame[4]
+        if kind in _TASK_REPLIES and not w.outstanding:
+            return  # a reply to a task that close() already failed
+        if kind == wire.MSG_RESULT:
+            _, _, task_id, out_at = wire.RESULT.unpack(frame)
+            task = self._pop_outstanding(w, task_id)
+            try:
+                value = shm.read(task._slot.region.view, out_at)
+            except Exception as exc:
+                self._fail(task, _parent_side_failure(exc))
+            else:
+                self._succeed(task, value)
+        elif kind == wire.MSG_INBAND:
+            _, _, task_id, needed = wire.INBAND.unpack_from(frame)
+            task = self._pop_outstanding(w, task_id)
+            self._stats["inband_results"] += 1
+            if needed > self._out_hint:
+                self._out_hint = shm.align(needed)
+            try:
+                value = shm.read(memoryview(bytearray(frame[wire.INBAND.size :])), 0)
+            except Exception as exc:
+                self._fail(task, _parent_side_failure(exc))
+            else:
+                self._succeed(task, value)
+        elif kind == wire.MSG_ERROR:
+            _, _, task_id = wire.ERROR.unpack_from(frame)
+            task = self._pop_outstanding(w, task_id)
+            exc_type, message, tb = pickle.loads(frame[wire.ERROR.size :])
+            self._stats["failed"] += 1
+            self._fail(task, TaskFailed(exc_type, message, tb))
+        elif kind == wire.MSG_READY:
+            self._on_ready(w)
+        elif kind == wire.MSG_SETUP_FAILED:
+            w.setup_error = bytes(frame[wire.SETUP_FAILED.size :]).decode(errors="replace")
+        else:
+            logger.error("worker %d sent an unknown message type %d", w.index, kind)
+
+    def _pop_outstanding(self, w: _Worker, task_id: int) -> TaskHandle:
+        task = w.outstanding.popleft()
+        if task._id != task_id:
+            raise RuntimeError(f"worker {w.index} answered task {task_id}, expected {task._id}")
+        # Refill the worker before anything else so it never waits on the parent.
+        if self._pending and w.live and w.ready.done():
+            self._send_task(w, self._pending.popleft())
+        return task
+
+    def _on_ready(self, w: _Worker) -> None:
+        self._startup_failures = 0
+        if not w.ready.done():
+            w.ready.set_result(None)
+        if self._state in (_STARTING, _RUNNING, _CLOSING) and w.live:
+            self._ready.append(w)
+            while self._pending and len(w.outstanding) < _PREFETCH and w.live:
+                self._send_task(w, self._pending.popleft())
+
+    def _on_eof(self, w: _Worker) -> None:
+        loop = self._loop
+        assert loop is not None
+        if w.reading:
+            w.reading = False
+            loop.remove_reader(w.fd)
+        self._mark_unusable(w)
+        if self._state in (_STARTING, _RUNNING, _CLOSING):
+            # A worker closes its socket only by exiting; make sure the sentinel fires.
+            with contextlib.suppress(Exception):
+                w.process.kill()
+
+    def _on_exit(self, w: _Worker) -> None:
+        loop = self._loop
+        assert loop is not None
+        loop.remove_reader(w.process.sentinel)
+        # Replies it sent before dying are still in the socket: take them before retrying.
+        while w.reading and self._on_readable(w):
+            pass
+        if w.reading:
+            w.reading = False
+            loop.remove_reader(w.fd)
+        self._mark_unusable(w)
+        w.process.join(0)
+        exitcode = w.process.exitcode
+        w.sock.close()
+        with contextlib.suppress(ValueError):
+            w.process.close()
+        if self._workers.get(w.index) is w:
+            del self._workers[w.index]
+        if not w.exited.done():
+            w.exited.set_result(exitcode)
+        if self._state not in (_STARTING, _RUNNING, _CLOSING):
+            return
+        if not w.ready.done():
+            self._startup_failures += 1
+            message = (
+                f"worker {w.index} (pid {w.pid}) exited with code {exitcode} before it was ready "
+                "(its stderr says why; workers import the main module, so a script that starts "
+                "a pool must guard its entry point with `if __name__ == '__main__':`)"
+            )
+            if w.setup_error:
+                message = f"setup() failed in worker {w.index} (pid {w.pid})"
+            error = WorkerSetupError(message, w.setup_error)
+            w.ready.set_exception(error)
+            w.ready.exception()  # retrieved here; start() re-raises it through gather()
+            if self._state != _STARTING:
+                logger.error("%s", error)
+        else:
+            logger.warning("worker %d (pid %d) died with exit code %s", w.index, w.pid, exitcode)
+        self._requeue(w, exitcode)
+        if self._state == _STARTING:
+            return
+        if self._startup_failures >= _STARTUP_FAILURE_LIMIT:
+            self._break(
+                WorkerSetupError(
+                    f"workers failed to start {self._startup_failures} times in a row; "
+                    "the pool stopped",
+                    w.setup_error,
+                )
+            )
+            return
+        self._stats["restarts"] += 1
+        delay = _RESTART_BACKOFF * (2**self._startup_failures - 1)
+        if delay:
+            loop.call_later(delay, self._restart, w.index)
+        else:
+            self._restart(w.index)
+
+    def _restart(self, index: int) -> None:
+        if self._state not in (_RUNNING, _CLOSING) or index in self._workers:
+            return
+        try:
+            self._spawn(index)
+        except Exception as exc:
+            logger.exception("could not restart worker %d", index)
+            self._break(WorkerSetupError(f"could not restart worker {index}: {exc!r}"))
+
+    def _requeue(self, w: _Worker, exitcode: int | None) -> None:
+        tasks = list(w.outstanding)
+        w.outstanding.clear()
+        if not tasks:
+            return
+        # A worker runs its tasks in order: only the first was running when it died; the others
+        # were waiting on its socket and are retried without being charged an attempt.
+        head = tasks[0]
+        head._attempts += 1
+        if head._attempts > self._max_retries:
+            tasks = tasks[1:]
+            self._stats["crashed"] += 1
+            self._fail(head, WorkerCrashed(exitcode, head._attempts))
+        self._stats["retried"] += len(tasks)
+        self._pending.extendleft(reversed(tasks))
+        while self._pending:
+            best = self._least_loaded()
+            if best is None:
+                break
+            self._send_task(best, self._pending.popleft())
+
+    def _break(self, error: BaseException) -> None:
+        """Too many consecutive worker start failures: fail everything, refuse new work."""
+        logger.error("worker pool broken: %s", error)
+        self._state = _BROKEN
+        self._broken_error = error
+        self._fail_everything(error)
+        loop = self._loop
+        assert loop is not None
+        if self._shutdown_task is None:
+            self._shutdown_task = loop.create_task(self._shutdown(drain=False, timeout=_KILL_GRACE))
+
+    # ------------------------------------------------------------------ completion
+
+    def _succeed(self, task: TaskHandle, value: Any) -> None:
+        self._completed += 1
+        released_early = task._released
+        self._task_done()
+        task._finish(value, None)
+        if released_early:
+            self._free_slot(task._slot)
+
+    def _fail(self, task: TaskHandle, error: BaseException) -> None:
+        # A failed task has no result in its slot: it goes back at once.
+        task._released = True
+        self._task_done()
+        self._free_slot(task._slot)
+        task._finish(None, error)
+
+    def _task_done(self) -> None:
+        self._active -= 1
+        if self._active == 0:
+            assert self._idle is not None
+            self._idle.set()
+
+    def _fail_everything(self, error: BaseException) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+                waiter.exception()
+        tasks = list(self._pending)
+        self._pending.clear()
+        for w in self._workers.values():
+            tasks += w.outstanding
+            w.outstanding.clear()
+        for task in tasks:
+            self._fail(task, error)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def _begin_shutdown(self, *, drain: bool, timeout: float) -> asyncio.Task[None]:
+        if self._shutdown_task is None:
+            loop = self._loop
+            assert loop is not None
+            self._shutdown_task = loop.create_task(self._shutdown(drain=drain, timeout=timeout))
+        return self._shutdown_task
+
+    async def _shutdown(self, *, drain: bool, timeout: float) -> None:
+        loop = self._loop
+        assert loop is not None and self._idle is not None
+        deadline = loop.time() + timeout
+        if self._state in (_RUNNING, _STARTING):
+            self._state = _CLOSING
+        closed = PoolClosed("the pool was closed")
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(closed)
+                waiter.exception()
+        if drain and self._active:
+            try:
+                await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                logger.warning(
+                    "close(): %d tasks still running after %.1f s", self._active, timeout
+                )
+        self._fail_everything(closed)
+        if self._state != _BROKEN:
+            self._state = _STOPPING
+        workers = list(self._workers.values())
+        stop = wire.STOP.pack(wire.STOP.size - 4, wire.MSG_STOP)
+        for w in workers:
+            with contextlib.suppress(OSError):
+                w.sock.send(stop)
+        exits = [w.exited for w in workers]
+        if exits:
+            await asyncio.wait(exits, timeout=max(0.0, deadline - loop.time()))
+        stragglers = [w for w in workers if not w.exited.done()]
+        for w in stragglers:
+            logger.warning("worker %d (pid %d) did not stop in time; killing it", w.index, w.pid)
+            with contextlib.suppress(Exception):
+                w.process.kill()
+        if stragglers:
+            await asyncio.wait([w.exited for w in stragglers], timeout=_KILL_GRACE)
+        for w in list(self._workers.values()):
+            # Only reached if a killed worker never reported its exit.
+            self._on_exit(w)
+        self._release_memory()
+        if self._state != _BROKEN:
+            self._state = _CLOSED
+        self._finalizer.detach()
+
+    def _release_memory(self) -> None:
+        for slot in self._slots:
+            slot.region.close()
+        self._free.clear()
+        if self._blob is not None:
+            self._blob.close()
+            self._blob = None
+
+
+def _fd_message(fd: int) -> tuple[int, int, bytes]:
+    return (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())
+
+
+def _parent_side_failure(exc: Exception) -> TaskFailed:
+    import traceback
+
+    return TaskFailed(
+        f"{type(exc).__module__}.{type(exc).__qualname__}",
+        f"the result could not be read in the parent: {exc}",
+        "".join(traceback.format_exception(exc)),
+    )

@@ -1,0 +1,313 @@
+"""The worker process: receives the processor once, then runs tasks from shared-memory slots.
+
+Wire protocol (one Unix stream socketpair per worker; every frame is a little-endian ``u32``
+length followed by a type byte and its fields). Descriptors travel with ``SCM_RIGHTS`` on the
+frame that first needs them: the pickled processor's region with ``HELLO``, a slot's region
+with the first ``TASK`` that uses that slot (or that slot's new generation after it grew).
+
+parent -> worker: ``HELLO`` (blob size) | ``TASK`` (task id, slot, generation, has fd) | ``STOP``
+worker -> parent: ``READY`` (pid) | ``SETUP_FAILED`` (traceback text) | ``RESULT`` (task id,
+offset of the result in the slot) | ``INBAND`` (task id, size needed, payload laid out as in a
+slot) | ``ERROR`` (task id, pickled ``(type, message, traceback)``)
+
+The pickles exchanged here only ever come from our own parent or our own worker.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import ctypes
+import logging
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+import threading
+import traceback
+from collections import deque
+from typing import Any
+
+import numpy as np
+from numpy.typing import DTypeLike
+
+from fogverse.parallel import shm
+
+__all__ = ["output_array", "worker_main"]
+
+logger = logging.getLogger(__name__)
+
+LEN = struct.Struct("<I")
+HELLO = struct.Struct("<IBQ")
+TASK = struct.Struct("<IBIIIB")
+STOP = struct.Struct("<IB")
+READY = struct.Struct("<IBI")
+RESULT = struct.Struct("<IBIQ")
+INBAND = struct.Struct("<IBIQ")
+ERROR = struct.Struct("<IBI")
+SETUP_FAILED = struct.Struct("<IB")
+
+MSG_HELLO = 1
+MSG_TASK = 2
+MSG_STOP = 3
+MSG_READY = 10
+MSG_SETUP_FAILED = 11
+MSG_RESULT = 12
+MSG_INBAND = 13
+MSG_ERROR = 14
+
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+# Room kept after output arrays for the result's header, table and pickle metadata.
+_OUTPUT_RESERVE = 4096
+
+# The slot of the task being processed, and where its free space starts (worker only).
+_task_region: shm.SharedRegion | None = None
+_task_cursor = 0
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+_FD_SPACE = socket.CMSG_SPACE(4 * array.array("i").itemsize)
+
+
+def output_array(shape: int | tuple[int, ...], dtype: DTypeLike = np.float32) -> np.ndarray:
+    """An uninitialised array for ``Processor.process`` to fill and return.
+
+    In a pool worker it lives in the task's shared-memory slot, next to the input, so returning
+    it (alone or inside a tuple/list/dict) costs no copy at all. Anywhere else, or when the
+    slot is too small this time (it grows for the next task), it is an ordinary
+    ``np.empty``. Use it only for the result: the memory is reused by later tasks.
+    """
+    global _task_cursor
+    dt = np.dtype(dtype)
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    region = _task_region
+    if region is not None and not dt.hasobject:
+        at = shm.align(_task_cursor)
+        end = at + math.prod(dims) * dt.itemsize
+        if end + _OUTPUT_RESERVE <= region.size:
+            _task_cursor = end
+            return np.ndarray(dims, dt, buffer=region.view, offset=at)
+    return np.empty(dims, dt)
+
+
+class _Inbox:
+    """Frames from the parent, with the descriptors that arrived beside them (in order)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+        self._fds: deque[int] = deque()
+
+    def next(self) -> bytes | None:
+        """The next frame's body, or None at end of stream (the parent is gone)."""
+        buf = self._buf
+        while True:
+            if len(buf) >= 4:
+                (size,) = LEN.unpack_from(buf)
+                if len(buf) >= 4 + size:
+                    frame = bytes(buf[: 4 + size])
+                    del buf[: 4 + size]
+                    return frame
+            data, ancdata, flags, _ = self._sock.recvmsg(1 << 16, _FD_SPACE)
+            for level, kind, cdata in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds = array.array("i")
+                    fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
+                    self._fds.extend(fds)
+            if flags & socket.MSG_CTRUNC:
+                raise RuntimeError("descriptor lost in transit (control message truncated)")
+            if not data:
+                return None
+            buf += data
+
+    def take_fd(self) -> int:
+        return self._fds.popleft()
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _prepare_process(index: int, worker_threads: int, parent_pid: int) -> None:
+    # The parent owns shutdown: Ctrl-C in a terminal reaches the whole process group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        libc = _libc()
+        with contextlib.suppress(Exception):
+            libc.prctl(_PR_SET_NAME, f"fogverse-w{index}".encode()[:15], 0, 0, 0)
+        # Only meaningful when the pool process is our direct parent (spawn); under forkserver
+        # the parent-death watch below does the job.
+        if os.getppid() == parent_pid:
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+    _watch_parent()
+    _limit_threads(worker_threads)
+
+
+def _watch_parent() -> None:
+    """Exit at once if the parent dies, even while process() is busy in native code."""
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fogverse-parent-watch", daemon=True).start()
+
+
+def _limit_threads(count: int) -> None:
+    # Libraries loaded from here on (models in setup()) read these; two workers on two cores
+    # each running a full-size thread pool would oversubscribe the machine.
+    for var in THREAD_ENV_VARS:
+        os.environ[var] = str(count)
+    try:
+        import cv2
+    except ImportError:
+        pass
+    else:
+        cv2.setNumThreads(count)
+    if "numpy" in sys.modules:
+        _limit_openblas(count)
+
+
+def _limit_openblas(count: int) -> None:
+    # numpy may have been imported (by the forkserver preload, or by the parent's __main__)
+    # before the environment variables above were set; tell its OpenBLAS directly.
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+    except OSError:
+        return
+    names = (
+        "openblas_set_num_threads",
+        "openblas_set_num_threads64_",
+        "scipy_openblas_set_num_threads",
+        "scipy_openblas_set_num_threads64_",
+    )
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in names:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn(ctypes.c_int(count))
+                break
+
+
+def _error_frame(task_id: int, exc: BaseException) -> bytes:
+    try:
+        message = str(exc)
+    except Exception:
+        message = repr(exc)
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    body = pickle.dumps((name, message, traceback.format_exc()), protocol=5)
+    return ERROR.pack(ERROR.size - 4 + len(body), MSG_ERROR, task_id) + body
+
+
+def _load_processor(inbox: _Inbox) -> Any:
+    frame = inbox.next()
+    if frame is None:
+        raise EOFError("parent closed the connection before sending the processor")
+    _, kind, size = HELLO.unpack(frame)
+    if kind != MSG_HELLO:
+        raise RuntimeError(f"expected HELLO, got message type {kind}")
+    region = shm.SharedRegion.attach(inbox.take_fd())
+    try:
+        return pickle.loads(region.view[:size])
+    finally:
+        region.close()
+
+
+def worker_main(sock: socket.socket, index: int, worker_threads: int, parent_pid: int) -> None:
+    """Entry point of a worker process (the target of ``multiprocessing.Process``)."""
+    _prepare_process(index, worker_threads, parent_pid)
+    inbox = _Inbox(sock)
+    try:
+        processor = _load_processor(inbox)
+        processor.setup()
+    except EOFError:
+        return
+    except BaseException:
+        text = traceback.format_exc().encode()
+        with contextlib.suppress(OSError):
+            sock.sendall(
+                SETUP_FAILED.pack(SETUP_FAILED.size - 4 + len(text), MSG_SETUP_FAILED) + text
+            )
+        return
+    try:
+        sock.sendall(READY.pack(READY.size - 4, MSG_READY, os.getpid()))
+        _serve(sock, inbox, processor)
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the parent is gone: stop serving (teardown still runs)
+    finally:
+        try:
+            processor.teardown()
+        except Exception:
+            logger.exception("teardown() of worker %d raised", index)
+
+
+def _serve(sock: socket.socket, inbox: _Inbox, processor: Any) -> None:
+    global _task_region, _task_cursor
+    slots: dict[int, tuple[int, shm.SharedRegion]] = {}
+    process = processor.process
+    result_frame = RESULT.pack
+    while True:
+        frame = inbox.next()
+        if frame is None or frame[4] == MSG_STOP:
+            return
+        _, _, task_id, slot_index, generation, has_fd = TASK.unpack(frame)
+        if has_fd:
+            # Replacing the previous generation drops our mapping of it; views that user code
+            # kept keep theirs alive.
+            slots[slot_index] = (generation, shm.SharedRegion.attach(inbox.take_fd()))
+        region = slots[slot_index][1]
+        view = region.view
+        try:
+            in_end = shm.extent(view)
+            _task_region, _task_cursor = region, in_end
+            try:
+                result = process(shm.read(view))
+            finally:
+                _task_region = None
+            # The input and any output_array() stay where they are; the result's arrays that
+            # live there are referenced in place, the rest is written after them.
+            out_at = shm.align(_task_cursor)
+            enc = shm.encode(result)
+            end = shm.write(view, out_at, enc, region.address, out_at)
+        except Exception as exc:
+            sock.sendall(_error_frame(task_id, exc))
+            continue
+        finally:
+            result = None
+        if end <= region.size:
+            sock.sendall(result_frame(RESULT.size - 4, MSG_RESULT, task_id, out_at))
+            continue
+        # Too big for the slot: send it over the socket this once; the parent grows its slots.
+        needed = end - shm.align(in_end)  # output arrays included: all must fit next time
+        body = bytearray(INBAND.size + shm.measure(enc))
+        INBAND.pack_into(body, 0, len(body) - 4, MSG_INBAND, task_id, needed)
+        try:
+            shm.write(memoryview(body)[INBAND.size :], 0, enc)
+        except Exception as exc:
+            sock.sendall(_error_frame(task_id, exc))
+            continue
+        finally:
+            enc = None
+        sock.sendall(body)

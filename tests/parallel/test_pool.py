@@ -1,0 +1,884 @@
+"""The worker pool (fogverse/parallel/pool.py and worker.py), with real worker processes.
+
+Processors are module-level classes: workers import this module to unpickle them. Every test
+checks afterwards that no worker process and no /dev/shm entry outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import gc
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+
+from fogverse.parallel import (
+    PoolClosed,
+    ProcessorPickleError,
+    TaskFailed,
+    WorkerCrashed,
+    WorkerPool,
+    WorkerSetupError,
+    output_array,
+    shm,
+)
+from fogverse.processor import Processor
+
+DEADLINE = 20.0
+
+
+def run(coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+async def async_wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def map_through(pool: WorkerPool, items: list[Any]) -> list[Any]:
+    """Results (or exceptions) for ``items`` in input order; more items than the window is
+    fine because each result is released as soon as it is taken."""
+    results: list[Any] = [None] * len(items)
+    left = len(items)
+    finished = asyncio.Event()
+
+    def keeper(index: int) -> Callable[[Any], None]:
+        def keep(handle: Any) -> None:
+            nonlocal left
+            error = handle.exception()
+            value = error if error is not None else handle.result()
+            results[index] = value.copy() if isinstance(value, np.ndarray) else value
+            handle.release()
+            left -= 1
+            if left == 0:
+                finished.set()
+
+        return keep
+
+    for i, item in enumerate(items):
+        (await pool.submit(item)).add_done_callback(keeper(i))
+    if items:
+        await finished.wait()
+    return results
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def our_workers() -> list[psutil.Process]:
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.name().startswith("fogverse-w") and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def read_maps(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def our_memfd_maps() -> list[str]:
+    return [line for line in read_maps(os.getpid()).splitlines() if "memfd:fogverse" in line]
+
+
+def our_memfds() -> list[str]:
+    """Slot and processor memfds this process still has open."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/memfd:fogverse"):
+            found.append(target)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    shm_before = set(os.listdir("/dev/shm"))
+    yield
+    assert wait_until(lambda: not our_workers()), f"workers left behind: {our_workers()}"
+    assert set(os.listdir("/dev/shm")) - shm_before == set()
+    # Mappings may outlive close() while results still view them (a failing test's traceback
+    # does); descriptors may not.
+    assert our_memfds() == []
+
+
+# --------------------------------------------------------------------------- processors
+
+
+class Echo(Processor):
+    def process(self, data: Any) -> Any:
+        return data
+
+
+class Describe(Processor):
+    """Says what the worker received."""
+
+    def process(self, data: Any) -> Any:
+        if isinstance(data, np.ndarray):
+            return (type(data).__name__, data.flags.writeable, data.flags.owndata)
+        return (type(data).__name__,)
+
+
+class Views(Processor):
+    """Returns views of (or modifies) its input array, as processors may."""
+
+    def process(self, data: Any) -> Any:
+        mode, arr = data
+        if mode == "inplace":
+            arr *= 2
+            return arr
+        if mode == "slice":
+            return arr[10:]
+        if mode == "pair":
+            return (arr[5:], arr[:-5])
+        if mode == "strided":
+            return arr[::3]
+        if mode == "big":
+            return np.full(600_000, 7, np.int64)
+        raise ValueError(mode)
+
+
+class Scale(Processor):
+    """Writes its result into output_array(), as a preprocessing step would."""
+
+    def process(self, data: Any) -> Any:
+        out = output_array(data.shape, np.float32)
+        np.multiply(data, np.float32(0.5), out=out)
+        extra = output_array(3, np.int64)
+        extra[:] = (1, 2, 3)
+        return {"scaled": out, "extra": extra}
+
+
+UNPICKLED_HERE = 0
+
+
+class CountingProcessor(Processor):
+    """Counts how often it is pickled (in the parent) and unpickled (in each worker)."""
+
+    pickled = 0
+
+    def __init__(self) -> None:
+        self.payload = np.arange(100_000)  # large-ish: shipping it per task would show
+
+    def __getstate__(self) -> dict[str, Any]:
+        type(self).pickled += 1
+        return self.__dict__
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        global UNPICKLED_HERE
+        UNPICKLED_HERE += 1
+        self.__dict__.update(state)
+
+    def process(self, data: Any) -> Any:
+        if data == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return (os.getpid(), UNPICKLED_HERE)
+
+
+class Faulty(Processor):
+    """Fails in the ways real processors do, selected by the input."""
+
+    def __init__(self, marker_dir: str = "") -> None:
+        self.marker_dir = marker_dir
+
+    def setup(self) -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core files from the segfault
+
+    def process(self, data: Any) -> Any:
+        if data == "raise":
+            raise ValueError("bad input 'raise'")
+        if data == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if data == "segfault":
+            ctypes.string_at(0)
+        if data == "exit":
+            os._exit(3)
+        if data == "kill-once":
+            marker = Path(self.marker_dir, "killed-once")
+            if not marker.exists():
+                marker.touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return "survived"
+        return (data, os.getpid())
+
+
+class SetupFails(Processor):
+    def setup(self) -> None:
+        raise RuntimeError("boom in setup")
+
+    def process(self, data: Any) -> Any:
+        return data
+
+
+class Sleepy(Processor):
+    def __init__(self, marker_dir: str = "") -> None:
+        self.marker_dir = marker_dir
+
+    def process(self, data: Any) -> Any:
+        kind, arg = data
+        if kind == "sleep":
+            time.sleep(arg)
+        elif kind == "wait-for":  # block until another task creates the file
+            deadline = time.monotonic() + 30
+            while not Path(arg).exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        elif kind == "create":
+            Path(arg).touch()
+        return (kind, os.getpid())
+
+    def teardown(self) -> None:
+        if self.marker_dir:
+            Path(self.marker_dir, f"teardown-{os.getpid()}").touch()
+
+
+class Environment(Processor):
+    def process(self, data: Any) -> Any:
+        import cv2
+
+        names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+        return ({n: os.environ.get(n) for n in names}, cv2.getNumThreads(), blas_threads())
+
+
+def blas_threads() -> list[int]:
+    """Thread counts of the OpenBLAS libraries loaded here (numpy's, preloaded before the
+    worker could set OPENBLAS_NUM_THREADS)."""
+    counts = []
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+    for path in paths:
+        lib = ctypes.CDLL(path)
+        for name in ("openblas_get_num_threads", "scipy_openblas_get_num_threads64_"):
+            getter = getattr(lib, name, None)
+            if getter is not None:
+                counts.append(getter())
+    return counts
+
+
+# --------------------------------------------------------------------------- results
+
+
+def test_results_round_trip_for_arrays_bytes_and_objects():
+    frame = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+    nested = {"boxes": np.ones((10, 4), np.float32), "meta": ("cam-1", 7), "ids": [np.arange(3)]}
+
+    async def main() -> None:
+        async with WorkerPool(Echo(), 2, 4) as pool:
+            for value in (42, "text", None, frame, b"\xff\xd8jpeg" * 1000):
+                handle = await pool.submit(value)
+                got = await handle
+                if isinstance(value, np.ndarray):
+                    np.testing.assert_array_equal(got, value)
+                else:
+                    assert got == value
+                handle.release()
+            handle = await pool.submit(nested)
+            got = await handle
+            np.testing.assert_array_equal(got["boxes"], nested["boxes"])
+            np.testing.assert_array_equal(got["ids"][0], nested["ids"][0])
+            assert got["meta"] == ("cam-1", 7)
+            handle.release()
+            assert pool.in_flight == 0
+
+    run(main())
+
+
+def test_workers_get_writable_zero_copy_views_and_bytes():
+    async def main() -> None:
+        async with WorkerPool(Describe(), 1, 2) as pool:
+            for value, expected in (
+                (np.zeros((64, 64), np.uint8), ("ndarray", True, False)),
+                (b"jpeg", ("bytes",)),
+                (bytearray(b"jpeg"), ("bytes",)),
+                (memoryview(b"jpeg"), ("bytes",)),
+            ):
+                handle = await pool.submit(value)
+                got = await handle
+                assert got == expected
+                handle.release()
+
+    run(main())
+
+
+def test_results_are_views_into_the_slot_until_release():
+    async def main() -> None:
+        async with WorkerPool(Echo(), 1, 1) as pool:
+            first = await pool.submit(np.full(1000, 1, np.int32))
+            result = await first
+            assert not result.flags.owndata and result.base is not None
+            assert (result == 1).all()
+            first.release()
+            # The single slot is reused: the old (released) view now shows the new task.
+            second = await pool.submit(np.full(1000, 2, np.int32))
+            await second
+            assert (result == 2).all()
+            second.release()
+
+    run(main())
+
+
+def test_results_that_view_or_modify_the_input_are_correct():
+    base = np.arange(1000, dtype=np.int64)
+
+    async def main() -> None:
+        async with WorkerPool(Views(), 2, 4) as pool:
+            cases = {
+                "inplace": lambda a: a * 2,
+                "slice": lambda a: a[10:],
+                "pair": lambda a: (a[5:], a[:-5]),
+                "strided": lambda a: a[::3],
+            }
+            for _ in range(3):
+                for mode, expect in cases.items():
+                    handle = await pool.submit((mode, base))
+                    got = await handle
+                    want = expect(base)
+                    if isinstance(want, tuple):
+                        for g, w in zip(got, want, strict=True):
+                            np.testing.assert_array_equal(g, w)
+                    else:
+                        np.testing.assert_array_equal(got, want)
+                    handle.release()
+            np.testing.assert_array_equal(base, np.arange(1000))  # the caller's copy is intact
+
+    run(main())
+
+
+def test_result_too_big_for_its_slot_comes_in_band_once_then_slots_grow():
+    async def main() -> None:
+        pool = WorkerPool(Views(), 1, 2, initial_slot_bytes=64 * 1024)
+        async with pool:
+            for _ in range(8):
+                handle = await pool.submit(("big", np.zeros(10, np.int64)))
+                got = await handle
+                assert got.shape == (600_000,) and (got == 7).all()
+                handle.release()
+            stats = pool.stats
+            assert 1 <= stats["inband_results"] <= 2
+            assert stats["slot_grows"] >= 1
+
+    run(main())
+
+
+def test_output_array_results_come_back_without_a_copy():
+    frame = np.arange(300 * 400, dtype=np.uint8).reshape(300, 400)
+
+    async def main() -> None:
+        pool = WorkerPool(Scale(), 2, 2, initial_slot_bytes=64 * 1024)
+        async with pool:
+            for i in range(6):
+                handle = await pool.submit(frame)
+                got = await handle
+                np.testing.assert_array_equal(got["scaled"], frame * np.float32(0.5))
+                assert got["extra"].tolist() == [1, 2, 3]
+                if i >= 2:  # the slots have grown to fit input and output by now
+                    # The array is where the worker wrote it, right after the input: the
+                    # worker did not copy it into place behind the result's header.
+                    start = got["scaled"].__array_interface__["data"][0]
+                    offset = start - handle._slot.region.address
+                    assert offset == shm.align(shm.measure(shm.encode(frame)))
+                handle.release()
+            # Only the first result of each slot (before it grew) travelled over the socket.
+            assert pool.stats["inband_results"] <= 2
+
+    run(main())
+
+
+def test_output_array_outside_a_worker_is_an_ordinary_array():
+    out = output_array((2, 3), np.uint16)
+    assert out.shape == (2, 3) and out.dtype == np.uint16 and out.flags.owndata
+
+
+def test_dropping_an_unreleased_handle_keeps_its_result_intact():
+    async def main() -> None:
+        async with WorkerPool(Echo(), 1, 1) as pool:
+            results = []
+            for i in range(5):  # the pattern many users write first
+                results.append(await (await pool.submit(np.full(100, i))))
+            for i, r in enumerate(results):
+                assert (r == i).all()
+            assert pool.in_flight == 0
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- the processor
+
+
+def test_processor_is_pickled_once_and_unpickled_once_per_worker():
+    CountingProcessor.pickled = 0
+
+    async def main() -> None:
+        async with WorkerPool(CountingProcessor(), 2, 4, max_retries=0) as pool:
+            results = await map_through(pool, list(range(40)))
+            assert {count for _, count in results} == {1}
+            assert {pid for pid, _ in results} == set(pool.worker_pids)
+            # A replacement worker gets the same pickled bytes: still one pickling.
+            before = set(pool.worker_pids)
+            with pytest.raises(WorkerCrashed):
+                await (await pool.submit("die"))
+            seen: dict[int, int] = {}
+            deadline = time.monotonic() + DEADLINE
+            while not set(seen) - before and time.monotonic() < deadline:
+                seen.update(await map_through(pool, list(range(8))))
+            assert set(seen) - before, "the replacement worker never ran a task"
+            assert set(seen.values()) == {1}
+
+    run(main())
+    assert CountingProcessor.pickled == 1
+
+
+class _Holder:
+    def __init__(self) -> None:
+        self.conn = threading.Lock()
+
+
+class Unpicklable(Processor):
+    def __init__(self, nested: bool) -> None:
+        self.fine = [1, 2, 3]
+        if nested:
+            self.holder = _Holder()
+        else:
+            self.lock = threading.Lock()
+
+    def process(self, data: Any) -> Any:
+        return data
+
+
+@pytest.mark.parametrize(("nested", "path"), [(False, "lock"), (True, "holder.conn")])
+def test_unpicklable_processor_fails_at_start_naming_the_attribute(nested, path):
+    async def main() -> None:
+        pool = WorkerPool(Unpicklable(nested), 2, 2)
+        with pytest.raises(ProcessorPickleError) as info:
+            await pool.start()
+        assert info.value.path == path
+        assert repr(path) in str(info.value)
+        assert pool.worker_pids == []
+        await pool.close()
+
+    run(main())
+
+
+def test_setup_failure_raises_with_the_workers_traceback():
+    async def main() -> None:
+        pool = WorkerPool(SetupFails(), 2, 2)
+        with pytest.raises(WorkerSetupError) as info:
+            await pool.start()
+        assert "boom in setup" in info.value.traceback_text
+        assert "RuntimeError" in str(info.value)
+        await pool.close()
+
+    run(main())
+
+
+def test_thread_limits_are_set_in_workers():
+    async def main() -> None:
+        for threads in (1, 2):
+            async with WorkerPool(Environment(), 1, 1, worker_threads=threads) as pool:
+                handle = await pool.submit(None)
+                env, cv_threads, blas = await handle
+                handle.release()
+                assert set(env.values()) == {str(threads)}
+                assert cv_threads == threads
+                assert set(blas) <= {threads}
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_exception_in_process_fails_only_that_task():
+    async def main() -> None:
+        async with WorkerPool(Faulty(), 2, 4) as pool:
+            pids = set(pool.worker_pids)
+            handles = [await pool.submit(x) for x in (1, "raise", 2, 3)]
+            for h in handles:
+                await _settle(h)
+            with pytest.raises(TaskFailed) as info:
+                await handles[1]
+            assert info.value.exc_type == "ValueError"
+            assert "bad input 'raise'" in info.value.message
+            assert "in process" in info.value.traceback_text
+            assert [(await h)[0] for h in (handles[0], handles[2], handles[3])] == [1, 2, 3]
+            for h in handles:
+                h.release()
+            assert set(pool.worker_pids) == pids  # nobody restarted
+            assert pool.in_flight == 0
+
+    run(main())
+
+
+async def _settle(handle: Any) -> None:
+    with contextlib.suppress(Exception):
+        await handle
+
+
+def test_killed_worker_is_replaced_and_its_task_retried(tmp_path):
+    async def main() -> None:
+        async with WorkerPool(Faulty(str(tmp_path)), 2, 4) as pool:
+            first = set(pool.worker_pids)
+            handle = await pool.submit("kill-once")
+            assert await handle == "survived"
+            handle.release()
+            assert pool.stats["restarts"] == 1
+            await async_wait_until(lambda: len(pool.worker_pids) == 2)
+            assert set(pool.worker_pids) != first
+            results = await map_through(pool, list(range(10)))
+            assert [r[0] for r in results] == list(range(10))
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("poison", "exitcode"),
+    [("kill", -signal.SIGKILL), ("segfault", -signal.SIGSEGV), ("exit", 3)],
+)
+def test_poison_input_fails_after_max_retries_and_others_proceed(poison, exitcode):
+    async def main() -> None:
+        async with WorkerPool(Faulty(), 2, 6, max_retries=1) as pool:
+            handles = [await pool.submit(x) for x in (0, 1, poison, 2, 3, 4)]
+            outcomes = []
+            for h in handles:
+                try:
+                    outcomes.append((await h)[0])
+                except WorkerCrashed as exc:
+                    outcomes.append(exc)
+                h.release()
+            crashed = outcomes[2]
+            assert isinstance(crashed, WorkerCrashed)
+            assert crashed.exitcode == exitcode and crashed.attempts == 2
+            assert outcomes[:2] + outcomes[3:] == [0, 1, 2, 3, 4]
+            assert pool.stats["crashed"] == 1
+            # The pool keeps serving.
+            handle = await pool.submit(99)
+            assert (await handle)[0] == 99
+            handle.release()
+
+    run(main())
+
+
+def test_pool_stops_restarting_when_workers_cannot_start(tmp_path):
+    class BrokenAfterFirstStart(Processor):
+        def __init__(self, marker: str) -> None:
+            self.marker = marker
+
+        def setup(self) -> None:
+            if Path(self.marker).exists():
+                raise RuntimeError("cannot start again")
+            Path(self.marker).touch()
+
+        def process(self, data: Any) -> Any:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    async def main() -> None:
+        pool = WorkerPool(BrokenAfterFirstStart(str(tmp_path / "m")), 1, 2, max_retries=5)
+        await pool.start()
+        handle = await pool.submit(1)
+        with pytest.raises(WorkerSetupError, match="cannot start again"):
+            await handle
+        with pytest.raises(WorkerSetupError):
+            await pool.submit(2)
+        await pool.close()
+
+    run(main())
+
+
+def test_worker_ignores_sigint():
+    async def main() -> None:
+        async with WorkerPool(Echo(), 1, 1) as pool:
+            (pid,) = pool.worker_pids
+            os.kill(pid, signal.SIGINT)
+            handle = await pool.submit(5)
+            assert await handle == 5
+            handle.release()
+            assert pool.worker_pids == [pid]
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- the window
+
+
+def test_submit_waits_while_the_window_is_full():
+    async def main() -> None:
+        async with WorkerPool(Echo(), 2, 3) as pool:
+            held = [await pool.submit(i) for i in range(3)]
+            for h in held:
+                await h
+            blocked = asyncio.ensure_future(pool.submit(3))
+            done, _ = await asyncio.wait([blocked], timeout=0.3)
+            assert not done and pool.in_flight == 3
+            held[0].release()
+            handle = await blocked
+            assert await handle == 3
+            for h in [*held, handle]:
+                h.release()
+            assert pool.in_flight == 0 and pool.max_in_flight_seen == 3
+
+    run(main())
+
+
+def test_unpicklable_input_raises_at_submit_and_frees_its_slot():
+    async def main() -> None:
+        async with WorkerPool(Echo(), 1, 1) as pool:
+            with pytest.raises(Exception, match="pickle"):
+                await pool.submit({"callback": lambda: None})
+            assert pool.in_flight == 0
+            handle = await pool.submit(1)
+            assert await handle == 1
+            handle.release()
+
+    run(main())
+
+
+@pytest.mark.parametrize("release_first", [False, True])
+def test_cancelled_submit_gives_no_slot_away(release_first):
+    async def main() -> None:
+        async with WorkerPool(Echo(), 1, 2) as pool:
+            held = [await pool.submit(i) for i in range(2)]
+            for h in held:
+                await h
+            waiting = asyncio.ensure_future(pool.submit(2))
+            await asyncio.sleep(0)
+            assert not waiting.done()
+            if release_first:
+                held[0].release()  # hands the slot to the waiter, which is then cancelled
+                waiting.cancel()
+            else:
+                waiting.cancel()
+                held[0].release()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert pool.in_flight == 1
+            handle = await pool.submit(3)
+            assert await handle == 3
+            handle.release()
+            held[1].release()
+            assert pool.in_flight == 0
+
+    run(main())
+
+
+def test_window_bound_holds_and_memory_stays_flat_over_thousands_of_tasks():
+    total, window = 3000, 8
+    frame = np.ones((128, 1024), np.uint8)  # 128 KiB a task
+
+    async def main() -> None:
+        async with WorkerPool(Echo(), 2, window) as pool:
+            ready: asyncio.Queue[Any] = asyncio.Queue()
+            rss: list[int] = []
+            process = psutil.Process()
+
+            async def slow_consumer() -> None:
+                for i in range(total):
+                    handle = await ready.get()
+                    assert handle.result().shape == frame.shape
+                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)
+                    handle.release()
+                    if i % 50 == 0:
+                        rss.append(process.memory_info().rss)
+
+            consumer = asyncio.ensure_future(slow_consumer())
+            for _ in range(total):
+                handle = await pool.submit(frame)
+                handle.add_done_callback(ready.put_nowait)
+                assert pool.in_flight <= window
+            await consumer
+            assert pool.max_in_flight_seen <= window
+            assert pool.stats["completed"] == total
+            third = len(rss) // 3
+            first, last = np.mean(rss[:third]), np.mean(rss[-third:])
+            assert last <= first * 1.2 + 16 * 2**20, (first, last)
+
+    run(main(), timeout=90)
+
+
+def test_completion_order_is_what_the_pool_delivers(tmp_path):
+    flag = tmp_path / "flag"
+
+    async def main() -> None:
+        order: list[str] = []
+        async with WorkerPool(Sleepy(), 2, 2) as pool:
+            slow = await pool.submit(("wait-for", str(flag)))
+            slow.add_done_callback(lambda h: order.append("slow"))
+            fast = await pool.submit(("create", str(flag)))
+            fast.add_done_callback(lambda h: order.append("fast"))
+            await slow
+            await fast
+            await asyncio.sleep(0)
+            assert order == ["fast", "slow"]
+            assert slow.done() and fast.done()
+            late: list[Any] = []
+            slow.add_done_callback(late.append)  # already done: called soon
+            await asyncio.sleep(0)
+            assert late == [slow]
+            slow.release()
+            fast.release()
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- shared memory
+
+
+def test_slots_are_memfds_never_dev_shm():
+    async def main() -> None:
+        async with WorkerPool(Echo(), 2, 2) as pool:
+            handle = await pool.submit(np.zeros(100_000, np.uint8))
+            await handle
+            for pid in [os.getpid(), *pool.worker_pids]:
+                assert "/dev/shm/" not in read_maps(pid)
+            assert "memfd:fogverse-slot" in read_maps(os.getpid())
+            assert any("memfd:fogverse-slot" in read_maps(pid) for pid in pool.worker_pids)
+            handle.release()
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- shutdown
+
+
+def test_close_drains_runs_teardown_and_is_idempotent(tmp_path):
+    async def main() -> None:
+        pool = WorkerPool(Sleepy(str(tmp_path)), 2, 4)
+        await pool.start()
+        pids = pool.worker_pids
+        handles = [await pool.submit(("sleep", 0.05)) for _ in range(4)]
+        await asyncio.gather(pool.close(), pool.close())
+        assert all(h.done() for h in handles)
+        assert [(h.result())[0] for h in handles] == ["sleep"] * 4
+        await pool.close()
+        with pytest.raises(RuntimeError):
+            await pool.start()
+        with pytest.raises(PoolClosed):
+            await pool.submit(("sleep", 0))
+        for pid in pids:
+            assert (tmp_path / f"teardown-{pid}").exists()
+            assert gone(pid)
+
+    run(main())
+    gc.collect()
+    assert our_memfd_maps() == []  # nothing views the slots any more: all unmapped
+
+
+def test_close_without_drain_fails_what_is_left_and_kills_stragglers():
+    async def main() -> None:
+        pool = WorkerPool(Sleepy(), 1, 3)
+        await pool.start()
+        (pid,) = pool.worker_pids
+        handles = [await pool.submit(("sleep", 60)) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        await pool.close(drain=False, timeout=1.0)
+        assert time.monotonic() - started < 15
+        for h in handles:
+            with pytest.raises(PoolClosed):
+                h.result()
+        assert gone(pid)
+
+    run(main())
+
+
+def test_spawn_start_method_works():
+    async def main() -> None:
+        async with WorkerPool(Echo(), 1, 2, start_method="spawn") as pool:
+            handle = await pool.submit(np.arange(5))
+            np.testing.assert_array_equal(await handle, np.arange(5))
+            handle.release()
+
+    run(main())
+
+
+_ORPHAN_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from fogverse.parallel import WorkerPool
+    from fogverse.processor import Processor
+
+    class Busy(Processor):
+        def process(self, data):
+            time.sleep(data)
+            return data
+
+    async def main():
+        async with WorkerPool(Busy(), 2, 4, start_method=sys.argv[1]) as pool:
+            handles = [await pool.submit(s) for s in (0.0, 30.0, 30.0)]
+            await handles[0]
+            print(" ".join(map(str, pool.worker_pids)), flush=True)
+            await asyncio.sleep(60)
+
+    if __name__ == "__main__":
+        asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_workers_exit_when_the_parent_is_killed(tmp_path, start_method):
+    script = tmp_path / "parent.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    parent = subprocess.Popen(
+        [sys.executable, str(script), start_method],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parents[2],
+        text=True,
+    )
+    try:
+        line = parent.stdout.readline() if parent.stdout else ""
+        pids = [int(p) for p in line.split()]
+        assert len(pids) == 2, line
+        descendants = [p.pid for p in psutil.Process(parent.pid).children(recursive=True)]
+        assert set(pids) <= set(descendants)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        assert wait_until(lambda: all(gone(pid) for pid in descendants)), [
+            pid for pid in descendants if not gone(pid)
+        ]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+        if parent.stdout:
+            parent.stdout.close()
