@@ -1,0 +1,439 @@
+"""The confluent-kafka transports on the real broker: records, commits, failures, rebalances."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import threading
+import uuid
+from typing import Any
+
+import pytest
+from backends import read_kafka
+from confluent_kafka import KafkaError
+from confluent_kafka import Producer as RawProducer
+from confluent_kafka import TopicPartition as RawTP
+
+from fogverse import Consumer
+from fogverse.transport.confluent import (
+    ConfluentConsumerTransport,
+    ConfluentProducerTransport,
+    KafkaDeliveryError,
+)
+from fogverse.transport.kafka import KafkaConsumerTransport
+
+
+def _group() -> str:
+    return f"g-{uuid.uuid4().hex[:8]}"
+
+
+def _produce(bootstrap: str, topic: str, items: list[tuple[Any, bytes, Any]]) -> None:
+    """(key, value, headers) items, headers as librdkafka takes them (None = no headers)."""
+    p = RawProducer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for key, value, headers in items:
+        p.produce(topic, value, key, headers=headers)
+    assert p.flush(30) == 0
+    p.close()
+
+
+def _confluent_node(bootstrap: str, src: str, group: str, cls: type = Consumer, **kw: Any) -> Any:
+    """A node built as usual, then moved onto the confluent transports (as the node setting
+    will do once nodes.py selects them)."""
+    consumer_conf = kw.pop("consumer_conf", None)
+    producer_conf = kw.pop("producer_conf", None)
+    node = cls(src, bootstrap, group, **kw)
+    node.consumer = ConfluentConsumerTransport([src], bootstrap, group, config=consumer_conf)
+    node.producer = ConfluentProducerTransport(bootstrap, config=producer_conf)
+    return node
+
+
+async def _read_all(consumer: Any, n: int, timeout: float = 30.0) -> list[Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    out: list[Any] = []
+    while len(out) < n and loop.time() < deadline:
+        out.extend(await consumer.getmany(0.2, 500))
+    return out
+
+
+async def _until(predicate: Any, timeout: float, what: str, tasks: list[Any] = ()) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        for t in tasks:
+            if t.done() and t.exception():
+                raise t.exception()
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def _native_threads() -> collections.Counter[str]:
+    names: collections.Counter[str] = collections.Counter()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names[f.read().strip()] += 1
+        except FileNotFoundError:  # the thread ended while we looked
+            continue
+    return names
+
+
+def test_records_are_mapped_exactly_like_the_aiokafka_transport(kafka_bootstrap, new_topic):
+    topic = new_topic(partitions=2)
+    items = [
+        (str(i).encode() if i % 3 else None, f"v{i}".encode(), [("a", b"1"), ("a", b"2")])
+        for i in range(20)
+    ]
+    items += [(b"k-empty", b"", None), (None, b"no-key", [("n", b"")])]
+    _produce(kafka_bootstrap, topic, items)
+
+    async def read(transport: Any) -> list[Any]:
+        await transport.start()
+        try:
+            return await _read_all(transport, len(items))
+        finally:
+            await transport.stop()
+
+    async def main():
+        ours = await read(ConfluentConsumerTransport([topic], kafka_bootstrap, _group()))
+        theirs = await read(KafkaConsumerTransport([topic], kafka_bootstrap, _group()))
+        return ours, theirs
+
+    ours, theirs = asyncio.run(main())
+
+    def order(r: Any) -> tuple[int, int]:
+        return (r.partition, r.offset)
+
+    assert len(ours) == len(items)
+    assert sorted(ours, key=order) == sorted(theirs, key=order)
+    by_value = {r.value: r for r in ours}
+    assert by_value[b"v1"].headers == [("a", b"1"), ("a", b"2")]
+    assert by_value[b"v3"].key is None
+    assert by_value[b""].headers == [] and by_value[b""].key == b"k-empty"
+    assert all(isinstance(r.timestamp, int) and r.topic == topic for r in ours)
+
+
+def test_node_round_trip_keeps_keys_headers_values_and_commits(kafka_bootstrap, new_topic):
+    src, out = new_topic(partitions=3), new_topic()
+    n = 300
+    items = [
+        (
+            str(i).encode(),
+            f"m{i}".encode(),
+            [("cam", b"cam-1"), ("frame", str(i).encode()), ("x", b"\x00\xff")],
+        )
+        for i in range(n)
+    ]
+    _produce(kafka_bootstrap, src, items)
+    group = _group()
+
+    async def main():
+        node = _confluent_node(kafka_bootstrap, src, group, producer_topic=out)
+        task = asyncio.create_task(node.run())
+
+        async def done():
+            return len(await read_kafka(kafka_bootstrap, out, n, timeout=0.5)) >= n
+
+        try:
+            await _until(done, 60, f"{n} outputs", [task])
+        finally:
+            node.stop()
+            await asyncio.wait_for(task, 60)
+        return await read_kafka(kafka_bootstrap, out, n, timeout=10)
+
+    got = asyncio.run(main())
+    assert sorted((r.key, r.value, r.headers) for r in got) == sorted(
+        (k, v, h) for k, v, h in items
+    )
+    # The stop drained and committed everything: the group's offsets are at the end.
+    from confluent_kafka import Consumer as RawConsumer
+
+    c = RawConsumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
+    try:
+        committed = c.committed([RawTP(src, p) for p in range(3)], timeout=10)
+        ends = [c.get_watermark_offsets(RawTP(src, p), timeout=10)[1] for p in range(3)]
+    finally:
+        c.close()
+    assert [tp.offset for tp in committed] == ends
+
+
+def test_restart_in_the_same_group_resumes_at_the_committed_offset(kafka_bootstrap, new_topic):
+    topic = new_topic()
+    n = 50
+    _produce(kafka_bootstrap, topic, [(None, f"m{i}".encode(), None) for i in range(n)])
+    group = _group()
+
+    async def session(commit_at: int | None, expect: int = n) -> list[Any]:
+        c = ConfluentConsumerTransport([topic], kafka_bootstrap, group)
+        await c.start()
+        try:
+            got = await _read_all(c, expect)
+            if commit_at is not None:
+                await c.commit({(topic, 0): commit_at})
+            return got
+        finally:
+            await c.stop()
+
+    async def main():
+        first = await session(commit_at=None)  # read everything, commit nothing
+        second = await session(commit_at=17)  # read everything again, commit 17
+        third = await session(commit_at=None, expect=n - 17)
+        return first, second, third
+
+    first, second, third = asyncio.run(main())
+    assert [r.offset for r in first] == list(range(n))
+    # Reading is not committing: nothing moved the group's offset.
+    assert [r.offset for r in second] == list(range(n))
+    assert [r.offset for r in third] == list(range(17, n))
+
+
+def test_delivery_failures_fail_the_awaitable_and_the_node_dead_letters(kafka_bootstrap, new_topic):
+    # The broker refuses records over 2000 bytes on this topic; the client allows 1 MB.
+    small_limit = new_topic(config={"max.message.bytes": "2000"})
+    src, dlq = new_topic(), new_topic()
+    big = b"B" * 10_000
+
+    async def transport_level():
+        p = ConfluentProducerTransport(kafka_bootstrap, config={"message.max.bytes": 50_000})
+        await p.start()
+        try:
+            ok = await (await p.send(small_limit, b"fits"))
+            assert ok.offset() is not None
+            refused = await p.send(small_limit, big)  # refused by the broker
+            with pytest.raises(KafkaDeliveryError) as broker_err:
+                await refused
+            too_big = await p.send(small_limit, b"L" * 60_000)  # refused by librdkafka
+            with pytest.raises(KafkaDeliveryError) as local_err:
+                await too_big
+        finally:
+            await p.stop()
+        return broker_err.value, local_err.value
+
+    broker_err, local_err = asyncio.run(transport_level())
+    assert broker_err.error.code() == KafkaError.MSG_SIZE_TOO_LARGE
+    assert "MSG_SIZE_TOO_LARGE" in str(broker_err) and small_limit in str(broker_err)
+    assert local_err.error.code() == KafkaError.MSG_SIZE_TOO_LARGE
+
+    values = [f"s{i}".encode() for i in range(10)] + [big]
+    _produce(kafka_bootstrap, src, [(str(i).encode(), v, None) for i, v in enumerate(values)])
+
+    async def node_level():
+        node = _confluent_node(
+            kafka_bootstrap, src, _group(), producer_topic=small_limit, dead_letter_topic=dlq
+        )
+        task = asyncio.create_task(node.run())
+
+        async def done():
+            outs = await read_kafka(kafka_bootstrap, small_limit, 1, timeout=0.3)
+            dead = await read_kafka(kafka_bootstrap, dlq, 1, timeout=0.3)
+            seen = {r.value for r in outs if r.value != b"fits"} | {r.value for r in dead}
+            return len(seen) >= 11
+
+        try:
+            await _until(done, 60, "every input delivered or dead-lettered", [task])
+        finally:
+            node.stop()
+            await asyncio.wait_for(task, 60)
+        outs = await read_kafka(kafka_bootstrap, small_limit, 1, timeout=5)
+        dead = await read_kafka(kafka_bootstrap, dlq, 1, timeout=5)
+        return outs, dead
+
+    outs, dead = asyncio.run(node_level())
+    delivered = {r.value for r in outs}
+    assert big not in delivered
+    by_value = {r.value: dict(r.headers) for r in dead}
+    assert set(values) <= delivered | set(by_value)  # nothing lost
+    h = by_value[big]
+    assert h["fogverse.error.stage"] == b"send"
+    assert h["fogverse.error.type"] == b"KafkaDeliveryError"
+    assert b"MSG_SIZE_TOO_LARGE" in h["fogverse.error.message"]
+
+
+class _Slow(Consumer):
+    async def process(self, data):
+        await asyncio.sleep(0.002)
+        return data
+
+
+@pytest.mark.parametrize(
+    "protocol",
+    [
+        pytest.param({}, id="eager"),
+        pytest.param({"partition.assignment.strategy": "cooperative-sticky"}, id="cooperative"),
+        pytest.param({"group.protocol": "consumer"}, id="kip848"),
+    ],
+)
+def test_rebalance_with_a_member_joining_then_leaving_loses_and_repeats_nothing(
+    kafka_bootstrap, new_topic, protocol
+):
+    src, out = new_topic(partitions=4), new_topic()
+    n = 1500
+    _produce(kafka_bootstrap, src, [(str(i).encode(), f"m{i}".encode(), None) for i in range(n)])
+    group = _group()
+    events: list[tuple[str, str, frozenset]] = []
+
+    def watch(name: str, node: Any) -> None:
+        for kind in ("on_assign", "on_revoke"):
+            inner = getattr(node, "_" + kind)
+
+            async def hook(tps, inner=inner, kind=kind):
+                events.append((name, kind, frozenset(tps)))
+                await inner(tps)
+
+            setattr(node, "_" + kind, hook)
+
+    async def outputs() -> int:
+        return len(await read_kafka(kafka_bootstrap, out, n, timeout=0.3))
+
+    def node(name: str) -> Any:
+        # Outputs stay in flight a while (linger) and only rebalances and stops commit, so
+        # a handover that did not wait for on_revoke's drain and commit repeats inputs.
+        member = _confluent_node(
+            kafka_bootstrap,
+            src,
+            group,
+            cls=_Slow,
+            producer_topic=out,
+            consumer_conf=protocol,
+            producer_conf={"linger.ms": 100},
+        )
+        member.commit_interval = 3600.0
+        watch(name, member)
+        return member
+
+    async def main():
+        a, b = node("a"), node("b")
+        ta = asyncio.create_task(a.run())
+        tb = None
+        try:
+            await _until(lambda: _ge(outputs, 200), 60, "a's first outputs", [ta])
+            tb = asyncio.create_task(b.run())
+            await _until(lambda: _b_has_work(events), 60, "b to get partitions", [ta, tb])
+            await _until(lambda: _ge(outputs, 800), 60, "progress with two members", [ta, tb])
+            b.stop()
+            await asyncio.wait_for(tb, 60)
+            await _until(lambda: _ge(outputs, n), 90, "every output", [ta])
+        finally:
+            a.stop()
+            b.stop()
+            await asyncio.wait_for(asyncio.gather(ta, *([tb] if tb else [])), 60)
+        return await read_kafka(kafka_bootstrap, out, n, timeout=10, settle=1.0)
+
+    got = asyncio.run(main())
+    counts = collections.Counter(r.value for r in got)
+    missing = {f"m{i}".encode() for i in range(n)} - set(counts)
+    assert not missing, f"lost {len(missing)} messages"
+    # Revokes waited for in-flight outputs and committed them before the handover.
+    dups = {v: c for v, c in counts.items() if c > 1}
+    assert not dups, f"{len(dups)} messages processed twice across the rebalances"
+    b_assigned = [e for e in events if e[0] == "b" and e[1] == "on_assign" and e[2]]
+    b_revoked = [e for e in events if e[0] == "b" and e[1] == "on_revoke" and e[2]]
+    a_revoked = [e for e in events if e[0] == "a" and e[1] == "on_revoke" and e[2]]
+    assert b_assigned and b_revoked and a_revoked, events
+
+
+async def _ge(count: Any, n: int) -> bool:
+    return await count() >= n
+
+
+async def _b_has_work(events: list[tuple[str, str, frozenset]]) -> bool:
+    return any(e[0] == "b" and e[1] == "on_assign" and e[2] for e in events)
+
+
+def test_always_read_last_node_skips_the_backlog_via_seek_in_the_assign_callback(
+    kafka_bootstrap, new_topic
+):
+    src, out = new_topic(), new_topic()
+    _produce(kafka_bootstrap, src, [(None, f"old{i}".encode(), None) for i in range(30)])
+
+    async def main():
+        node = _confluent_node(
+            kafka_bootstrap, src, _group(), producer_topic=out, always_read_last=True
+        )
+        # One record per batch: without the seek, the backlog's first record is output.
+        node.max_poll_records = 1
+        task = asyncio.create_task(node.run())
+        try:
+
+            async def assigned():
+                return bool(node.consumer.assignment())
+
+            await _until(assigned, 60, "an assignment", [task])
+            # on_assign's seek_to_end ran inside the assign callback; the next records are new.
+            await asyncio.to_thread(_produce, kafka_bootstrap, src, [(None, b"new", None)])
+
+            async def done():
+                return len(await read_kafka(kafka_bootstrap, out, 1, timeout=0.3)) >= 1
+
+            await _until(done, 60, "the new record's output", [task])
+        finally:
+            node.stop()
+            await asyncio.wait_for(task, 60)
+        return await read_kafka(kafka_bootstrap, out, 1, timeout=5, settle=0.5)
+
+    got = asyncio.run(main())
+    assert [r.value for r in got] == [b"new"]
+
+
+def test_cancelled_getmany_loses_no_records_and_stop_leaves_no_threads(kafka_bootstrap, new_topic):
+    topic = new_topic()
+    python_before = set(threading.enumerate())
+    native_before = _native_threads()
+
+    async def main():
+        c = ConfluentConsumerTransport([topic], kafka_bootstrap, _group())
+        p = ConfluentProducerTransport(kafka_bootstrap)
+        await p.start()
+        await c.start()
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while not c.assignment():
+                assert loop.time() < deadline, "no assignment"
+                assert await c.getmany(0.1, 10) == []
+            waiting = asyncio.create_task(c.getmany(10.0, 100))
+            await asyncio.sleep(0.1)
+            waiting.cancel()
+            acks = [await p.send(topic, f"r{i}".encode()) for i in range(3)]
+            await asyncio.gather(*acks)
+            # The cancelled call's consume() may have taken them: the next calls return them.
+            got = await _read_all(c, 3, timeout=20)
+            during = {t.name for t in threading.enumerate()}
+        finally:
+            await c.stop()
+            await p.stop()
+        return got, during
+
+    got, during = asyncio.run(main())
+    assert [r.value for r in got] == [b"r0", b"r1", b"r2"]
+    assert any(name.startswith("fogverse-consumer") for name in during)
+    assert set(threading.enumerate()) <= python_before
+    # librdkafka's own threads (rdk:main, rdk:broker…) ended with the clients.
+    native_after = _native_threads()
+    assert {k: v for k, v in native_after.items() if k.startswith("rdk:")} == {
+        k: v for k, v in native_before.items() if k.startswith("rdk:")
+    }
+
+
+def test_config_defaults_and_aiokafka_style_keys_get_a_hint():
+    c = ConfluentConsumerTransport(
+        ["t"], "127.0.0.1:1", "g", client_id="me", config={"enable.auto.commit": True}
+    )
+    assert c.config["enable.auto.commit"] is False  # commits are always the node's
+    assert c.config["auto.offset.reset"] == "earliest" and c.config["client.id"] == "me"
+    p = ConfluentProducerTransport("127.0.0.1:1", config={"linger.ms": 20})
+    assert p.config["acks"] == "all" and p.config["enable.idempotence"] is True
+    assert p.config["linger.ms"] == 20
+    with pytest.raises(ValueError, match="group_id"):
+        ConfluentConsumerTransport(["t"], "127.0.0.1:1", None)
+
+    async def start(transport: Any) -> None:
+        await transport.start()
+
+    bad = ConfluentConsumerTransport(["t"], "127.0.0.1:1", "g", config={"auto_offset_reset": "x"})
+    with pytest.raises(ValueError, match=r"librdkafka properties.*auto_offset_reset"):
+        asyncio.run(start(bad))
+    assert bad._thread is None  # nothing was started
+    with pytest.raises(ValueError, match="linger_ms"):
+        asyncio.run(start(ConfluentProducerTransport("127.0.0.1:1", config={"linger_ms": 5})))
