@@ -660,14 +660,16 @@ class AutoCodec(Codec):
                     return self._codecs["bytes"].decode(data)
                 return self._codecs[name].decode(data)
             logger.debug("unknown content type %r: sniffing the payload", content_type)
-        view = _as_view(data, self.name)
-        if view[:4] == _FVND_MAGIC:
+        # Sniff on bytes directly when we can: a pass-through node decodes every message here.
+        view = data if type(data) is bytes else _as_view(data, self.name)
+        head = bytes(view[:8])
+        if head[:4] == _FVND_MAGIC:
             return self._codecs["ndarray"].decode(view)
-        if self.images and view[:3] == _JPEG_MAGIC:
+        if self.images and head[:3] == _JPEG_MAGIC:
             return self._codecs["jpeg"].decode(view)
-        if self.images and view[:8] == _PNG_MAGIC:
+        if self.images and head == _PNG_MAGIC:
             return self._codecs["png"].decode(view)
-        return self._codecs["bytes"].decode(data)
+        return data if type(data) is bytes else self._codecs["bytes"].decode(data)
 
 
 _FACTORIES: dict[str, type[Codec]] = {

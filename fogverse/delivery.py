@@ -67,17 +67,18 @@ class Delivery:
         self.profiler: Profiler | None = None
         self.stamps: Stamps | None = None
 
-    def track(self, ack: Awaitable[Any], *, dead_letter: bool = False) -> None:
-        """Count ``ack`` (a delivery future) against this input until it resolves."""
+    def track(self, ack: asyncio.Future[Any], *, dead_letter: bool = False) -> None:
+        """Count ``ack`` (a transport's delivery future) against this input until it resolves."""
         self.pending += 1
-        fut = asyncio.ensure_future(ack)
-        fut.add_done_callback(self._on_dead_letter_ack if dead_letter else self._on_ack)
+        ack.add_done_callback(self._on_dead_letter_ack if dead_letter else self._on_ack)
 
     def _on_ack(self, fut: asyncio.Future[Any]) -> None:
-        exc = _failure(fut)
-        if exc is None:
-            self._release()
+        if not fut.cancelled() and fut.exception() is None:
+            self.pending -= 1
+            if self.sealed and self.pending == 0:
+                self._finish()
             return
+        exc = _failure(fut)
         # Keep this input open until its dead letter is queued and tracked in turn.
         task = asyncio.ensure_future(self.on_failure(self, exc))
         task.add_done_callback(self._after_failure_handled)

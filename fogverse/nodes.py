@@ -172,7 +172,7 @@ class _Output:
             raise ValueError("no topic to send to: set producer_topic or PRODUCER_TOPIC")
         if self.producer is None:
             raise RuntimeError("this node has no producer")
-        ack = asyncio.ensure_future(await self.producer.send(topic, data, key, list(headers)))
+        ack = await self.producer.send(topic, data, key, list(headers))
         if delivery is not None:
             delivery.track(ack)
         if callback is not None:

@@ -57,7 +57,8 @@ class OffsetTracker:
         p = Pending(part, offset)
         part.inflight.append(p)
         self._count += 1
-        self._idle.clear()
+        if self._count == 1:
+            self._idle.clear()
         return p
 
     def done(self, p: Pending) -> None:

@@ -283,7 +283,7 @@ class Runnable:
             if hooks:
                 await self._hook("_before_process", data)
             result = self.process(data)
-            if self._async_process or inspect.isawaitable(result):
+            if self._async_process or inspect.iscoroutine(result):
                 result = await result
             if delivery.stamps is not None:
                 delivery.stamps.processed = Profiler.now()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
@@ -52,8 +53,8 @@ class ProducerTransport(Protocol):
         value: bytes | None,
         key: bytes | None = None,
         headers: Headers | None = None,
-    ) -> Awaitable[Any]:
-        """Queue a record; the returned awaitable resolves once the broker acknowledged it.
+    ) -> asyncio.Future[Any]:
+        """Queue a record; the returned future resolves once the broker acknowledged it.
 
         Awaiting ``send`` itself only waits for room in the send buffer (backpressure).
         """

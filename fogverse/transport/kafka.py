@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -143,7 +143,7 @@ class KafkaProducerTransport:
         value: bytes | None,
         key: bytes | None = None,
         headers: Headers | None = None,
-    ) -> Awaitable[Any]:
+    ) -> asyncio.Future[Any]:
         return await self.producer.send(topic, value=value, key=key, headers=headers or None)
 
     async def flush(self) -> None:

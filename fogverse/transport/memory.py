@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import time
 import zlib
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -228,7 +228,7 @@ class MemoryProducerTransport:
         value: bytes | None,
         key: bytes | None = None,
         headers: Headers | None = None,
-    ) -> Awaitable[Any]:
+    ) -> asyncio.Future[Any]:
         rec = self.broker.append(topic, value, key, headers)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.set_result(rec)
