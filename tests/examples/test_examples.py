@@ -1,0 +1,301 @@
+"""The example scripts, run as a user runs them (subprocesses) on the real broker.
+
+Each run is short; the assertions are on what the run produced: every frame accounted for,
+the latency CSV, the annotated video, per-camera counts, the custom Processor's results, and
+no process of the run left alive afterwards.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import cv2
+import psutil
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+# Node settings from the environment would override the examples' own topics and groups.
+_NODE_ENV = (
+    "CONSUMER_TOPIC",
+    "CONSUMER_SERVERS",
+    "PRODUCER_TOPIC",
+    "PRODUCER_SERVERS",
+    "GROUP_ID",
+    "CLIENT_ID",
+    "FOGVERSE_BOOTSTRAP",
+)
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_video = _load("make_video")
+
+
+def _group_members(pgid: int) -> list[psutil.Process]:
+    members = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid:
+                members.append(proc)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return members
+
+
+def start_example(script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``examples/<script>`` in its own session (process group) with text pipes."""
+    base = {k: v for k, v in os.environ.items() if k not in _NODE_ENV}
+    return subprocess.Popen(
+        [sys.executable, str(EXAMPLES / script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**base, **(env or {})},
+        start_new_session=True,
+        cwd=EXAMPLES.parent,
+    )
+
+
+def finish_example(
+    proc: subprocess.Popen, timeout: float = 90.0, stderr_so_far: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """Wait for the run; fail if it or anything it started (workers, forkserver, a broker)
+    is still alive shortly after it exits, or if it exited with an error."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{proc.args[1]} did not finish within {timeout} s\n{err[-4000:]}")
+    err = stderr_so_far + err
+    # The forkserver and workers notice their parent's exit on their own; give them a moment.
+    deadline = time.monotonic() + 10
+    while (left := _group_members(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for p in left:
+        p.kill()
+    assert not left, f"{proc.args[1]} left processes behind: {[p.cmdline()[:3] for p in left]}"
+    assert proc.returncode == 0, f"{proc.args[1]} exited {proc.returncode}\n{err[-4000:]}"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_example(
+    script: str, *args: str, timeout: float = 90.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return finish_example(start_example(script, *args, env=env), timeout)
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def test_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2 s 1280x720 synthetic clip, made by the example's own CLI."""
+    out = tmp_path_factory.mktemp("video") / "clip.mp4"
+    run_example("make_video.py", "--out", str(out), "--seconds", "2", "--fps", "30")
+    return out
+
+
+def test_make_video_writes_a_video_opencv_reads_back(test_video: Path) -> None:
+    frames, fps, width, height = make_video.probe_video(test_video)
+    assert (frames, width, height) == (60, 1280, 720)
+    assert fps == pytest.approx(30, abs=0.5)
+    cap = cv2.VideoCapture(str(test_video))
+    ok1, first = cap.read()
+    ok2, second = cap.read()
+    cap.release()
+    assert ok1 and ok2
+    assert cv2.absdiff(first, second).mean() > 0.1  # things move
+
+
+def test_video_pipeline_delivers_every_frame(
+    kafka_bootstrap: str, test_video: Path, tmp_path: Path
+) -> None:
+    frames = 45
+    result = run_example(
+        "video_pipeline.py",
+        "--bootstrap",
+        kafka_bootstrap,
+        "--video",
+        str(test_video),
+        "--frames",
+        str(frames),
+        "--processes",
+        "2",
+        "--output-dir",
+        str(tmp_path),
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["frames_in"], summary["frames_out"], summary["lost"]) == (frames, frames, 0)
+    assert summary["duplicates"] == 0
+    assert 0 < summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
+    assert "frames out" in result.stderr  # live progress
+    assert re.search(r"frames in 45 \| out 45 \| lost 0", result.stderr)
+
+    rows = _csv_rows(tmp_path / "latency.csv")
+    assert [int(r["frame"]) for r in rows] == list(range(frames))  # every frame, in order
+    assert {r["cam"] for r in rows} == {"cam0"}
+    assert all(float(r["latency_ms"]) > 0 for r in rows)
+    # The walking figure and the shapes move, so the motion detector finds something, and
+    # its boxes were mapped back into the 1280x720 source frame.
+    boxes = [list(map(float, b.split())) for r in rows if r["boxes"] for b in r["boxes"].split(";")]
+    assert sum(int(r["detections"]) for r in rows) == len(boxes) > 0
+    assert all(0 <= x1 < x2 <= 1280 and 0 <= y1 < y2 <= 720 for x1, y1, x2, y2 in boxes)
+
+    written, _, width, height = make_video.probe_video(tmp_path / "annotated.mp4")
+    assert (written, width, height) == (frames, 1280, 720)
+
+
+def test_video_pipeline_tensor_wire_at_max_rate(
+    kafka_bootstrap: str, test_video: Path, tmp_path: Path
+) -> None:
+    # 2.4 MB float16 tensors: only deliverable because the script raises the limits on purpose.
+    frames = 30
+    run_example(
+        "video_pipeline.py",
+        "--bootstrap",
+        kafka_bootstrap,
+        "--video",
+        str(test_video),
+        "--frames",
+        str(frames),
+        "--max-rate",
+        "--wire",
+        "tensor",
+        "--detector",
+        "none",
+        "--output-dir",
+        str(tmp_path),
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["frames_in"], summary["frames_out"], summary["lost"]) == (frames, frames, 0)
+    assert summary["settings"]["fps"] == "max"
+    rows = _csv_rows(tmp_path / "latency.csv")
+    assert [int(r["frame"]) for r in rows] == list(range(frames))
+    assert make_video.probe_video(tmp_path / "annotated.mp4")[0] == frames
+
+
+def test_multi_camera_counts_every_camera(kafka_bootstrap: str, tmp_path: Path) -> None:
+    cameras, frames = 3, 12
+    result = run_example(
+        "multi_camera.py",
+        "--bootstrap",
+        kafka_bootstrap,
+        "--cameras",
+        str(cameras),
+        "--frames",
+        str(frames),
+        "--fps",
+        "10",
+        "--size",
+        "640x360",
+        "--output-dir",
+        str(tmp_path),
+    )
+    summary = json.loads((tmp_path / "cameras_summary.json").read_text())
+    assert (summary["frames_in"], summary["frames_out"], summary["lost"]) == (36, 36, 0)
+    assert summary["settings"]["partitions"] == cameras
+    assert set(summary["per_cam"]) == {f"cam{i}" for i in range(cameras)}
+    for counts in summary["per_cam"].values():
+        assert (counts["in"], counts["out"]) == (frames, frames)
+    rows = _csv_rows(tmp_path / "cameras.csv")
+    for i in range(cameras):
+        # Keyed by camera, so each camera's frames share a partition and stay in order.
+        assert [int(r["frame"]) for r in rows if r["cam"] == f"cam{i}"] == list(range(frames))
+    assert "cam2" in result.stderr
+
+
+def test_custom_processor_runs_in_workers(kafka_bootstrap: str) -> None:
+    frames = 12
+    result = run_example(
+        "custom_processor.py", "--bootstrap", kafka_bootstrap, "--frames", str(frames)
+    )
+    lines = re.findall(r"frame +(\d+): (\{.*\})", result.stdout)
+    got = {int(n): json.loads(text) for n, text in lines}
+    assert sorted(got) == list(range(frames))
+    assert f"{frames} of {frames} frames processed" in result.stdout
+
+    # The values are what the example's Processor computes for the example's frames, and
+    # they came from worker processes (set up once each), not from the script's own process.
+    custom = _load("custom_processor")
+    brightness = custom.Brightness()
+    brightness.setup()
+    for n in (0, frames - 1):
+        assert got[n]["brightness"] == brightness.process(custom.jpeg_frame(n))["brightness"]
+    assert os.getpid() not in {r["worker"] for r in got.values()}
+    assert 1 <= len({r["worker"] for r in got.values()}) <= 2
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="the local broker needs Java")
+def test_video_pipeline_default_command_starts_and_stops_its_own_broker(
+    tmp_path: Path, test_video: Path
+) -> None:
+    # The README's command, without FOGVERSE_BOOTSTRAP: the script runs its own broker and
+    # must leave no JVM behind (run_example checks the whole process group).
+    result = run_example(
+        "video_pipeline.py",
+        "--video",
+        str(test_video),
+        "--frames",
+        "20",
+        "--output-dir",
+        str(tmp_path),
+        timeout=110,
+    )
+    assert "starting a local Kafka broker" in result.stderr
+    assert re.search(r"Kafka .* serving at .*\(pid \d+", result.stderr)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["frames_in"], summary["frames_out"]) == (20, 20)
+
+
+def test_video_pipeline_stops_cleanly_on_ctrl_c(
+    kafka_bootstrap: str, test_video: Path, tmp_path: Path
+) -> None:
+    proc = start_example(
+        "video_pipeline.py",
+        "--bootstrap",
+        kafka_bootstrap,
+        "--video",
+        str(test_video),
+        "--loop",
+        "--seconds",
+        "60",
+        "--output-dir",
+        str(tmp_path),
+    )
+    seen = []
+    deadline = time.monotonic() + 60
+    assert proc.stderr is not None
+    while time.monotonic() < deadline:  # readline returns at the latest when the run ends
+        line = proc.stderr.readline()
+        seen.append(line)
+        if not line or "frames out" in line:
+            break
+    assert any("frames out" in line for line in seen), "".join(seen)[-4000:]
+    proc.send_signal(signal.SIGINT)
+    result = finish_example(proc, timeout=60, stderr_so_far="".join(seen))
+    assert "interrupted" in result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["interrupted"] and summary["lost"] == 0
+    assert 0 < summary["frames_out"] <= summary["frames_in"] < 60 * 30
+    rows = _csv_rows(tmp_path / "latency.csv")  # flushed and closed on the way out
+    assert [int(r["frame"]) for r in rows] == list(range(summary["frames_out"]))
