@@ -1,4 +1,4 @@
-"""The ``fogverse`` command: ``run``, ``broker``, ``master``, ``bench``."""
+"""The ``fogverse`` command: ``run``, ``broker``, ``master``."""
 
 from __future__ import annotations
 

@@ -1,0 +1,466 @@
+"""What every benchmark shares: the result schema, the machine description, interleaving,
+memory high-water marks, test frames and the event loop.
+
+A result document (one JSON file per benchmark) is::
+
+    {"schema": "fogverse-bench/1", "benchmark": "pool.jpeg", "mode": "full", "description": "...",
+     "params": {...}, "metrics": {...}, "baselines": {...}, "machine": {...},
+     "started": "2024-01-01T00:00:00+00:00", "duration_s": 12.3}
+
+``metrics`` holds FogVerse's own figures, ``baselines`` those of what it is compared with,
+measured in the same run; ``machine`` is :func:`machine_info`. :func:`validate` checks a
+document against this shape (see benchmarks/README.md for each benchmark's fields).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import logging
+import math
+import operator
+import os
+import platform
+import re
+import statistics
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+__all__ = [
+    "SCHEMA",
+    "Frames",
+    "Target",
+    "describe_machine",
+    "interleaved",
+    "machine_info",
+    "make_frames",
+    "median_ratio",
+    "now_iso",
+    "peak_rss",
+    "progress",
+    "result",
+    "run_async",
+    "summarize",
+    "validate",
+    "validate_summary",
+    "write_json",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "fogverse-bench/1"
+T = TypeVar("T")
+
+_PACKAGES = (
+    "fogverse",
+    "numpy",
+    "opencv-python-headless",
+    "confluent-kafka",
+    "aiokafka",
+    "cloudpickle",
+    "uvloop",
+    "psutil",
+    "matplotlib",
+    "sentry-arroyo",
+)
+
+
+# ---- the machine --------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    """CPUs, memory, OS, Python and the versions of every package the figures depend on."""
+    import psutil
+
+    packages: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            packages[name] = None
+    try:
+        import confluent_kafka
+
+        packages["librdkafka"] = confluent_kafka.libversion()[0]
+    except ImportError:  # pragma: no cover - a dependency of fogverse
+        packages["librdkafka"] = None
+    try:
+        from fogverse.broker import DEFAULT_KAFKA_VERSION
+
+        packages["kafka-broker"] = DEFAULT_KAFKA_VERSION
+    except ImportError:  # pragma: no cover
+        packages["kafka-broker"] = None
+    return {
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": _cpu_model(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "packages": packages,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        text = Path("/proc/cpuinfo").read_text()
+        match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+        if match:
+            return match.group(1).strip()
+    return platform.processor() or platform.machine()
+
+
+def describe_machine(machine: dict[str, Any]) -> str:
+    """One line for tables and plot titles."""
+    pk = machine.get("packages", {})
+    return (
+        f"{machine.get('cpus')} CPUs ({machine.get('cpu_model')}), "
+        f"{machine.get('memory_gb')} GB, {machine.get('os')}, Python {machine.get('python')}, "
+        f"confluent-kafka {pk.get('confluent-kafka')} (librdkafka {pk.get('librdkafka')}), "
+        f"aiokafka {pk.get('aiokafka')}, OpenCV {pk.get('opencv-python-headless')}, "
+        f"Kafka {pk.get('kafka-broker')}"
+    )
+
+
+# ---- result documents ---------------------------------------------------------------------
+
+
+def now_iso() -> str:
+    """The current UTC time, ISO 8601, to the second."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def result(
+    benchmark: str,
+    *,
+    mode: str,
+    description: str,
+    params: dict[str, Any],
+    metrics: dict[str, Any],
+    baselines: dict[str, Any],
+    machine: dict[str, Any],
+    started: str,
+    duration_s: float,
+) -> dict[str, Any]:
+    """A result document in the schema above (checked before it is returned)."""
+    doc = {
+        "schema": SCHEMA,
+        "benchmark": benchmark,
+        "mode": mode,
+        "description": description,
+        "params": params,
+        "metrics": metrics,
+        "baselines": baselines,
+        "machine": machine,
+        "started": started,
+        "duration_s": round(duration_s, 2),
+    }
+    problems = validate(doc)
+    if problems:
+        raise ValueError(f"malformed result for {benchmark}: {problems}")
+    return doc
+
+
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "schema": str,
+    "benchmark": str,
+    "mode": str,
+    "description": str,
+    "params": dict,
+    "metrics": dict,
+    "baselines": dict,
+    "machine": dict,
+    "started": str,
+    "duration_s": (int, float),
+}
+_MACHINE: dict[str, type | tuple[type, ...]] = {"cpus": int, "python": str, "packages": dict}
+
+
+def validate(doc: Any) -> list[str]:
+    """Problems with a result document (an empty list when it is well formed).
+
+    Beyond the top-level keys and types: the mode is ``quick`` or ``full``, every number
+    anywhere in it is finite (NaN and infinity are not JSON), and the machine names its CPUs,
+    Python and package versions.
+    """
+    if not isinstance(doc, dict):
+        return [f"a result is a JSON object, not {type(doc).__name__}"]
+    problems = []
+    for key, kind in _REQUIRED.items():
+        if key not in doc:
+            problems.append(f"missing {key!r}")
+        elif not isinstance(doc[key], kind) or isinstance(doc[key], bool):
+            problems.append(f"{key!r} has type {type(doc[key]).__name__}")
+    if problems:
+        return problems
+    if doc["schema"] != SCHEMA:
+        problems.append(f"schema is {doc['schema']!r}, expected {SCHEMA!r}")
+    if doc["mode"] not in ("quick", "full"):
+        problems.append(f"mode is {doc['mode']!r}")
+    if not doc["benchmark"]:
+        problems.append("empty benchmark name")
+    for key, kind in _MACHINE.items():
+        value = doc["machine"].get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            problems.append(f"machine.{key} missing or of type {type(value).__name__}")
+    if isinstance(doc["machine"].get("packages"), dict) and not doc["machine"]["packages"].get(
+        "fogverse"
+    ):
+        problems.append("machine.packages lacks fogverse's version")
+    if not doc["metrics"]:
+        problems.append("metrics is empty")
+    problems.extend(f"non-finite number at {where}" for where in _non_finite(doc, "$"))
+    return problems
+
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
+}
+
+_TARGET_KEYS: dict[str, type | tuple[type, ...]] = {
+    "id": str,
+    "description": str,
+    "benchmark": str,
+    "op": str,
+    "threshold": (int, float),
+    "unit": str,
+    "met": (bool, type(None)),
+}
+
+
+def validate_summary(doc: Any) -> list[str]:
+    """Problems with ``summary.json``: a result document plus ``targets`` and ``results``."""
+    problems = validate(doc)
+    if problems:
+        return problems
+    targets = doc.get("targets")
+    if not isinstance(targets, list) or not targets:
+        return ["summary has no targets list"]
+    for i, target in enumerate(targets):
+        if not isinstance(target, dict):
+            problems.append(f"targets[{i}] is not an object")
+            continue
+        for key, kind in _TARGET_KEYS.items():
+            if key not in target or not isinstance(target[key], kind):
+                problems.append(f"targets[{i}].{key} missing or mistyped")
+        measured = target.get("measured")
+        if measured is not None and not isinstance(measured, int | float):
+            problems.append(f"targets[{i}].measured is not a number")
+        if target.get("op") not in _OPS:
+            problems.append(f"targets[{i}].op is {target.get('op')!r}")
+        if (measured is None) != (target.get("met") is None):
+            problems.append(f"targets[{i}]: met must be null exactly when measured is")
+    if not isinstance(doc.get("results"), list):
+        problems.append("summary has no results list")
+    return problems
+
+
+def _non_finite(value: Any, where: str) -> Iterator[str]:
+    if isinstance(value, float) and not math.isfinite(value):
+        yield where
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _non_finite(v, f"{where}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            yield from _non_finite(v, f"{where}[{i}]")
+
+
+_NUMBER_LIST = re.compile(r"\[\s+((?:-?[\d.e+-]+|null),?(?:\s+(?:-?[\d.e+-]+|null),?)*)\s+\]")
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # allow_nan=False: a NaN slipping through would make the file unreadable for strict parsers.
+    text = json.dumps(doc, indent=1, allow_nan=False)
+    # Lists of numbers on one line each: time series stay readable and diffs stay short.
+    text = _NUMBER_LIST.sub(lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+    path.write_text(text + "\n")
+
+
+@dataclass
+class Target:
+    """A figure the issue asks for, with what this run measured."""
+
+    id: str
+    description: str
+    benchmark: str
+    op: str
+    threshold: float
+    unit: str
+    measured: float | None = None
+    detail: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        met = None if self.measured is None else _OPS[self.op](self.measured, self.threshold)
+        return {
+            "id": self.id,
+            "description": self.description,
+            "benchmark": self.benchmark,
+            "op": self.op,
+            "threshold": self.threshold,
+            "unit": self.unit,
+            "measured": None if self.measured is None else round(self.measured, 4),
+            "met": met,
+            "detail": self.detail,
+            **self.extra,
+        }
+
+
+# ---- measuring ----------------------------------------------------------------------------
+
+
+def interleaved(variants: Sequence[T], reps: int) -> Iterator[tuple[int, T]]:
+    """``(rep, variant)`` for every repetition, each round starting one variant later.
+
+    Every round runs all variants back to back, so drift on a shared machine (other jobs
+    starting or stopping) hits all of them alike, and no variant always runs first.
+    """
+    n = len(variants)
+    for rep in range(reps):
+        shift = rep % n if n else 0
+        for variant in [*variants[shift:], *variants[:shift]]:
+            yield rep, variant
+
+
+def summarize(values: Iterable[float], digits: int = 4) -> dict[str, Any]:
+    """``{median, min, max, runs}`` of one variant's repetitions."""
+    runs = [float(v) for v in values]
+    if not runs:
+        raise ValueError("no runs to summarize")
+    return {
+        "median": round(statistics.median(runs), digits),
+        "min": round(min(runs), digits),
+        "max": round(max(runs), digits),
+        "runs": [round(v, digits) for v in runs],
+    }
+
+
+def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """Median of the per-repetition ratios ``a[i] / b[i]``: runs of one round ran back to
+    back, so their ratio is the least disturbed by other load on the machine."""
+    if len(a) != len(b) or not a:
+        raise ValueError("ratio of unpaired runs")
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def _hwm_kb(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"^VmHWM:\s+(\d+)", text, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def _reset_hwm(pid: int) -> None:
+    # "5" resets the peak-RSS counter (Linux >= 4.0); without it the peak is the process's
+    # lifetime peak, which only overstates.
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"^VmRSS:\s+(\d+)", text, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+@contextlib.contextmanager
+def peak_rss(pids: Sequence[int]) -> Iterator[dict[str, float]]:
+    """Memory a variant adds over the ``with`` block, in MB, from the kernel's high-water
+    marks (nothing samples during the run).
+
+    ``workers``: the peak RSS of the processes ``pids``, summed (shared-memory slots they
+    touched included); ``parent_growth``: how far this process's peak rose above its RSS at
+    the start (transient buffers: results unpickled from a pipe, a serial run's arrays);
+    ``total``: both. Pages shared by several workers (the interpreter, libraries) count once
+    per worker: an upper bound, comparable between variants measured the same way.
+    """
+    me = os.getpid()
+    for pid in (me, *pids):
+        _reset_hwm(pid)
+    base = _rss_kb(me)
+    out: dict[str, float] = {}
+    try:
+        yield out
+    finally:
+        workers = sum(_hwm_kb(p) for p in pids) / 1024
+        growth = max(0, _hwm_kb(me) - base) / 1024
+        out.update(
+            total=round(workers + growth, 1),
+            workers=round(workers, 1),
+            parent_growth=round(growth, 1),
+        )
+
+
+def progress(total: int, desc: str, enabled: bool | None) -> Any:
+    """A tqdm bar on stderr (``enabled=None``: only on a terminal)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=None if enabled is None else not enabled)
+
+
+def run_async(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run on uvloop (what ``fogverse.run`` uses) when installed."""
+    factory: Any = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro_fn())
+
+
+# ---- inputs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Frames:
+    """Camera-like 720p test frames: raw BGR arrays and their JPEG encodings."""
+
+    raw: list[np.ndarray]
+    jpeg: list[bytes]
+
+    @property
+    def jpeg_kib(self) -> float:
+        return round(statistics.mean(len(j) for j in self.jpeg) / 1024, 1)
+
+
+def make_frames(count: int = 8, quality: int = 90, seed: int = 7) -> Frames:
+    """``count`` 1280x720 frames with smooth structure plus sensor noise (so JPEG sizes and
+    decode times are camera-like, ~200-250 KiB at quality 90), and their JPEGs."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:720, 0:1280].astype(np.float32)
+    raw, jpeg = [], []
+    for i in range(count):
+        img = np.empty((720, 1280, 3), np.float32)
+        img[..., 0] = 128 + 100 * np.sin(x / (40 + 3 * i) + y / 90)
+        img[..., 1] = 128 + 100 * np.cos(y / (30 + 2 * i) - x / 150)
+        img[..., 2] = (x + y + 37 * i) % 256
+        img += rng.normal(0, 6, img.shape).astype(np.float32)
+        frame = np.clip(img, 0, 255).astype(np.uint8)
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:  # pragma: no cover
+            raise RuntimeError("OpenCV could not encode a test frame")
+        raw.append(frame)
+        jpeg.append(buf.tobytes())
+    return Frames(raw, jpeg)

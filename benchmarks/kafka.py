@@ -1,0 +1,1003 @@
+"""End-to-end benchmarks on a real Kafka broker.
+
+``pipeline``: a camera-like source (pre-encoded 720p JPEG frames with ``cam``, ``frame`` and
+``timestamp`` headers, at a fixed rate per camera or as fast as it can) -> topic ->
+``ParallelConsumer`` (JPEG decode, letterbox to 640x640, JPEG re-encode in worker processes:
+the example video pipeline's default) -> topic -> a sink that records each frame's
+end-to-end latency from its ``timestamp`` header. All three nodes share this process's event
+loop, as in ``examples/video_pipeline.py``. The timestamp is the frame's scheduled capture
+time, so a source falling behind counts against the latency. Warm-up frames go through first
+(group joins, worker start-up) and are not counted. Consumer lag is sampled from the
+brokers' committed offsets while it runs; the preprocessing node runs with ``profile=True``
+so its per-stage times show where the latency goes.
+
+``passthrough``: 1 KiB messages consumed and produced again, at least once: a plain
+confluent-kafka loop (consume a batch, produce each record with acks=all and idempotence,
+flush, commit) against a FogVerse ``Consumer`` node on each transport, and the node with
+``profile=True`` (profiling overhead). Each run reads the same source topic from its start
+into a fresh topic and group; the clock runs from the first record consumed until the
+output topic holds every record (same criterion for all); runs are interleaved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import (
+    Frames,
+    interleaved,
+    machine_info,
+    make_frames,
+    median_ratio,
+    now_iso,
+    progress,
+    result,
+    run_async,
+    summarize,
+)
+from fogverse import Consumer, Producer, Record
+from fogverse.parallel.runnable import ParallelConsumer
+
+__all__ = [
+    "TRANSPORTS",
+    "KafkaSettings",
+    "Scenario",
+    "available_transports",
+    "bench_passthrough",
+    "bench_pipeline",
+    "broker",
+    "default_transport",
+    "plain_loop",
+    "run_node_passthrough",
+    "run_scenario",
+    "settings_for",
+    "use_transport",
+]
+
+logger = logging.getLogger(__name__)
+
+TRANSPORTS = ("aiokafka", "confluent")
+LOOP = "confluent-kafka loop"
+_MODEL_SIZE = 640
+_LATENCY_SAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    cameras: int
+    fps: float | None
+    """Frames per second per camera; ``None``: as fast as the source can send."""
+    frames: int
+    """Measured frames, all cameras together."""
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    scenarios: tuple[Scenario, ...]
+    processes: int
+    max_running_task: int
+    pipeline_transport: str
+    passthrough_messages: int
+    passthrough_reps: int
+    passthrough_transports: tuple[str, ...]
+    profile_transport: str
+    passthrough_size: int = 1024
+    lag_interval: float = 0.25
+    warmup_frames: int = 4
+    drain_timeout: float = 60.0
+    jpeg_quality: int = 90
+    cprofile_top: int = 15
+
+
+def settings_for(quick: bool) -> KafkaSettings:
+    cores = os.cpu_count() or 1
+    transports = tuple(available_transports())
+    profiled = "confluent" if "confluent" in transports else transports[0]
+    if quick:
+        return KafkaSettings(
+            scenarios=(
+                Scenario("30fps-1cam", 1, 30.0, 60),
+                Scenario("30fps-4cam", 4, 30.0, 120),
+                Scenario("max-rate-1cam", 1, None, 40),
+            ),
+            processes=cores,
+            max_running_task=4,
+            pipeline_transport=default_transport(),
+            passthrough_messages=3000,
+            passthrough_reps=1,
+            passthrough_transports=transports,
+            profile_transport=profiled,
+            lag_interval=0.2,
+            warmup_frames=2,
+            drain_timeout=30.0,
+        )
+    return KafkaSettings(
+        scenarios=(
+            Scenario("30fps-1cam", 1, 30.0, 1800),
+            Scenario("30fps-4cam", 4, 30.0, 1800),
+            Scenario("max-rate-1cam", 1, None, 600),
+        ),
+        processes=cores,
+        max_running_task=4,
+        pipeline_transport=default_transport(),
+        passthrough_messages=150_000,
+        passthrough_reps=5,
+        passthrough_transports=transports,
+        profile_transport=profiled,
+    )
+
+
+# ---- broker, topics, transports -----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def broker(bootstrap: str | None = None) -> Iterator[str]:
+    """``bootstrap``, else FOGVERSE_BOOTSTRAP, else a local broker started for the run."""
+    external = bootstrap or os.environ.get("FOGVERSE_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    from fogverse.broker import LocalKafka
+
+    with LocalKafka() as kafka:
+        yield kafka.bootstrap
+
+
+# Node settings the environment would impose on every node (topics, groups, profiling): the
+# benchmarks choose their own, so these are set aside while they run.
+_NODE_ENV = (
+    "CONSUMER_TOPIC",
+    "CONSUMER_SERVERS",
+    "PRODUCER_TOPIC",
+    "PRODUCER_SERVERS",
+    "GROUP_ID",
+    "CLIENT_ID",
+    "FOGVERSE_PROFILE",
+    "FOGVERSE_PROFILE_CSV",
+    "FOGVERSE_DYNAMIC_PARTITIONS",
+)
+
+
+@contextlib.contextmanager
+def _own_node_settings() -> Iterator[None]:
+    saved = {k: os.environ.pop(k) for k in _NODE_ENV if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _admin(bootstrap: str) -> Any:
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": bootstrap})
+
+
+def create_topic(admin: Any, prefix: str, partitions: int = 1) -> str:
+    """A fresh topic whose partitions all have a leader (ready to produce to and read)."""
+    from confluent_kafka.admin import NewTopic
+
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    admin.create_topics([NewTopic(name, num_partitions=partitions)])[name].result(30)
+    deadline = time.monotonic() + 30
+    while True:
+        meta = admin.list_topics(topic=name, timeout=5).topics.get(name)
+        if (
+            meta is not None
+            and meta.error is None
+            and len(meta.partitions) == partitions
+            and all(p.leader >= 0 and p.error is None for p in meta.partitions.values())
+        ):
+            return name
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {name} has no leader for all {partitions} partitions")
+        time.sleep(0.05)
+
+
+def delete_topics(admin: Any, names: list[str]) -> None:
+    for name, fut in admin.delete_topics(names, operation_timeout=10).items():
+        try:
+            fut.result(15)
+        except Exception as exc:
+            logger.warning("could not delete benchmark topic %s: %s", name, exc)
+
+
+def available_transports() -> list[str]:
+    """Transports a node can run on here (confluent's needs fogverse.transport.confluent)."""
+    found = ["aiokafka"]
+    try:
+        import fogverse.transport.confluent  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        found.append("confluent")
+    return found
+
+
+def _transport_of(node: Consumer | Producer) -> str:
+    transport = node.producer if node.consumer is None else node.consumer  # type: ignore[attr-defined]
+    return "confluent" if "confluent" in type(transport).__module__ else "aiokafka"
+
+
+def default_transport() -> str:
+    """The transport a Consumer node gets without being told."""
+    with _own_node_settings():
+        node = Consumer("probe", "127.0.0.1:9", "probe")
+    return _transport_of(node)
+
+
+def use_transport(
+    node: Consumer | Producer,
+    transport: str,
+    *,
+    consumer_conf: dict[str, Any] | None = None,
+    producer_conf: dict[str, Any] | None = None,
+) -> None:
+    """Put ``node`` on ``transport`` ("aiokafka" or "confluent"), with these client settings
+    (in that client's own spelling), before it runs."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"unknown transport {transport!r}; choose from {TRANSPORTS}")
+    if transport == "confluent":
+        from fogverse.transport.confluent import (
+            ConfluentConsumerTransport as ConsumerTransport,
+        )
+        from fogverse.transport.confluent import (
+            ConfluentProducerTransport as ProducerTransport,
+        )
+    else:
+        from fogverse.transport.kafka import KafkaConsumerTransport as ConsumerTransport
+        from fogverse.transport.kafka import KafkaProducerTransport as ProducerTransport
+    client_id = node.client_id
+    if isinstance(node, Consumer):
+        node.consumer = ConsumerTransport(
+            node.consumer_topic,
+            node.consumer_servers,
+            node.group_id,
+            client_id=client_id,
+            config=consumer_conf,
+        )
+    node.producer = ProducerTransport(
+        node.producer_servers, client_id=client_id, config=producer_conf
+    )
+
+
+def _low_latency(transport: str) -> dict[str, Any]:
+    # A video frame is a batch of its own: lingering for more only adds latency.
+    return {"linger.ms": 0} if transport == "confluent" else {"linger_ms": 0}
+
+
+# ---- pipeline: nodes ----------------------------------------------------------------------
+
+
+class FrameSource(Producer):
+    """Sends pre-encoded JPEG frames, round-robin over cameras, keyed and partitioned by
+    camera, paced at ``fps`` per camera (``None``: unpaced). Warm-up frames go first; the
+    measured ones start once ``warm_done`` is set."""
+
+    def __init__(
+        self,
+        jpegs: list[bytes],
+        *,
+        cameras: int,
+        fps: float | None,
+        frames: int,
+        warmup: int,
+        warm_done: asyncio.Event,
+        warm_timeout: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(output_codec="bytes", **kwargs)
+        self.jpegs, self.cameras, self.fps, self.frames = jpegs, cameras, fps, frames
+        self.warmup, self.warm_done, self.warm_timeout = warmup, warm_done, warm_timeout
+        self.sent = 0
+        self.measured = 0
+        self.t0 = 0.0
+        self.t0_wall = 0.0
+        self.started = asyncio.Event()
+        self.finished_at = 0.0
+
+    async def receive(self) -> Record:
+        if self.sent < self.warmup:
+            return self._record(self.sent, time.time(), warmup=True)
+        if self.sent == self.warmup and not self.started.is_set():
+            await asyncio.wait_for(self.warm_done.wait(), self.warm_timeout)
+            self.t0, self.t0_wall = time.perf_counter(), time.time()
+            self.started.set()
+        i = self.measured
+        if i >= self.frames:
+            self.finished_at = time.perf_counter()
+            raise StopAsyncIteration
+        if self.fps:
+            offset = i / (self.fps * self.cameras)
+            delay = self.t0 + offset - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            stamp = self.t0_wall + offset  # the camera's capture time, late or not
+        else:
+            stamp = time.time()
+        self.measured += 1
+        return self._record(i, stamp, warmup=False)
+
+    def _record(self, i: int, stamp: float, *, warmup: bool) -> Record:
+        self.sent += 1
+        cam = f"cam{i % self.cameras}"
+        headers = [
+            ("cam", cam.encode()),
+            ("frame", str(i).encode()),
+            ("timestamp", f"{stamp:.6f}".encode()),
+        ]
+        if warmup:
+            headers.append(("warmup", b"1"))
+        return Record(self.jpegs[i % len(self.jpegs)], key=cam.encode(), headers=headers)
+
+
+class LatencySink(Consumer):
+    """Records each measured frame's latency (now - its ``timestamp`` header); sends nothing."""
+
+    def __init__(self, *args: Any, warmup: int, expected: int, **kwargs: Any) -> None:
+        super().__init__(*args, input_codec="bytes", **kwargs)
+        self.warmup, self.expected = warmup, expected
+        self.warm_seen = 0
+        self.warm_done = asyncio.Event()
+        self.all_done = asyncio.Event()
+        self.seen: set[tuple[bytes, bytes]] = set()
+        self.duplicates = 0
+        self.latencies: list[tuple[float, float]] = []  # (capture time, latency), seconds
+
+    def process(self, data: Any) -> None:
+        now = time.time()
+        record: Record = self.message
+        if record.header("warmup"):
+            self.warm_seen += 1
+            if self.warm_seen >= self.warmup:
+                self.warm_done.set()
+            return None
+        ident = (record.header("cam") or b"", record.header("frame") or b"")
+        if ident in self.seen:
+            self.duplicates += 1
+            return None
+        self.seen.add(ident)
+        stamp = float(record.header("timestamp") or b"nan")
+        self.latencies.append((stamp, now - stamp))
+        if len(self.seen) >= self.expected:
+            self.all_done.set()
+        return None
+
+
+class LagMonitor:
+    """Samples, every ``interval`` seconds in a thread, each group's lag on its topic from
+    the broker's committed offsets, plus in-process counters."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        groups: dict[str, tuple[str, str, int]],
+        counters: Callable[[], dict[str, int]],
+        interval: float,
+    ) -> None:
+        from confluent_kafka import Consumer as RawConsumer
+        from confluent_kafka import TopicPartition
+
+        self.interval = interval
+        self.counters = counters
+        self.samples: list[dict[str, float]] = []
+        self._watch = []
+        for label, (group, topic, partitions) in groups.items():
+            client = RawConsumer(
+                {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+            )
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            self._watch.append((label, client, tps))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-lag", daemon=True)
+        self._t0 = 0.0
+
+    def _lag(self, client: Any, tps: list[Any]) -> int:
+        committed = client.committed(tps, timeout=5)
+        lag = 0
+        for tp, c in zip(tps, committed, strict=True):
+            low, high = client.get_watermark_offsets(tp, timeout=5, cached=False)
+            lag += high - (c.offset if c.offset >= 0 else low)
+        return lag
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            sample: dict[str, float] = {"t": round(time.perf_counter() - self._t0, 3)}
+            for label, client, tps in self._watch:
+                try:
+                    sample[label] = self._lag(client, tps)
+                except Exception as exc:  # a slow broker: skip this sample
+                    logger.debug("lag sample failed: %s", exc)
+            sample.update(self.counters())
+            self.samples.append(sample)
+            self._stop.wait(self.interval)
+
+    def start(self, t0: float) -> None:
+        self._t0 = t0
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        for _, client, _ in self._watch:
+            client.close()
+
+
+def _preprocessor(quality: int) -> Any:
+    from processors import Compose, DecodeImage, EncodeJPEG, Letterbox
+
+    return Compose(DecodeImage(), Letterbox(_MODEL_SIZE), EncodeJPEG(quality))
+
+
+# ---- pipeline: one scenario ---------------------------------------------------------------
+
+
+async def run_scenario(
+    bootstrap: str, scenario: Scenario, settings: KafkaSettings, frames: Frames
+) -> dict[str, Any]:
+    """Run one pipeline scenario; returns its metrics."""
+    admin = _admin(bootstrap)
+    prefix = f"bench-{scenario.name}"
+    src = create_topic(admin, f"{prefix}-frames", scenario.cameras)
+    out = create_topic(admin, f"{prefix}-pre", scenario.cameras)
+    groups = {"pre": f"{src}-pre", "sink": f"{src}-sink"}
+    transport = settings.pipeline_transport
+    warmup = settings.warmup_frames * scenario.cameras
+    sink = LatencySink(out, bootstrap, groups["sink"], warmup=warmup, expected=scenario.frames)
+    pre = ParallelConsumer(src, bootstrap, groups["pre"], producer_topic=out, input_codec="bytes")
+    pre.profile = True
+    source = FrameSource(
+        frames.jpeg,
+        cameras=scenario.cameras,
+        fps=scenario.fps,
+        frames=scenario.frames,
+        warmup=warmup,
+        warm_done=sink.warm_done,
+        warm_timeout=settings.drain_timeout,
+        producer_topic=src,
+        producer_servers=bootstrap,
+    )
+    use_transport(source, transport, producer_conf=_low_latency(transport))
+    use_transport(pre, transport, producer_conf=_low_latency(transport))
+    use_transport(sink, transport)
+    monitor = LagMonitor(
+        bootstrap,
+        {
+            "lag_pre": (groups["pre"], src, scenario.cameras),
+            "lag_sink": (groups["sink"], out, scenario.cameras),
+        },
+        lambda: {"sent": source.measured, "arrived": len(sink.seen)},
+        settings.lag_interval,
+    )
+    tasks = [
+        asyncio.create_task(sink.run(), name="sink"),
+        asyncio.create_task(
+            pre.run(
+                settings.processes, settings.max_running_task, _preprocessor(settings.jpeg_quality)
+            ),
+            name="preprocess",
+        ),
+        asyncio.create_task(source.run(), name="source"),
+    ]
+    expected_s = scenario.frames / (scenario.fps * scenario.cameras) if scenario.fps else 0.0
+    try:
+        await _wait(source.started, tasks, settings.drain_timeout + 30)
+        monitor.start(source.t0)
+        await _wait(sink.all_done, tasks, expected_s + settings.drain_timeout)
+    except TimeoutError:
+        logger.warning(
+            "%s: %d of %d frames arrived before the deadline",
+            scenario.name,
+            len(sink.seen),
+            scenario.frames,
+        )
+    finally:
+        end = time.perf_counter()
+        monitor.close()
+        for node in (source, pre, sink):
+            node.stop()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        delete_topics(admin, [src, out])
+    for task, outcome in zip(tasks, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            raise RuntimeError(f"pipeline node {task.get_name()} failed") from outcome
+    return _scenario_metrics(scenario, source, sink, pre, monitor, end)
+
+
+async def _wait(event: asyncio.Event, tasks: list[asyncio.Task[Any]], timeout: float) -> None:
+    """Wait for ``event``; fail early if a node fails or stops (the source may finish), or
+    with ``TimeoutError`` after ``timeout`` seconds."""
+    waiter = asyncio.ensure_future(event.wait())
+    pending = {t for t in tasks if not t.done()}
+    try:
+        async with asyncio.timeout(timeout):
+            while not waiter.done():
+                done, _ = await asyncio.wait(
+                    [waiter, *pending], return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done - {waiter}:
+                    pending.discard(task)
+                    task.result()  # re-raises a node's failure
+                    if task.get_name() != "source":
+                        raise RuntimeError(f"node {task.get_name()} stopped early")
+    finally:
+        waiter.cancel()
+
+
+def _percentiles_ms(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    arr = np.asarray(values) * 1000
+    return {
+        "p50": round(float(np.percentile(arr, 50)), 2),
+        "p95": round(float(np.percentile(arr, 95)), 2),
+        "p99": round(float(np.percentile(arr, 99)), 2),
+        "max": round(float(arr.max()), 2),
+        "mean": round(float(arr.mean()), 2),
+    }
+
+
+def _scenario_metrics(
+    scenario: Scenario,
+    source: FrameSource,
+    sink: LatencySink,
+    pre: ParallelConsumer,
+    monitor: LagMonitor,
+    end: float,
+) -> dict[str, Any]:
+    lat = sorted(sink.latencies)
+    arrived = len(lat)
+    first_capture = lat[0][0] if lat else 0.0
+    last_arrival = max((c + d for c, d in lat), default=0.0)
+    span = last_arrival - source.t0_wall if lat else 0.0
+    send_span = (source.finished_at or end) - source.t0
+    step = max(1, arrived // _LATENCY_SAMPLES)
+    samples = [[round(c - first_capture, 3), round(d * 1000, 1)] for c, d in lat[::step]]
+    profile = pre.profiler.summary() if pre.profiler is not None else None
+    return {
+        "offered_fps": (scenario.fps * scenario.cameras) if scenario.fps else None,
+        "source_fps": round(source.measured / send_span, 2) if send_span > 0 else 0.0,
+        "delivered_fps": round(arrived / span, 2) if span > 0 else 0.0,
+        "frames_sent": source.measured,
+        "frames_arrived": arrived,
+        "lost": source.measured - arrived,
+        "duplicates": sink.duplicates,
+        "latency_ms": _percentiles_ms([d for _, d in lat]),
+        "latency_samples": {"columns": ["capture_s", "latency_ms"], "every": step, "rows": samples},
+        "lag": {
+            "interval_s": monitor.interval,
+            "columns": ["t", "lag_pre", "lag_sink", "sent", "arrived"],
+            "rows": [
+                [s.get(k, -1) for k in ("t", "lag_pre", "lag_sink", "sent", "arrived")]
+                for s in monitor.samples
+            ],
+            "max_lag_pre": max((s.get("lag_pre", 0) for s in monitor.samples), default=0),
+        },
+        "preprocess_profile": _profile_ms(profile) if profile else None,
+    }
+
+
+def _profile_ms(summary: dict[str, Any]) -> dict[str, Any]:
+    """The Profiler's summary with seconds turned into milliseconds."""
+    return {
+        "messages": summary["messages"],
+        "bytes_in": summary["bytes_in"],
+        "bytes_out": summary["bytes_out"],
+        "stages_ms": {
+            stage: {k: round(v * 1000, 3) for k, v in figures.items()}
+            for stage, figures in summary["stages"].items()
+        },
+    }
+
+
+def bench_pipeline(
+    bootstrap: str,
+    quick: bool,
+    *,
+    settings: KafkaSettings | None = None,
+    show_progress: bool | None = None,
+) -> dict[str, Any]:
+    """Every pipeline scenario, in one result document."""
+    settings = settings or settings_for(quick)
+    started, t0 = now_iso(), time.perf_counter()
+    frames = make_frames(4 if quick else 8, settings.jpeg_quality)
+    load_before = os.getloadavg()
+    scenarios: dict[str, Any] = {}
+    bar = progress(len(settings.scenarios), "kafka pipeline", show_progress)
+    with _own_node_settings(), contextlib.closing(bar):
+        for scenario in settings.scenarios:
+            logger.info("pipeline scenario %s", scenario.name)
+            scenarios[scenario.name] = {
+                "scenario": asdict(scenario),
+                **run_async(lambda s=scenario: run_scenario(bootstrap, s, settings, frames)),
+            }
+            bar.update()
+    params = {
+        "processor": "Compose(DecodeImage(), Letterbox(640), EncodeJPEG(90))",
+        "processes": settings.processes,
+        "max_running_task": settings.max_running_task,
+        "transport": settings.pipeline_transport,
+        "frame": {"shape": list(frames.raw[0].shape), "jpeg_kib_mean": frames.jpeg_kib},
+        "warmup_frames_per_camera": settings.warmup_frames,
+        "lag_interval_s": settings.lag_interval,
+        "scenarios": [asdict(s) for s in settings.scenarios],
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
+    return result(
+        "kafka.pipeline",
+        mode="quick" if quick else "full",
+        description="source -> topic -> ParallelConsumer (decode, letterbox, re-encode) -> "
+        "topic -> sink, on a real broker: frames/s, end-to-end latency, consumer lag",
+        params=params,
+        metrics={"scenarios": scenarios},
+        baselines={},
+        machine=machine_info(),
+        started=started,
+        duration_s=time.perf_counter() - t0,
+    )
+
+
+# ---- pass-through -------------------------------------------------------------------------
+
+
+def fill(bootstrap: str, topic: str, n: int, size: int) -> None:
+    from confluent_kafka import Producer as RawProducer
+
+    producer = RawProducer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all"})
+    payload = os.urandom(size)
+    for i in range(n):
+        while True:
+            try:
+                producer.produce(topic, payload, str(i).encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    if producer.flush(60):
+        raise RuntimeError(f"could not fill {topic}")
+
+
+class HighWatermark:
+    """Watches, in a thread, until an output topic holds ``target`` records; ``reached``
+    is the ``perf_counter`` time it first saw them all."""
+
+    def __init__(self, bootstrap: str, topic: str, target: int, partitions: int = 1) -> None:
+        from confluent_kafka import Consumer as RawConsumer
+        from confluent_kafka import TopicPartition
+
+        self.client = RawConsumer({"bootstrap.servers": bootstrap, "group.id": "bench-watch"})
+        self.tps = [TopicPartition(topic, p) for p in range(partitions)]
+        self.target = target
+        self.reached: float | None = None
+        self.done = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-watermark", daemon=True)
+
+    def _total(self) -> int:
+        return sum(
+            self.client.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in self.tps
+        )
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._total() >= self.target:
+                self.reached = time.perf_counter()
+                self.done.set()
+                return
+            self._stop.wait(0.005)
+
+    def __enter__(self) -> HighWatermark:
+        self._total()  # connect before the clock starts
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.client.close()
+
+
+def plain_loop(bootstrap: str, src: str, out: str, n: int, batch: int = 500) -> dict[str, float]:
+    """The baseline: confluent-kafka doing the same at-least-once work without FogVerse."""
+    from confluent_kafka import Consumer as RawConsumer
+    from confluent_kafka import Producer as RawProducer
+    from confluent_kafka import TopicPartition
+
+    consumer = RawConsumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-loop-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    producer = RawProducer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all", "enable.idempotence": True}
+    )
+    consumer.subscribe([src])
+    done = 0
+    t0 = cpu0 = 0.0
+    offsets: dict[tuple[str, int], int] = {}
+    with HighWatermark(bootstrap, out, n) as mark:
+        while done < n:
+            msgs = consumer.consume(batch, 0.5)
+            if not msgs:
+                continue
+            if not done:
+                t0, cpu0 = time.perf_counter(), time.process_time()
+            for m in msgs:
+                if m.error():
+                    raise RuntimeError(m.error())
+                while True:
+                    try:
+                        producer.produce(out, m.value(), m.key(), headers=m.headers())
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+                offsets[(m.topic(), m.partition())] = m.offset() + 1
+            producer.poll(0)
+            done += len(msgs)
+            # At least once: a batch's offsets are committed once all its outputs are acked.
+            if producer.flush(30):
+                raise RuntimeError("outputs not acknowledged")
+            consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                asynchronous=True,
+            )
+        mark.done.wait(30)
+        cpu = time.process_time() - cpu0
+        reached = mark.reached
+    consumer.close()
+    if reached is None:
+        raise RuntimeError("the output topic never held every record")
+    return {"rate": n / (reached - t0), "cpu_us_per_msg": cpu / n * 1e6}
+
+
+class _PassThrough(Consumer):
+    """Sends every input on unchanged; notes when the first one arrived."""
+
+    first: tuple[float, float] | None = None
+
+    def process(self, data: bytes) -> bytes:
+        if self.first is None:
+            self.first = (time.perf_counter(), time.process_time())
+        return data
+
+
+async def run_node_passthrough(
+    bootstrap: str, src: str, out: str, n: int, transport: str, *, profile: bool = False
+) -> dict[str, Any]:
+    """A FogVerse ``Consumer`` node forwarding ``src`` to ``out`` on ``transport``."""
+    node = _PassThrough(
+        src,
+        bootstrap,
+        f"bench-node-{uuid.uuid4().hex[:8]}",
+        producer_topic=out,
+        input_codec="bytes",
+        output_codec="bytes",
+    )
+    use_transport(node, transport)
+    node.profile = profile
+    with HighWatermark(bootstrap, out, n) as mark:
+        task = asyncio.create_task(node.run())
+        try:
+            while not mark.done.is_set():
+                if task.done():
+                    task.result()
+                    raise RuntimeError("the pass-through node stopped early")
+                await asyncio.sleep(0.01)
+        finally:
+            cpu1 = time.process_time()
+            node.stop()
+            await task
+        reached = mark.reached
+    assert reached is not None and node.first is not None
+    t0, cpu0 = node.first
+    out_doc: dict[str, Any] = {
+        "rate": n / (reached - t0),
+        "cpu_us_per_msg": (cpu1 - cpu0) / n * 1e6,
+    }
+    if node.profiler is not None:
+        summary = node.profiler.summary()
+        out_doc["profile"] = {
+            "messages": summary["messages"],
+            "stages_us": {
+                stage: {k: round(v * 1e6, 2) for k, v in figures.items()}
+                for stage, figures in summary["stages"].items()
+            },
+        }
+    return out_doc
+
+
+def _variants(settings: KafkaSettings) -> list[tuple[str, str | None, bool]]:
+    """``(label, transport, profile)``; transport ``None`` is the plain loop."""
+    out: list[tuple[str, str | None, bool]] = [(LOOP, None, False)]
+    out += [(f"node[{t}]", t, False) for t in settings.passthrough_transports]
+    out.append((f"node[{settings.profile_transport}]+profile", settings.profile_transport, True))
+    return out
+
+
+def _passthrough_run(
+    bootstrap: str, src: str, out: str, n: int, transport: str | None, profile: bool
+) -> dict[str, Any]:
+    if transport is None:
+        return plain_loop(bootstrap, src, out, n)
+    return run_async(
+        lambda: run_node_passthrough(bootstrap, src, out, n, transport, profile=profile)
+    )
+
+
+def bench_passthrough(
+    bootstrap: str,
+    quick: bool,
+    *,
+    settings: KafkaSettings | None = None,
+    show_progress: bool | None = None,
+) -> dict[str, Any]:
+    """1 KiB pass-through: the plain loop, the node on each transport, and the node profiled."""
+    settings = settings or settings_for(quick)
+    started, t0 = now_iso(), time.perf_counter()
+    load_before = os.getloadavg()
+    admin = _admin(bootstrap)
+    n = settings.passthrough_messages
+    src = create_topic(admin, "bench-pt-src")
+    fill(bootstrap, src, n, settings.passthrough_size)
+    variants = _variants(settings)
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in variants}
+    bar = progress(len(variants) * settings.passthrough_reps, "kafka pass-through", show_progress)
+    with _own_node_settings(), contextlib.closing(bar):
+        try:
+            for _, (label, transport, profile) in interleaved(variants, settings.passthrough_reps):
+                out = create_topic(admin, "bench-pt-out")
+                try:
+                    runs[label].append(_passthrough_run(bootstrap, src, out, n, transport, profile))
+                finally:
+                    delete_topics(admin, [out])
+                bar.update()
+            out = create_topic(admin, "bench-pt-out")
+            try:
+                cpu_profile = cpu_profile_node(
+                    bootstrap, src, out, n, settings.profile_transport, settings.cprofile_top
+                )
+            finally:
+                delete_topics(admin, [out])
+        finally:
+            delete_topics(admin, [src])
+    doc = _passthrough_doc(settings, runs, variants, quick, started, t0, load_before)
+    doc["metrics"]["cpu_profile"] = cpu_profile
+    return doc
+
+
+def cpu_profile_node(
+    bootstrap: str, src: str, out: str, n: int, transport: str, top: int
+) -> dict[str, Any]:
+    """One more run of the node under cProfile (event-loop thread): the functions that run
+    once per message or more, by their own time per message. Slower than unprofiled runs;
+    the shares are what to read."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        rate = run_async(lambda: run_node_passthrough(bootstrap, src, out, n, transport))["rate"]
+    finally:
+        profiler.disable()
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    # Once-per-run coroutines can be charged their idle time; per-message code is what counts.
+    rows = sorted(
+        (
+            (own, calls, _where(path, line, name))
+            for (path, line, name), (_, calls, own, _cum, _) in stats.items()
+            if calls >= n // 2
+        ),
+        reverse=True,
+    )
+    total = sum(own for own, _, _ in rows) or 1.0
+    return {
+        "transport": transport,
+        "rate_under_profiler": round(rate, 1),
+        "us_per_msg": round(total / n * 1e6, 2),
+        "fogverse_us_per_msg": round(
+            sum(own for own, _, w in rows if w.startswith("fogverse/")) / n * 1e6, 2
+        ),
+        "top": [
+            {
+                "function": where,
+                "calls_per_msg": round(calls / n, 2),
+                "own_us_per_msg": round(own / n * 1e6, 3),
+                "share": round(own / total, 4),
+            }
+            for own, calls, where in rows[:top]
+        ],
+    }
+
+
+def _where(path: str, line: int, name: str) -> str:
+    marker = "/fogverse/"
+    at = path.rfind(marker)
+    if at >= 0 and "site-packages" not in path:
+        return f"fogverse/{path[at + len(marker) :]}:{line}({name})"
+    short = os.path.basename(path) if path.startswith("/") else path
+    return f"{short}:{line}({name})"
+
+
+def _passthrough_doc(
+    settings: KafkaSettings,
+    runs: dict[str, list[dict[str, Any]]],
+    variants: list[tuple[str, str | None, bool]],
+    quick: bool,
+    started: str,
+    t0: float,
+    load_before: tuple[float, float, float],
+) -> dict[str, Any]:
+    loop_rates = [r["rate"] for r in runs[LOOP]]
+
+    def entry(label: str) -> dict[str, Any]:
+        rates = [r["rate"] for r in runs[label]]
+        return {
+            "rate": summarize(rates, 1),
+            "cpu_us_per_msg": round(statistics.median(r["cpu_us_per_msg"] for r in runs[label]), 2),
+            "vs_loop": round(median_ratio(rates, loop_rates), 3),
+        }
+
+    nodes = {label: entry(label) for label, transport, _ in variants if transport is not None}
+    profiled = f"node[{settings.profile_transport}]+profile"
+    unprofiled = f"node[{settings.profile_transport}]"
+    overhead = {
+        "transport": settings.profile_transport,
+        "on_vs_off": round(
+            median_ratio(
+                [r["rate"] for r in runs[profiled]], [r["rate"] for r in runs[unprofiled]]
+            ),
+            3,
+        ),
+    }
+    profile = runs[profiled][-1].get("profile")
+    params = {
+        "messages": settings.passthrough_messages,
+        "message_bytes": settings.passthrough_size,
+        "partitions": 1,
+        "reps": settings.passthrough_reps,
+        "transports": list(settings.passthrough_transports),
+        "default_transport": default_transport(),
+        "loop": "consume(500) -> produce each (acks=all, idempotent, linger 5 ms) -> flush -> "
+        "commit",
+        "unit": "messages/s",
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
+    return result(
+        "kafka.passthrough",
+        mode="quick" if quick else "full",
+        description="1 KiB pass-through at least once: FogVerse Consumer node vs a plain "
+        "confluent-kafka consume -> produce -> commit loop; profiling overhead",
+        params=params,
+        metrics={"nodes": nodes, "profiling_overhead": overhead, "profile": profile},
+        baselines={
+            LOOP: {
+                "rate": summarize(loop_rates, 1),
+                "cpu_us_per_msg": round(
+                    statistics.median(r["cpu_us_per_msg"] for r in runs[LOOP]), 2
+                ),
+            }
+        },
+        machine=machine_info(),
+        started=started,
+        duration_s=time.perf_counter() - t0,
+    )

@@ -1,0 +1,561 @@
+"""Frames per second of ``WorkerPool`` against one process and the standard library's pools.
+
+For each workload, every variant runs the same function on the same inputs:
+
+* ``serial``: the function called in this process, one input after another;
+* ``Pool.imap``: ``multiprocessing.Pool(p).imap(fn, inputs)`` (chunksize 1);
+* ``ProcessPoolExecutor.map``: ``concurrent.futures.ProcessPoolExecutor(p).map(fn, inputs)``;
+* ``arroyo.RunTaskWithMultiprocessing`` (only when ``sentry-arroyo`` is installed): the
+  closest peer's multiprocessing step, fed message by message with its batches of
+  ``ARROYO_BATCH`` inputs (at most 50 ms of waiting), prefetching, shared-memory blocks
+  sized for its batches, and its own spawn pool of ``p`` processes;
+* ``fogverse``: ``WorkerPool(processor, p, m)``, inputs submitted as slots free up, each
+  result read and its slot released in a done-callback;
+
+for ``p`` in ``process_numbers`` and ``m`` in ``max_running_tasks``. All pools of a workload
+are started up front and kept alive, and the repetitions are interleaved (every round runs
+every variant once, starting one variant later each round), so load from other jobs on a
+shared machine hits all variants alike. Ratios are medians of per-round ratios.
+
+Workloads: ``jpeg`` (720p JPEG bytes -> ``YoloPreprocess(decode=True)``), ``raw`` (720p BGR
+ndarray -> ``YoloPreprocess()``), ``trivial`` (identity on a small int: the per-task cost).
+Every process uses one OpenCV thread (WorkerPool's default; the baselines set it in their
+initializer and the serial run in this process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import importlib.util
+import logging
+import multiprocessing
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psutil
+
+from benchmarks.common import (
+    Frames,
+    interleaved,
+    machine_info,
+    make_frames,
+    median_ratio,
+    now_iso,
+    peak_rss,
+    progress,
+    result,
+    summarize,
+)
+from fogverse.parallel import TaskHandle, WorkerPool
+from fogverse.processor import Processor
+
+__all__ = ["WORKLOADS", "PoolSettings", "bench_pool", "bench_workload", "settings_for"]
+
+logger = logging.getLogger(__name__)
+
+SERIAL = "serial"
+IMAP = "Pool.imap"
+EXECUTOR = "ProcessPoolExecutor.map"
+FOGVERSE = "fogverse"
+ARROYO = "arroyo.RunTaskWithMultiprocessing"
+
+WORKLOADS = {
+    "jpeg": "720p JPEG bytes -> YoloPreprocess(640, decode=True): decode, letterbox, RGB, "
+    "CHW, float32/255 (3x640x640 float32 result)",
+    "raw": "720p BGR uint8 ndarray -> YoloPreprocess(640): letterbox, RGB, CHW, float32/255 "
+    "(3x640x640 float32 result)",
+    "trivial": "identity on a small int: the per-task cost of each pool",
+}
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """Sizes of one pool benchmark run."""
+
+    reps: int
+    run_seconds: float
+    """Each variant's runs are sized from its warm-up rate to last about this long, so fast
+    variants are timed over enough inputs and slow ones do not take all the time."""
+    min_inputs: int
+    """At least this many inputs per run (frame workloads; 20x for the trivial one)."""
+    max_running_tasks: tuple[int, ...]
+    process_numbers: tuple[int, ...]
+    workloads: tuple[str, ...] = ("jpeg", "raw", "trivial")
+    start_method: str = "forkserver"
+    warmup: int = 16
+    """Inputs per variant (at least 2 x max_running_task) run once before the measured rounds:
+    worker start, slot growth, caches, and the rate that sizes the runs."""
+    arroyo: bool = True
+    """Add Arroyo's RunTaskWithMultiprocessing as a baseline when sentry-arroyo is installed."""
+
+
+def settings_for(quick: bool) -> PoolSettings:
+    cores = os.cpu_count() or 1
+    if quick:
+        return PoolSettings(
+            reps=2,
+            run_seconds=0.05,
+            min_inputs=8,
+            max_running_tasks=(1, 8),
+            process_numbers=tuple(sorted({1, cores})),
+            warmup=8,
+        )
+    return PoolSettings(
+        reps=7,
+        run_seconds=0.6,
+        min_inputs=40,
+        max_running_tasks=(1, 2, 4, 8, 16, 32),
+        process_numbers=tuple(range(1, cores + 1)),
+    )
+
+
+# ---- the functions every variant runs -----------------------------------------------------
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+class Call(Processor):
+    """A Processor around a plain function, so every variant runs exactly ``fn``."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+
+    def process(self, data: Any) -> Any:
+        return self.fn(data)
+
+
+def arroyo_available() -> bool:
+    return importlib.util.find_spec("arroyo") is not None
+
+
+ARROYO_BATCH = {"jpeg": 4, "raw": 4, "trivial": 64}
+
+
+def _arroyo_apply(fn: Callable[[Any], Any], message: Any) -> Any:
+    return fn(message.payload)
+
+
+class _ArroyoSink:
+    """Arroyo's next step: reads each result, as the other variants do."""
+
+    def submit(self, message: Any) -> None:
+        _touch(message.payload)
+
+    def poll(self) -> None:
+        pass
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def terminate(self) -> None:
+        pass
+
+
+def _arroyo_strategy(v: Variant, fn: Callable[[Any], Any], inputs: Sequence[Any]) -> Any:
+    from arroyo.processing.strategies import RunTaskWithMultiprocessing
+
+    batch = v.arroyo_batch
+    biggest = max(_nbytes(x) for x in inputs)
+    return RunTaskWithMultiprocessing(
+        functools.partial(_arroyo_apply, fn),
+        _ArroyoSink(),  # type: ignore[arg-type]
+        max_batch_size=batch,
+        max_batch_time=0.05,
+        pool=v.pool,
+        # Room for a batch of inputs, and of 3x640x640 float32 results.
+        input_block_size=batch * biggest * 2 + (1 << 20),
+        output_block_size=batch * 3 * 640 * 640 * 4 + (1 << 20),
+        prefetch_batches=True,
+    )
+
+
+def _run_arroyo(strategy: Any, inputs: Sequence[Any], n: int) -> None:
+    from arroyo.processing.strategies import MessageRejected
+    from arroyo.types import Message, Partition, Topic, Value
+
+    partition = Partition(Topic("bench"), 0)
+    for i in range(n):
+        message = Message(Value(inputs[i % len(inputs)], {partition: i + 1}))
+        while True:
+            try:
+                strategy.submit(message)
+                break
+            except MessageRejected:  # its backpressure: collect results, then retry
+                strategy.poll()
+        strategy.poll()
+    strategy.close()
+    strategy.join(timeout=300)
+
+
+def _nbytes(x: Any) -> int:
+    return int(getattr(x, "nbytes", None) or (len(x) if isinstance(x, bytes) else 64))
+
+
+def _one_cv_thread() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _workload(name: str, frames: Frames) -> tuple[Callable[[Any], Any], list[Any]]:
+    from processors import YoloPreprocess
+
+    if name == "jpeg":
+        return YoloPreprocess(640, decode=True).process, list(frames.jpeg)
+    if name == "raw":
+        return YoloPreprocess(640).process, list(frames.raw)
+    if name == "trivial":
+        return identity, list(range(64))
+    raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
+
+
+def _touch(value: Any) -> None:
+    # Read the result, as a consumer of it would; a lazy variant gains nothing.
+    flat = getattr(value, "flat", None)
+    if flat is not None:
+        flat[0]
+
+
+# ---- variants -----------------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    kind: str
+    process_number: int
+    max_running_task: int | None = None
+    pool: Any = None
+    seconds: list[float] = field(default_factory=list)
+    parent_cpu: list[float] = field(default_factory=list)
+    worker_cpu: list[float] = field(default_factory=list)
+    memory: dict[str, float] = field(default_factory=dict)
+    arroyo_batch: int = 1
+    inputs_per_run: int = 0
+
+    @property
+    def label(self) -> str:
+        if self.kind == SERIAL:
+            return SERIAL
+        if self.kind == FOGVERSE:
+            return f"fogverse p={self.process_number} m={self.max_running_task}"
+        return f"{self.kind} p={self.process_number}"
+
+    def pids(self) -> list[int]:
+        if self.kind == FOGVERSE:
+            return list(self.pool.worker_pids)
+        if self.kind == IMAP:
+            return [p.pid for p in self.pool._pool if p.pid is not None]
+        if self.kind == EXECUTOR:
+            return [p.pid for p in (self.pool._processes or {}).values() if p.pid is not None]
+        if self.kind == ARROYO:
+            inner = getattr(self.pool, "_MultiprocessingPool__pool", None)
+            return [p.pid for p in getattr(inner, "_pool", []) if p.pid is not None]
+        return []
+
+
+async def _start(variants: list[Variant], fn: Callable[[Any], Any], start_method: str) -> None:
+    ctx = multiprocessing.get_context(start_method)
+    for v in variants:
+        if v.kind == IMAP:
+            v.pool = ctx.Pool(v.process_number, initializer=_one_cv_thread)
+        elif v.kind == EXECUTOR:
+            v.pool = concurrent.futures.ProcessPoolExecutor(
+                v.process_number, mp_context=ctx, initializer=_one_cv_thread
+            )
+        elif v.kind == ARROYO:
+            from arroyo.processing.strategies.run_task_with_multiprocessing import (
+                MultiprocessingPool,
+            )
+
+            v.pool = MultiprocessingPool(v.process_number, _one_cv_thread)
+        elif v.kind == FOGVERSE:
+            assert v.max_running_task is not None
+            v.pool = WorkerPool(
+                Call(fn),
+                v.process_number,
+                v.max_running_task,
+                start_method=start_method,  # type: ignore[arg-type]
+            )
+    await asyncio.gather(*(v.pool.start() for v in variants if v.kind == FOGVERSE))
+
+
+async def _stop(variants: list[Variant]) -> None:
+    for v in variants:
+        if v.pool is None:
+            continue
+        try:
+            if v.kind == FOGVERSE:
+                await v.pool.close()
+            elif v.kind == IMAP:
+                v.pool.close()
+                v.pool.join()
+            elif v.kind == EXECUTOR:
+                v.pool.shutdown()
+            elif v.kind == ARROYO:
+                v.pool.close()
+        except Exception:
+            logger.exception("could not close %s", v.label)
+
+
+async def _run_fogverse(pool: WorkerPool, inputs: Sequence[Any], n: int) -> None:
+    loop = asyncio.get_running_loop()
+    finished = loop.create_future()
+    remaining = n
+
+    def on_done(handle: TaskHandle) -> None:
+        nonlocal remaining
+        _touch(handle.result())
+        handle.release()
+        remaining -= 1
+        if remaining == 0:
+            finished.set_result(None)
+
+    for i in range(n):
+        handle = await pool.submit(inputs[i % len(inputs)])
+        handle.add_done_callback(on_done)
+    await finished
+
+
+async def _run_once(v: Variant, fn: Callable[[Any], Any], inputs: Sequence[Any], n: int) -> float:
+    def cycle() -> Any:
+        return (inputs[i % len(inputs)] for i in range(n))
+
+    strategy = _arroyo_strategy(v, fn, inputs) if v.kind == ARROYO else None
+    start = time.perf_counter()
+    if strategy is not None:
+        _run_arroyo(strategy, inputs, n)
+    elif v.kind == SERIAL:
+        for i in range(n):
+            _touch(fn(inputs[i % len(inputs)]))
+    elif v.kind == IMAP:
+        for value in v.pool.imap(fn, cycle(), chunksize=1):
+            _touch(value)
+    elif v.kind == EXECUTOR:
+        for value in v.pool.map(fn, cycle()):
+            _touch(value)
+    else:
+        await _run_fogverse(v.pool, inputs, n)
+    return time.perf_counter() - start
+
+
+def _cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
+async def _measure(v: Variant, fn: Callable[[Any], Any], inputs: Sequence[Any]) -> None:
+    n = v.inputs_per_run
+    pids = v.pids()
+    worker0, parent0 = _cpu(pids), time.process_time()
+    with peak_rss(pids) as mem:
+        seconds = await _run_once(v, fn, inputs, n)
+    v.parent_cpu.append((time.process_time() - parent0) / n)
+    v.worker_cpu.append((_cpu(pids) - worker0) / n)
+    v.seconds.append(seconds)
+    if mem["total"] >= v.memory.get("total", -1.0):
+        v.memory = mem
+
+
+# ---- one workload -------------------------------------------------------------------------
+
+
+async def bench_workload(
+    workload: str,
+    settings: PoolSettings,
+    frames: Frames,
+    *,
+    mode: str,
+    show_progress: bool | None = None,
+) -> dict[str, Any]:
+    """Run one workload's interleaved grid; returns its result document."""
+    import cv2
+
+    started, t0 = now_iso(), time.perf_counter()
+    load_before = os.getloadavg()
+    cv2.setNumThreads(1)  # the serial run, like each worker
+    fn, inputs = _workload(workload, frames)
+    scale = 20 if workload == "trivial" else 1
+    variants = [Variant(SERIAL, 1)]
+    for p in settings.process_numbers:
+        variants += [Variant(IMAP, p), Variant(EXECUTOR, p)]
+        if settings.arroyo and arroyo_available():
+            variants.append(Variant(ARROYO, p, arroyo_batch=ARROYO_BATCH[workload]))
+        variants += [Variant(FOGVERSE, p, m) for m in settings.max_running_tasks]
+    warm = max(settings.warmup, 2 * max(settings.max_running_tasks)) * scale
+    bar = progress(len(variants) * (settings.reps + 1), f"pool {workload}", show_progress)
+    try:
+        await _start(variants, fn, settings.start_method)
+        for v in variants:  # worker imports, slot growth, caches; then size the runs
+            seconds = await _run_once(v, fn, inputs, warm)
+            sized = round(warm / seconds * settings.run_seconds)
+            v.inputs_per_run = max(settings.min_inputs * scale, min(sized, 200_000))
+            bar.update()
+        for _, v in interleaved(variants, settings.reps):
+            await _measure(v, fn, inputs)
+            bar.update()
+        stats = {v.label: v.pool.stats for v in variants if v.kind == FOGVERSE}
+    finally:
+        bar.close()
+        await _stop(variants)
+
+    per_task = workload == "trivial"
+    metrics, baselines = _tabulate(variants, per_task)
+    for entry in metrics["grid"]:
+        label = f"fogverse p={entry['process_number']} m={entry['max_running_task']}"
+        entry["pool_stats"] = {
+            k: stats[label].get(k, 0) for k in ("inband_results", "slot_grows", "restarts")
+        }
+    params = {
+        "workload": workload,
+        "description": WORKLOADS[workload],
+        "warmup_inputs": warm,
+        "input": _describe_inputs(workload, frames),
+        "unit": "tasks/s" if per_task else "frames/s",
+        "opencv_threads_per_process": 1,
+        "arroyo_max_batch_size": (
+            ARROYO_BATCH[workload] if any(v.kind == ARROYO for v in variants) else None
+        ),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        **{k: v for k, v in asdict(settings).items() if k not in ("workloads", "warmup")},
+    }
+    return result(
+        f"pool.{workload}",
+        mode=mode,
+        description=f"WorkerPool vs serial / Pool.imap / ProcessPoolExecutor.map: "
+        f"{WORKLOADS[workload]}",
+        params=params,
+        metrics=metrics,
+        baselines=baselines,
+        machine=machine_info(),
+        started=started,
+        duration_s=time.perf_counter() - t0,
+    )
+
+
+def _describe_inputs(workload: str, frames: Frames) -> dict[str, Any]:
+    if workload == "trivial":
+        return {"type": "int", "distinct": 64}
+    return {
+        "type": "jpeg bytes" if workload == "jpeg" else "ndarray uint8",
+        "shape": list(frames.raw[0].shape),
+        "distinct": len(frames.raw),
+        "jpeg_quality": 90,
+        "jpeg_kib_mean": frames.jpeg_kib,
+    }
+
+
+def _rates(v: Variant) -> list[float]:
+    return [v.inputs_per_run / s for s in v.seconds]
+
+
+def _entry(v: Variant, serial: Variant, per_task: bool) -> dict[str, Any]:
+    rates = _rates(v)
+    serial_rates = _rates(serial)
+    speedup = median_ratio(rates, serial_rates)
+    entry: dict[str, Any] = {"process_number": v.process_number}
+    if v.max_running_task is not None:
+        entry["max_running_task"] = v.max_running_task
+    entry["inputs_per_run"] = v.inputs_per_run
+    entry["rate"] = summarize(rates, 2)
+    entry["us_per_task"] = round(1e6 / statistics.median(rates), 2)
+    entry["speedup_vs_serial"] = round(speedup, 3)
+    entry["efficiency"] = round(speedup / v.process_number, 3)
+    entry["peak_rss_mb"] = v.memory["total"]
+    entry["memory_mb"] = {k: v.memory[k] for k in ("workers", "parent_growth")}
+    entry["cpu_us_per_task"] = {
+        "parent": round(statistics.median(v.parent_cpu) * 1e6, 1),
+        "workers": round(statistics.median(v.worker_cpu) * 1e6, 1),
+    }
+    if per_task:
+        entry["us_per_task_runs"] = [round(1e6 / r, 2) for r in rates]
+    return entry
+
+
+def _tabulate(variants: list[Variant], per_task: bool) -> tuple[dict, dict]:
+    serial = next(v for v in variants if v.kind == SERIAL)
+    by_key = {(v.kind, v.process_number): v for v in variants if v.kind not in (SERIAL, FOGVERSE)}
+    baselines: dict[str, list[dict[str, Any]]] = {}
+    for v in variants:
+        if v.kind != FOGVERSE:
+            entry = _entry(v, serial, per_task)
+            if v.kind == ARROYO:
+                entry["max_batch_size"] = v.arroyo_batch
+            baselines.setdefault(v.kind, []).append(entry)
+    grid = []
+    for v in variants:
+        if v.kind != FOGVERSE:
+            continue
+        entry = _entry(v, serial, per_task)
+        rates = _rates(v)
+        for kind, key in (
+            (IMAP, "vs_pool_imap"),
+            (EXECUTOR, "vs_executor_map"),
+            (ARROYO, "vs_arroyo"),
+        ):
+            base = by_key.get((kind, v.process_number))
+            if base is None:
+                continue
+            entry[key] = round(median_ratio(rates, _rates(base)), 3)
+        grid.append(entry)
+    best: dict[str, Any] = {}
+    for p in sorted({e["process_number"] for e in grid}):
+        rows = [e for e in grid if e["process_number"] == p]
+        top = max(rows, key=lambda e: e["rate"]["median"])
+        best[str(p)] = {
+            k: top[k]
+            for k in (
+                "max_running_task",
+                "rate",
+                "us_per_task",
+                "speedup_vs_serial",
+                "vs_pool_imap",
+                "vs_executor_map",
+                "vs_arroyo",
+            )
+            if k in top
+        }
+    metrics = {"unit": "tasks/s" if per_task else "frames/s", "grid": grid, "best": best}
+    return metrics, baselines
+
+
+# ---- the benchmark ------------------------------------------------------------------------
+
+
+def bench_pool(
+    quick: bool, *, show_progress: bool | None = None, settings: PoolSettings | None = None
+) -> list[dict[str, Any]]:
+    """Every pool workload; one result document each."""
+    from benchmarks.common import run_async
+
+    settings = settings or settings_for(quick)
+    frames = make_frames(4 if quick else 8)
+    mode = "quick" if quick else "full"
+    docs = []
+    for workload in settings.workloads:
+        logger.info("pool benchmark: %s", workload)
+        docs.append(
+            run_async(
+                lambda w=workload: bench_workload(
+                    w, settings, frames, mode=mode, show_progress=show_progress
+                )
+            )
+        )
+    return docs

@@ -1,0 +1,302 @@
+"""From result documents to what a reader looks at: the targets and the Markdown tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.common import Target, describe_machine
+
+__all__ = ["markdown", "targets"]
+
+
+def _find(docs: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    return next((d for d in docs if d["benchmark"] == name), None)
+
+
+def _pick_p(doc: dict[str, Any], wanted: int = 2) -> int:
+    ps = sorted({e["process_number"] for e in doc["metrics"]["grid"]})
+    return wanted if wanted in ps else ps[-1]
+
+
+def _rows(doc: dict[str, Any], p: int) -> list[dict[str, Any]]:
+    return [e for e in doc["metrics"]["grid"] if e["process_number"] == p]
+
+
+def _grid_note(rows: list[dict[str, Any]], key: str, fmt: str) -> str:
+    return ", ".join(f"m={e['max_running_task']}: {format(e[key], fmt)}" for e in rows)
+
+
+def targets(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets with this run's figures (``measured`` is None when the benchmark
+    that measures it was not run)."""
+    out = [
+        Target(
+            "pool.jpeg.speedup",
+            "720p JPEG decode + letterbox, process_number=2: frames/s over serial "
+            "(best max_running_task)",
+            "pool.jpeg",
+            ">=",
+            1.7,
+            "x",
+        ),
+        Target(
+            "pool.raw.vs_imap",
+            "raw 720p ndarray frames, process_number=2: frames/s over multiprocessing.Pool.imap "
+            "(best max_running_task)",
+            "pool.raw",
+            ">=",
+            5.0,
+            "x",
+        ),
+        Target(
+            "pool.trivial.us_per_task",
+            "trivial processor, process_number=2: µs per task, worst of max_running_task >= 8",
+            "pool.trivial",
+            "<=",
+            50.0,
+            "µs",
+        ),
+        Target(
+            "kafka.passthrough.vs_loop",
+            "1 KiB pass-through, FogVerse node on its default transport: msg/s over a plain "
+            "confluent-kafka loop",
+            "kafka.passthrough",
+            ">=",
+            0.7,
+            "x",
+        ),
+        Target(
+            "kafka.pipeline.p99",
+            "video pipeline at 30 frames/s, one camera: end-to-end p99 latency",
+            "kafka.pipeline",
+            "<",
+            100.0,
+            "ms",
+        ),
+        Target(
+            "profiling.overhead",
+            "pass-through node with profile=True: msg/s over the same node without",
+            "kafka.passthrough",
+            ">=",
+            0.95,
+            "x",
+        ),
+    ]
+    by_id = {t.id: t for t in out}
+
+    doc = _find(docs, "pool.jpeg")
+    if doc is not None:
+        p = _pick_p(doc)
+        best = doc["metrics"]["best"][str(p)]
+        t = by_id["pool.jpeg.speedup"]
+        t.measured = best["speedup_vs_serial"]
+        t.detail = f"p={p}, best m={best['max_running_task']}; all m: " + _grid_note(
+            _rows(doc, p), "speedup_vs_serial", ".2f"
+        )
+    doc = _find(docs, "pool.raw")
+    if doc is not None:
+        p = _pick_p(doc)
+        best = doc["metrics"]["best"][str(p)]
+        t = by_id["pool.raw.vs_imap"]
+        t.measured = best["vs_pool_imap"]
+        t.detail = f"p={p}, best m={best['max_running_task']}; all m: " + _grid_note(
+            _rows(doc, p), "vs_pool_imap", ".1f"
+        )
+    doc = _find(docs, "pool.trivial")
+    if doc is not None:
+        p = _pick_p(doc)
+        rows = [e for e in _rows(doc, p) if e["max_running_task"] >= 8]
+        t = by_id["pool.trivial.us_per_task"]
+        if rows:
+            t.measured = max(e["us_per_task"] for e in rows)
+            t.detail = f"p={p}; " + _grid_note(_rows(doc, p), "us_per_task", ".1f")
+    doc = _find(docs, "kafka.passthrough")
+    if doc is not None:
+        nodes = doc["metrics"]["nodes"]
+        default = doc["params"]["default_transport"]
+        t = by_id["kafka.passthrough.vs_loop"]
+        t.measured = nodes[f"node[{default}]"]["vs_loop"]
+        t.detail = "; ".join(f"{k}: {v['vs_loop']:.2f}" for k, v in nodes.items())
+        t = by_id["profiling.overhead"]
+        overhead = doc["metrics"]["profiling_overhead"]
+        t.measured = overhead["on_vs_off"]
+        t.detail = f"node[{overhead['transport']}] with profile=True vs without, paired runs"
+    doc = _find(docs, "kafka.pipeline")
+    if doc is not None:
+        scenario = doc["metrics"]["scenarios"].get("30fps-1cam")
+        if scenario and scenario["latency_ms"]:
+            t = by_id["kafka.pipeline.p99"]
+            t.measured = scenario["latency_ms"]["p99"]
+            lat = scenario["latency_ms"]
+            t.detail = (
+                f"p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, "
+                f"{scenario['frames_arrived']} frames, {scenario['lost']} lost"
+            )
+    return [t.as_dict() for t in out]
+
+
+# ---- Markdown -----------------------------------------------------------------------------
+
+
+def _f(value: Any, fmt: str = ".0f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _pool_table(doc: dict[str, Any]) -> list[str]:
+    unit = doc["metrics"]["unit"]
+    per_task = doc["params"]["workload"] == "trivial"
+    lines = [
+        f"**{doc['benchmark']}** — {doc['params']['description']}; {unit} (median of "
+        f"{doc['params']['reps']} interleaved runs), speed-up over serial, peak memory added "
+        "(MB)",
+        "",
+        "| variant | process_number | max_running_task | "
+        + ("µs/task" if per_task else unit)
+        + " | x serial | efficiency | x Pool.imap | MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def value(e: dict[str, Any]) -> str:
+        return f"{e['us_per_task']:.1f}" if per_task else f"{e['rate']['median']:.0f}"
+
+    for name, entries in doc["baselines"].items():
+        for e in entries:
+            lines.append(
+                f"| {name} | {e['process_number']} | - | {value(e)} | "
+                f"{e['speedup_vs_serial']:.2f} | {e['efficiency']:.2f} | - | "
+                f"{e['peak_rss_mb']:.0f} |"
+            )
+    for e in doc["metrics"]["grid"]:
+        lines.append(
+            f"| **fogverse** | {e['process_number']} | {e['max_running_task']} | {value(e)} | "
+            f"{e['speedup_vs_serial']:.2f} | {e['efficiency']:.2f} | {e['vs_pool_imap']:.1f} | "
+            f"{e['peak_rss_mb']:.0f} |"
+        )
+    return lines
+
+
+def _pipeline_table(doc: dict[str, Any]) -> list[str]:
+    p = doc["params"]
+    lines = [
+        f"**kafka.pipeline** — {p['processor']} in a ParallelConsumer "
+        f"(process_number={p['processes']}, max_running_task={p['max_running_task']}, "
+        f"{p['transport']} transport); 720p JPEG frames of {p['frame']['jpeg_kib_mean']} KiB",
+        "",
+        "| scenario | offered fps | delivered fps | frames | lost | dup | p50 ms | p95 ms "
+        "| p99 ms | max ms | max lag |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in doc["metrics"]["scenarios"].items():
+        lat = s["latency_ms"] or {}
+        lines.append(
+            f"| {name} | {_f(s['offered_fps'])} | {s['delivered_fps']:.1f} | "
+            f"{s['frames_arrived']}/{s['frames_sent']} | {s['lost']} | {s['duplicates']} | "
+            f"{_f(lat.get('p50'))} | {_f(lat.get('p95'))} | {_f(lat.get('p99'))} | "
+            f"{_f(lat.get('max'))} | {s['lag']['max_lag_pre']} |"
+        )
+    one = doc["metrics"]["scenarios"].get("30fps-1cam")
+    if one and one.get("preprocess_profile"):
+        stages = one["preprocess_profile"]["stages_ms"]
+        lines += [
+            "",
+            "Where a frame's time goes in the ParallelConsumer (30fps-1cam, profile=True), ms:",
+            "",
+            "| stage | mean | p50 | p95 | p99 |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {stage} | {v['mean']:.2f} | {v['p50']:.2f} | {v['p95']:.2f} | {v['p99']:.2f} |"
+            for stage, v in stages.items()
+        ]
+    return lines
+
+
+def _passthrough_table(doc: dict[str, Any]) -> list[str]:
+    p = doc["params"]
+    base = next(iter(doc["baselines"].items()))
+    lines = [
+        f"**kafka.passthrough** — {p['messages']} messages of {p['message_bytes']} B, "
+        f"at least once, median of {p['reps']} interleaved runs",
+        "",
+        "| variant | msg/s | x loop | CPU µs/msg |",
+        "|---|---:|---:|---:|",
+        f"| {base[0]} | {base[1]['rate']['median']:.0f} | 1.00 | {base[1]['cpu_us_per_msg']:.1f} |",
+    ]
+    for name, e in doc["metrics"]["nodes"].items():
+        lines.append(
+            f"| {name} | {e['rate']['median']:.0f} | {e['vs_loop']:.2f} | "
+            f"{e['cpu_us_per_msg']:.1f} |"
+        )
+    prof = doc["metrics"].get("profile")
+    if prof:
+        lines += [
+            "",
+            f"Per-stage profile of the profiled node (µs; {prof['messages']} messages). "
+            "A backlog is read in batches, so ack_wait is mostly batching, not broker time:",
+            "",
+            "| stage | mean | p50 | p99 |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {stage} | {v['mean']:.1f} | {v['p50']:.1f} | {v['p99']:.1f} |"
+            for stage, v in prof["stages_us"].items()
+        ]
+    cpu = doc["metrics"].get("cpu_profile")
+    if cpu:
+        lines += [
+            "",
+            f"Where the CPU goes: node[{cpu['transport']}] under cProfile (event-loop thread; "
+            f"{cpu['rate_under_profiler']:.0f} msg/s under the profiler), functions run at least "
+            f"once per two messages: {cpu['us_per_msg']:.1f} µs/msg, of which FogVerse's own "
+            f"code {cpu['fogverse_us_per_msg']:.1f}",
+            "",
+            "| function | calls/msg | own µs/msg | share |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| `{row['function']}` | {row['calls_per_msg']:.1f} | "
+            f"{row['own_us_per_msg']:.2f} | {row['share']:.0%} |"
+            for row in cpu["top"]
+        ]
+    return lines
+
+
+def markdown(summary: dict[str, Any], docs: list[dict[str, Any]]) -> str:
+    """``latest.md``: the machine, the targets, then one table per benchmark."""
+    machine = summary["machine"]
+    lines = [
+        f"# FogVerse benchmarks ({summary['mode']} mode, {summary['started']})",
+        "",
+        f"Machine: {describe_machine(machine)}; load average at the start "
+        f"{', '.join(str(x) for x in machine['load_average'])}. "
+        f"Run: `python -m benchmarks{' --quick' if summary['mode'] == 'quick' else ''}` "
+        f"({summary['duration_s']:.0f} s).",
+    ]
+    arroyo = machine["packages"].get("sentry-arroyo")
+    if arroyo:
+        lines[-1] += (
+            f" sentry-arroyo {arroyo} was installed for the run: Arroyo's "
+            "RunTaskWithMultiprocessing is measured as an extra baseline."
+        )
+    lines += [
+        "",
+        "## Targets",
+        "",
+        "| target | wanted | measured | met | detail |",
+        "|---|---|---:|---|---|",
+    ]
+    for t in summary["targets"]:
+        met = {True: "yes", False: "**no**", None: "not run"}[t["met"]]
+        lines.append(
+            f"| {t['description']} | {t['op']} {t['threshold']:g} {t['unit']} | "
+            f"{_f(t['measured'], '.2f')} | {met} | {t['detail']} |"
+        )
+    for doc in docs:
+        lines.append("")
+        if doc["benchmark"].startswith("pool."):
+            lines += _pool_table(doc)
+        elif doc["benchmark"] == "kafka.pipeline":
+            lines += _pipeline_table(doc)
+        elif doc["benchmark"] == "kafka.passthrough":
+            lines += _passthrough_table(doc)
+    return "\n".join(lines) + "\n"

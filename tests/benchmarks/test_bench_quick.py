@@ -1,0 +1,217 @@
+"""The benchmark suite as CI runs it: ``python -m benchmarks --quick`` on the real broker.
+
+Checks that every result file is well formed against the documented schema, that every
+target got a figure, that the pipeline lost no frame, and that the run leaves no process
+behind. Never the speed: figures from a shared CI machine mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from benchmarks.__main__ import replot
+from benchmarks.common import SCHEMA, Target, machine_info, result, validate, validate_summary
+
+ROOT = Path(__file__).resolve().parents[2]
+_RUN_TIMEOUT = 100.0
+_PNG = b"\x89PNG\r\n\x1a\n"
+_EXPECTED = {
+    "pool.jpeg.json",
+    "pool.raw.json",
+    "pool.trivial.json",
+    "kafka.pipeline.json",
+    "kafka.passthrough.json",
+}
+
+
+def _run_quick(out: Path, bootstrap: str) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run the quick suite; returns its outcome and its process group id."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CONSUMER_TOPIC", "PRODUCER_TOPIC")}
+    env["FOGVERSE_BOOTSTRAP"] = bootstrap
+    cmd = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out), "--progress", "off"]
+    # Own session: on a timeout the whole tree (forkserver, workers) is killed with it.
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=_RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"--quick took over {_RUN_TIMEOUT:.0f} s\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr), proc.pid
+
+
+def _group_members(pgid: int) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid:
+                found.append(p)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return found
+
+
+def test_quick_run_writes_well_formed_results(kafka_bootstrap: str, tmp_path: Path) -> None:
+    run, pgid = _run_quick(tmp_path, kafka_bootstrap)
+    assert run.returncode == 0, run.stderr[-4000:]
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert validate_summary(summary) == []
+    assert summary["mode"] == "quick"
+    assert set(summary["results"]) == _EXPECTED
+    for name in summary["results"]:
+        doc = json.loads((tmp_path / name).read_text())
+        assert validate(doc) == [], name
+        assert doc["benchmark"] == name.removesuffix(".json")
+        assert doc["mode"] == "quick"
+
+    # Every target was measured by this run (met or not: speed is not checked here).
+    assert len(summary["targets"]) == 6
+    for target in summary["targets"]:
+        assert isinstance(target["measured"], int | float), target["id"]
+        assert math.isfinite(target["measured"])
+        assert isinstance(target["met"], bool)
+
+    # The pool grid has every variant of the quick grid, with the baselines beside it.
+    jpeg = json.loads((tmp_path / "pool.jpeg.json").read_text())
+    ps, ms = jpeg["params"]["process_numbers"], jpeg["params"]["max_running_tasks"]
+    grid = {(e["process_number"], e["max_running_task"]) for e in jpeg["metrics"]["grid"]}
+    assert grid == {(p, m) for p in ps for m in ms}
+    assert set(jpeg["baselines"]) == {"serial", "Pool.imap", "ProcessPoolExecutor.map"}
+    for entry in jpeg["metrics"]["grid"]:
+        assert len(entry["rate"]["runs"]) == jpeg["params"]["reps"]
+        assert entry["rate"]["min"] <= entry["rate"]["median"] <= entry["rate"]["max"]
+
+    # At least once end to end: every frame sent reached the sink.
+    pipeline = json.loads((tmp_path / "kafka.pipeline.json").read_text())
+    for name, scenario in pipeline["metrics"]["scenarios"].items():
+        assert scenario["lost"] == 0, name
+        assert scenario["frames_arrived"] == scenario["scenario"]["frames"], name
+        assert set(scenario["latency_ms"]) >= {"p50", "p95", "p99"}
+        assert scenario["lag"]["rows"], name
+    passthrough = json.loads((tmp_path / "kafka.passthrough.json").read_text())
+    assert passthrough["metrics"]["profile"]["messages"] > 0
+    assert passthrough["metrics"]["cpu_profile"]["top"]
+
+    for png in summary["plots"]:
+        assert (tmp_path / png).read_bytes()[:8] == _PNG, png
+    assert len(summary["plots"]) == len(_EXPECTED)
+    assert (tmp_path / "latest.md").read_text().startswith("# FogVerse benchmarks")
+
+    # The results can be re-rendered from the JSON alone.
+    (tmp_path / "latest.md").unlink()
+    again = replot(tmp_path, plots=False)
+    assert validate_summary(again) == []
+    assert again["targets"] == summary["targets"]
+    assert (tmp_path / "latest.md").read_text().startswith("# FogVerse benchmarks")
+
+    # No process of the run outlives it (workers, forkserver, pools).
+    deadline = time.monotonic() + 10
+    while (left := _group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"processes of the run still alive: {left}"
+
+
+# ---- the schema checks themselves ---------------------------------------------------------
+
+
+def _doc(**changes: object) -> dict:
+    doc = result(
+        "pool.test",
+        mode="quick",
+        description="d",
+        params={},
+        metrics={"x": 1.0},
+        baselines={},
+        machine=machine_info(),
+        started="2024-01-01T00:00:00+00:00",
+        duration_s=1.0,
+    )
+    doc.update(changes)
+    return doc
+
+
+def test_validate_accepts_a_document_made_by_result() -> None:
+    doc = _doc()
+    assert doc["schema"] == SCHEMA
+    assert validate(doc) == []
+    assert validate(json.loads(json.dumps(doc))) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"mode": "fast"}, "mode"),
+        ({"schema": "other/1"}, "schema"),
+        ({"metrics": {}}, "metrics is empty"),
+        ({"metrics": {"grid": [{"rate": float("nan")}]}}, "non-finite"),
+        ({"machine": {"python": "3.11", "packages": {"fogverse": "0"}}}, "machine.cpus"),
+        ({"machine": {"cpus": 2, "python": "3.11", "packages": {}}}, "fogverse"),
+        ({"duration_s": "1"}, "duration_s"),
+    ],
+)
+def test_validate_names_what_is_wrong(changes: dict, problem: str) -> None:
+    problems = validate(_doc(**changes))
+    assert any(problem in p for p in problems), problems
+
+
+def test_validate_rejects_missing_keys() -> None:
+    doc = _doc()
+    del doc["baselines"]
+    assert validate(doc) == ["missing 'baselines'"]
+
+
+def test_summary_targets_must_agree_with_their_figures() -> None:
+    summary = _doc(benchmark="summary", results=[])
+    target = {
+        "id": "t",
+        "description": "d",
+        "benchmark": "pool.test",
+        "op": ">=",
+        "threshold": 1.0,
+        "unit": "x",
+        "measured": 2.0,
+        "met": True,
+    }
+    summary["targets"] = [target]
+    assert validate_summary(summary) == []
+    summary["targets"] = [{**target, "measured": None}]
+    assert any("met must be null" in p for p in validate_summary(summary))
+    summary["targets"] = [{**target, "op": "=="}]
+    assert any("op" in p for p in validate_summary(summary))
+
+
+@pytest.mark.parametrize(
+    ("op", "measured", "met"),
+    [
+        (">=", 1.7, True),
+        (">=", 1.69, False),
+        ("<", 99.9, True),
+        ("<", 100.0, False),
+        ("<=", 50.0, True),
+        (">", 5.0, False),
+        (">=", None, None),
+    ],
+)
+def test_target_met_follows_its_operator(op: str, measured: float | None, met: bool | None) -> None:
+    threshold = {">=": 1.7, "<": 100.0, "<=": 50.0, ">": 5.0}[op]
+    target = Target("t", "d", "b", op, threshold, "x", measured=measured)
+    assert target.as_dict()["met"] is met
