@@ -397,7 +397,10 @@ class _ImageCodec(Codec):
     def _pixel_types(self) -> tuple[type, ...]:
         return (np.uint8,)
 
-    def decode(self, data: Buffer, content_type: str | bytes | None = None) -> np.ndarray:
+    def check(self, data: Buffer) -> tuple[int, int]:
+        """Validate the container (magic, structure, truncation) and the pixel budget without
+        decoding; returns ``(width, height)``. Decoders elsewhere (the image processors) call
+        this first, so a decompression bomb is refused before any pixel is allocated."""
         name = self.name
         view = _as_view(data, name)
         if view[: len(self._magic)] != self._magic:
@@ -409,6 +412,12 @@ class _ImageCodec(Codec):
             raise _fail(
                 name, f"{width}x{height} image exceeds the limit of {self.max_pixels} pixels"
             )
+        return width, height
+
+    def decode(self, data: Buffer, content_type: str | bytes | None = None) -> np.ndarray:
+        name = self.name
+        view = _as_view(data, name)
+        self.check(view)
         try:
             image = cv2.imdecode(np.frombuffer(view, dtype=np.uint8), _IMREAD[self.mode])
         except cv2.error as exc:

@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fogverse.delivery import Delivery, current_delivery, error_headers
+from fogverse.delivery import ERROR_HEADER_PREFIX, Delivery, current_delivery, error_headers
 from fogverse.metrics import Profiler, Stamps
 from fogverse.offsets import OffsetTracker
 from fogverse.record import Record
@@ -356,9 +356,27 @@ class Runnable:
             "%s failed for %s: %s: %s; sent to %s", stage, where, type(exc).__name__, exc, topic
         )
         value = record.value
-        if not isinstance(value, bytes | bytearray | memoryview) and value is not None:
+        if value is None:
+            value = b""  # a record with neither key nor value is legal, but not sendable
+        elif not isinstance(value, bytes | bytearray | memoryview):
             value = repr(value)[:4096].encode()
-        ack = await producer.send(topic, value, record.key, error_headers(record, stage, exc, tb))
+        headers = error_headers(record, stage, exc, tb)
+        try:
+            ack = await producer.send(topic, value, record.key, headers)
+        except Exception as send_error:
+            # Typically the input plus its error is over the producer's size limit. Stopping
+            # would stop again on the same input at every restart: keep the error, drop the
+            # payload (its topic/partition/offset headers say where to find it).
+            logger.warning(
+                "dead letter for %s refused (%s); sending it without the payload", where, send_error
+            )
+            headers.append(
+                (
+                    ERROR_HEADER_PREFIX + "payload",
+                    b"dropped: " + str(send_error).encode("utf-8", "replace")[:512],
+                )
+            )
+            ack = await producer.send(topic, b"", record.key, headers)
         delivery.track(ack, dead_letter=True)
 
     def _dead_letter_producer(self) -> ProducerTransport | None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from fogverse.codec import DEFAULT_MAX_PIXELS, JPEGCodec, PNGCodec
 from fogverse.processor import Processor
 
 __all__ = [
@@ -24,7 +25,10 @@ ImageBytes = bytes | bytearray | memoryview | NDArray[np.uint8]
 """An encoded image: a bytes-like object or a 1-D uint8 ndarray."""
 
 _JPEG_SOI = b"\xff\xd8"
-_JPEG_EOI = b"\xff\xd9"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# The codecs' structure checks and pixel budget guard the decoders here too (one parser).
+_JPEG = JPEGCodec()
+_PNG = PNGCodec()
 
 
 def _as_buffer(data: ImageBytes) -> NDArray[np.uint8]:
@@ -42,28 +46,25 @@ def _as_buffer(data: ImageBytes) -> NDArray[np.uint8]:
     raise TypeError(f"expected bytes-like or a 1-D uint8 ndarray, got {type(data).__name__}")
 
 
-def _jpeg_is_truncated(buf: NDArray[np.uint8]) -> bool:
-    # Some libjpeg builds decode a cut-off JPEG with a warning and grey-fill the rest, so a
-    # missing end-of-image marker is checked here. Trailing bytes after the marker are legal
-    # (some cameras append metadata), hence the search instead of a suffix test.
-    if buf[:2].tobytes() != _JPEG_SOI:
-        return False
-    if buf[-2:].tobytes() == _JPEG_EOI:
-        return False
-    return buf.tobytes().rfind(_JPEG_EOI) < 0
-
-
-def decode_image(data: ImageBytes, flags: int = cv2.IMREAD_COLOR) -> NDArray[np.uint8]:
+def decode_image(
+    data: ImageBytes, flags: int = cv2.IMREAD_COLOR, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> NDArray[np.uint8]:
     """Decode a JPEG/PNG (any format OpenCV reads) into an ndarray, BGR HxWx3 by default.
 
-    Raises :class:`ValueError` when the payload is empty, truncated or not an image, and
-    :class:`TypeError` when it is not bytes-like.
+    JPEG and PNG payloads first pass the codec's structure check (truncation, corrupt
+    segments) and pixel budget, so a decompression bomb is refused before OpenCV allocates
+    anything. Raises :class:`ValueError` when the payload is empty, truncated, too large or
+    not an image, and :class:`TypeError` when it is not bytes-like.
     """
     buf = _as_buffer(data)
     if buf.size == 0:
         raise ValueError("cannot decode an empty image payload")
-    if _jpeg_is_truncated(buf):
-        raise ValueError(f"truncated JPEG payload ({buf.size} bytes, no end-of-image marker)")
+    head = buf[:8].tobytes()
+    checker = _JPEG if head[:3] == _JPEG_SOI + b"\xff" else _PNG if head == _PNG_MAGIC else None
+    if checker is not None:
+        if max_pixels != checker.max_pixels:
+            checker = replace(checker, max_pixels=max_pixels)
+        checker.check(memoryview(buf))  # DecodeError is a ValueError
     try:
         img = cv2.imdecode(buf, flags)
     except cv2.error as exc:
@@ -112,9 +113,11 @@ class DecodeImage(Processor):
     """
 
     flags: int = cv2.IMREAD_COLOR
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Images whose header claims more pixels are refused before decoding."""
 
     def process(self, data: ImageBytes) -> NDArray[np.uint8]:
-        return decode_image(data, self.flags)
+        return decode_image(data, self.flags, self.max_pixels)
 
 
 @dataclass(frozen=True)

@@ -271,7 +271,7 @@ def parse_message(raw: bytes | str | None) -> ControlMessage:
         raise InvalidMessage(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
         d = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting too
         raise InvalidMessage(f"not JSON: {exc}") from None
     if not isinstance(d, dict):
         raise InvalidMessage("not a JSON object")

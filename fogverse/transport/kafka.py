@@ -108,7 +108,13 @@ class KafkaConsumerTransport:
 
 
 class KafkaProducerTransport:
-    """An aiokafka producer; ``acks=all`` and idempotence unless the user says otherwise."""
+    """An aiokafka producer with ``acks=all``.
+
+    Idempotence stays off by default: at-least-once needs acks, not exactly-once retries,
+    and aiokafka's idempotent producer fails every later batch of a partition
+    (OutOfOrderSequenceNumber) once the broker refused one record as too large — a single
+    oversized output would poison the stream instead of being dead-lettered.
+    """
 
     def __init__(
         self,
@@ -120,7 +126,6 @@ class KafkaProducerTransport:
         conf: dict[str, Any] = {
             "bootstrap_servers": bootstrap_servers,
             "acks": "all",
-            "enable_idempotence": True,
             "linger_ms": 5,
             **(config or {}),
         }

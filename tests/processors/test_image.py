@@ -123,5 +123,19 @@ def test_truncated_jpeg_caught_even_if_the_decoder_is_lenient(
     # Some libjpeg builds grey-fill a cut-off JPEG instead of failing: simulate one.
     monkeypatch.setattr(cv2, "imdecode", lambda buf, flags: np.zeros((720, 1280, 3), np.uint8))
     assert DecodeImage().process(jpeg_720p).shape == (720, 1280, 3)
-    with pytest.raises(ValueError, match="truncated JPEG"):
+    with pytest.raises(ValueError, match="truncated"):
         DecodeImage().process(jpeg_720p[: len(jpeg_720p) // 2])
+
+
+def test_an_image_bomb_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A tiny JPEG whose header claims 9000x9000: refused by the pixel budget, never decoded.
+    ok = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    sof = ok.index(b"\xff\xc0")
+    bomb = ok[: sof + 5] + (9000).to_bytes(2, "big") * 2 + ok[sof + 9 :]
+
+    def refuse(*_a: object) -> None:
+        raise AssertionError("cv2.imdecode was called on a bomb")
+
+    monkeypatch.setattr(cv2, "imdecode", refuse)
+    with pytest.raises(ValueError, match="exceeds"):
+        DecodeImage(max_pixels=1_000_000).process(bomb)
