@@ -52,6 +52,7 @@ _PREFETCH = 2
 _RECV_SIZE = 1 << 16
 _STARTUP_FAILURE_LIMIT = 3
 _RESTART_BACKOFF = 0.1
+_FORKSERVER_RETRIES = 20
 _KILL_GRACE = 5.0
 
 _NEW, _STARTING, _RUNNING, _CLOSING, _STOPPING, _CLOSED, _BROKEN = range(7)
@@ -777,11 +778,23 @@ class WorkerPool:
         else:
             self._restart(w.index)
 
-    def _restart(self, index: int) -> None:
+    def _restart(self, index: int, attempt: int = 0) -> None:
         if self._state not in (_RUNNING, _CLOSING) or index in self._workers:
             return
         try:
             self._spawn(index)
+        except (ConnectionError, FileNotFoundError) as exc:
+            # The fork server itself died (killed, OOM). multiprocessing starts a new one once
+            # it has reaped the old; until then its socket refuses us, so try again shortly.
+            if attempt >= _FORKSERVER_RETRIES:
+                logger.exception("could not restart worker %d", index)
+                self._break(WorkerSetupError(f"could not restart worker {index}: {exc!r}"))
+                return
+            logger.warning("fork server unreachable (%s); retrying worker %d", exc, index)
+            assert self._loop is not None
+            self._loop.call_later(
+                _RESTART_BACKOFF * (attempt + 1), self._restart, index, attempt + 1
+            )
         except Exception as exc:
             logger.exception("could not restart worker %d", index)
             self._break(WorkerSetupError(f"could not restart worker {index}: {exc!r}"))
