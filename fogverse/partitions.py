@@ -207,6 +207,7 @@ class ConsumerStart:
         assignment_timeout: float | None = 60.0,
         metadata_max_age_ms: int = DEFAULT_METADATA_MAX_AGE_MS,
         admin_timeout: float = 30.0,
+        admin_config: dict[str, Any] | None = None,
         replication_factor: int = -1,
     ) -> None:
         if initial_total_partition < 1:
@@ -217,6 +218,8 @@ class ConsumerStart:
             )
         self._admin_source = kafka_admin
         self._admin_client: Any = None
+        # librdkafka settings (SASL/SSL...) for the admin client made from a servers string.
+        self._admin_config = dict(admin_config or {})
         self.sleep_time = float(sleep_time)
         self.master_host = master_host
         self.master_port = int(master_port)
@@ -438,7 +441,7 @@ class ConsumerStart:
             if isinstance(source, str):
                 from confluent_kafka.admin import AdminClient
 
-                source = AdminClient({"bootstrap.servers": source})
+                source = AdminClient({**self._admin_config, "bootstrap.servers": source})
             # A KafkaAdmin wraps the confluent client.
             self._admin_client = getattr(source, "client", source)
         return self._admin_client

@@ -80,6 +80,8 @@ class Master:
         control_topic_partitions: int = 1,
         publish: bool = False,
         consumer_conf: dict[str, Any] | None = None,
+        producer_conf: dict[str, Any] | None = None,
+        admin_conf: dict[str, Any] | None = None,
         clock: Callable[[], float] = now,
     ) -> None:
         self.consumer_topic = consumer_topic
@@ -93,6 +95,10 @@ class Master:
         self.control_topic_partitions = control_topic_partitions
         self.publish_enabled = publish
         self.consumer_conf = dict(consumer_conf or {})
+        # Security settings (SASL/SSL) reach every client the master makes: aiokafka keywords
+        # for the consumer and producer, librdkafka keys for the admin client.
+        self.producer_conf = dict(producer_conf or {})
+        self.admin_conf = dict(admin_conf or {})
         self.state = ControlState(
             expiry_factor=expiry_factor, retention=max(600.0, lookback_seconds), clock=clock
         )
@@ -169,7 +175,7 @@ class Master:
         if self.create_topic:
             from fogverse.transport.kafka import KafkaAdmin
 
-            admin = KafkaAdmin(servers)
+            admin = KafkaAdmin(servers, self.admin_conf)
             await admin.create_topic(self.consumer_topic, self.control_topic_partitions)
         conf = {
             "bootstrap_servers": servers,
@@ -186,8 +192,8 @@ class Master:
             self._producer = AIOKafkaProducer(
                 bootstrap_servers=servers,
                 acks="all",
-                enable_idempotence=True,
                 client_id=f"{self.consumer_group_id}-master",
+                **self.producer_conf,
             )
             await self._producer.start()
         await self._assign(initial=True)
