@@ -16,7 +16,8 @@ only). Every ``--sample-every`` seconds a row goes to ``soak.csv``: counts, dupl
 still pending, latency percentiles over the interval, the node's memory (workers included) and
 open file descriptors, this process's memory. At the end, after the load stops and the
 pipeline drains: ``soak.json`` (summary, machine description) and ``soak.png`` (the plot).
-Exit status 0 when no frame was lost.
+Exit status 0 when no frame was lost (every frame reached the sink or, with its error, the
+dead-letter topic; the summary counts both).
 """
 
 from __future__ import annotations
@@ -248,6 +249,16 @@ def _tree_usage(pid: int) -> tuple[float, int, int]:
     return rss / 2**20, fds, len(procs)
 
 
+def _own_rss(pid: int) -> float:
+    """RSS of this process alone, in MB (a broker this soak runs is its child: not counted)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).memory_info().rss / 2**20
+    except psutil.Error:
+        return 0.0
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -353,20 +364,33 @@ async def _create_topics(bootstrap: str, names: dict[str, int]) -> None:
             await asyncio.sleep(0.1)
 
 
-def _count_records(bootstrap: str, topic: str) -> int:
-    """How many records ``topic`` holds (the sum of its partitions' end offsets)."""
+def _dead_letter_ids(bootstrap: str, topic: str) -> list[int]:
+    """The frame ids in the dead-letter topic (its records keep the frames' headers)."""
     from confluent_kafka import Consumer as RdConsumer
     from confluent_kafka import TopicPartition
 
-    consumer = RdConsumer({"bootstrap.servers": bootstrap, "group.id": "soak-count"})
+    consumer = RdConsumer(
+        {"bootstrap.servers": bootstrap, "group.id": "soak-dlq", "enable.auto.commit": False}
+    )
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:
-            return 0
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in meta.partitions
-        )
+            return []
+        tps = [TopicPartition(topic, p, 0) for p in meta.partitions]
+        total = sum(consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps)
+        consumer.assign(tps)
+        ids: list[int] = []
+        deadline = time.monotonic() + 30
+        seen = 0
+        while seen < total and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            seen += 1
+            found = dict(msg.headers() or []).get("id")
+            if found is not None:
+                ids.append(int(found))
+        return ids
     finally:
         consumer.close()
 
@@ -442,7 +466,7 @@ async def run_soak(settings: SoakSettings, broker: Any = None) -> dict[str, Any]
         node_rss, node_fds, node_procs = (0.0, 0, 0)
         if node.pid is not None:
             node_rss, node_fds, node_procs = _tree_usage(node.pid)
-        soak_rss, _, _ = _tree_usage(me)
+        soak_rss = _own_rss(me)
         dt = max(t - last["t"], 1e-6)
         row = {
             "t": round(t, 2),
@@ -519,9 +543,13 @@ async def run_soak(settings: SoakSettings, broker: Any = None) -> dict[str, Any]
         if node.proc is not None and node.proc.poll() is None:
             await node.stop(signal.SIGTERM)
         node.cleanup()
-    stats.dead = await asyncio.to_thread(_count_records, bootstrap, dlq)
-    lost = sorted(stats.sent - stats.received.keys())
-    summary = _summary(settings, stats, rows, faults, lost, node.starts, time.monotonic() - began)
+    dead_ids = await asyncio.to_thread(_dead_letter_ids, bootstrap, dlq)
+    stats.dead = len(dead_ids)
+    # Lost: neither at the sink nor in the dead-letter topic.
+    lost = sorted(stats.sent - stats.received.keys() - set(dead_ids))
+    summary = _summary(
+        settings, stats, rows, faults, lost, dead_ids, node.starts, time.monotonic() - began
+    )
     (out / "soak.json").write_text(json.dumps(summary, indent=1) + "\n")
     _plot(rows, faults, out / "soak.png", summary)
     return summary
@@ -533,6 +561,7 @@ def _summary(
     rows: list[dict[str, Any]],
     faults: list[dict[str, Any]],
     lost: list[int],
+    dead_ids: list[int],
     starts: int,
     seconds: float,
 ) -> dict[str, Any]:
@@ -562,6 +591,7 @@ def _summary(
         "unique": len(stats.received),
         "lost": len(lost),
         "lost_ids": lost[:50],
+        "dead_lettered_ids": dead_ids[:50],
         "duplicates": stats.duplicates,
         "dead_lettered": stats.dead,
         "faults": faults,
@@ -607,7 +637,11 @@ def _plot(
             [("latency_p50_ms", "p50"), ("latency_p95_ms", "p95"), ("latency_max_ms", "max")],
             "end-to-end latency (ms)",
         ),
-        (axes[2], [("node_rss_mb", "node + workers"), ("soak_rss_mb", "source + sink")], "MB"),
+        (
+            axes[2],
+            [("node_rss_mb", "node + workers"), ("soak_rss_mb", "source + sink")],
+            "MB",
+        ),
         (axes[3], [("node_fds", "node fds"), ("pending", "frames pending")], "count"),
     ]
     for ax, series, label in panels:

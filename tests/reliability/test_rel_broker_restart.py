@@ -1,0 +1,96 @@
+"""The broker goes away mid-run and comes back on the same ports with the same data: the
+running nodes reconnect by themselves (no restart of their own) and nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from rel_harness import Feeder, Nodes, Reader, Tally, node_env, until
+
+
+def test_nodes_ride_out_a_broker_restart_and_a_broker_crash(
+    local_kafka, kafka_bootstrap, new_topic, tmp_path
+):
+    src = new_topic(partitions=2)
+    out_serial, out_parallel = new_topic(), new_topic()
+    dlq_serial, dlq_parallel = new_topic(), new_topic()
+    serial = Tally("broker restarted (SIGTERM) and crashed (SIGKILL): Consumer")
+    parallel = Tally("broker restarted (SIGTERM) and crashed (SIGKILL): ParallelConsumer")
+    nodes = Nodes(tmp_path)
+    per_phase = 300
+
+    async def scenario() -> dict[str, float]:
+        outages: dict[str, float] = {}
+        targets = {
+            out_serial: serial.out,
+            out_parallel: parallel.out,
+            dlq_serial: serial.dead,
+            dlq_parallel: parallel.dead,
+        }
+        async with Reader(kafka_bootstrap, targets), Feeder(kafka_bootstrap, src, serial, 2) as f:
+            await f.send(per_phase)
+            a = nodes.start(
+                "Echo",
+                node_env(
+                    kafka_bootstrap,
+                    src,
+                    out_serial,
+                    f"g-{uuid.uuid4().hex[:6]}",
+                    DEAD_LETTER_TOPIC=dlq_serial,
+                ),
+                "echo",
+            )
+            b = nodes.start(
+                "ParallelEcho",
+                node_env(
+                    kafka_bootstrap,
+                    src,
+                    out_parallel,
+                    f"g-{uuid.uuid4().hex[:6]}",
+                    DEAD_LETTER_TOPIC=dlq_parallel,
+                ),
+                "parallel",
+            )
+            await until(
+                lambda: len(serial.out) >= 50 and len(parallel.out) >= 50, 90, "both nodes to run"
+            )
+            for kill in (False, True):
+                # Mid-stream: the nodes still hold a backlog, and more arrives meanwhile.
+                feeding = asyncio.create_task(f.send(per_phase, rate=100))
+                await asyncio.sleep(0.5)
+                began = time.monotonic()
+                # From this thread, never a worker thread: the JVM dies with the thread that
+                # started it. The event loop stands still meanwhile; the nodes do not.
+                local_kafka.restart(kill=kill)
+                outages["crash" if kill else "restart"] = time.monotonic() - began
+                await feeding
+                for proc in (a, b):
+                    assert proc.poll() is None, f"a node died with the broker:\n{nodes.log(proc)}"
+            await f.send(per_phase)
+            parallel.sent = set(serial.sent)
+            # A crashed broker re-registers only once its old session expires (~9 s).
+            await until(
+                lambda: serial.sent <= serial.out.keys() and parallel.sent <= parallel.out.keys(),
+                120,
+                "every message on both outputs",
+            )
+            await asyncio.sleep(1.0)  # late duplicates, if any, show up in the count
+        for proc in (a, b):
+            assert proc.poll() is None, nodes.log(proc)
+        return outages
+
+    try:
+        outages = asyncio.run(scenario())
+    finally:
+        nodes.cleanup()
+    for tally in (serial, parallel):
+        tally.notes = (
+            f"broker down {outages['restart']:.1f} s (restart) and {outages['crash']:.1f} s "
+            "(crash); the nodes were not restarted"
+        )
+        tally.report()
+        tally.assert_nothing_lost()
+        # A broker outage is no reason to give up on a valid message.
+        assert not tally.dead, f"{tally.scenario}: dead-lettered {sorted(tally.dead)[:10]}"

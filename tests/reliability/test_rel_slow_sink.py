@@ -1,0 +1,159 @@
+"""A slow sink: the nodes' outputs go to a second broker that is frozen most of the time.
+
+With a large backlog in the input topic, a node that keeps fetching while its producer is
+blocked would fill its memory with the backlog. Backpressure stops the fetching instead:
+each node's memory (workers included) stays flat while the sink crawls, and once the sink
+is fast again every message arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from rel_harness import Nodes, Reader, Tally, message, node_env, tree_rss, until
+
+from fogverse.broker import LocalKafka
+
+MIB = 2**20
+FRAME = 16 * 1024
+
+
+@pytest.fixture(scope="module")
+def sink_kafka() -> Iterator[LocalKafka]:
+    """A second broker for the outputs, so that it can be throttled alone."""
+    if os.environ.get("FOGVERSE_BOOTSTRAP"):
+        pytest.skip("needs a second local broker; FOGVERSE_BOOTSTRAP names an external one")
+    broker = LocalKafka()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        if broker.pid is not None:
+            os.kill(broker.pid, signal.SIGCONT)  # never leave it frozen for stop()
+        broker.stop()
+
+
+async def _produce_backlog(bootstrap: str, topic: str, n: int, tally: Tally) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
+    await producer.start()
+    try:
+        pad = b"\0" * FRAME
+        futs = []
+        for i in range(n):
+            key, value, headers = message(i)
+            futs.append(await producer.send(topic, value + b":" + pad, key=key, headers=headers))
+        await asyncio.gather(*futs)
+        tally.sent.update(range(n))
+    finally:
+        await producer.stop()
+
+
+def _create_topics(bootstrap: str, names: list[str]) -> None:
+    """Create ``names`` on the sink broker and wait until each has a leader (a topic the
+    producer auto-creates could still be electing one when the nodes start)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(n, num_partitions=1) for n in names]).values():
+        future.result(timeout=30)
+    deadline = time.monotonic() + 30
+    while True:
+        topics = admin.list_topics(timeout=5).topics
+        if all(n in topics and topics[n].partitions[0].leader >= 0 for n in names):
+            return
+        assert time.monotonic() < deadline, f"{names} have no leader on the sink broker"
+        time.sleep(0.1)
+
+
+async def _throttle(pid: int, stopped: float, running: float) -> None:
+    """Freeze the broker ``stopped`` seconds out of every ``stopped + running``."""
+    try:
+        while True:
+            os.kill(pid, signal.SIGSTOP)
+            await asyncio.sleep(stopped)
+            os.kill(pid, signal.SIGCONT)
+            await asyncio.sleep(running)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_backpressure_holds_memory_flat_while_the_sink_crawls(
+    kafka_bootstrap, new_topic, sink_kafka, tmp_path
+):
+    n = 3000  # 3000 x 16 KB = 48 MB of backlog
+    src = new_topic(partitions=2)
+    sink = sink_kafka.bootstrap
+    out = {"Echo": f"out-{uuid.uuid4().hex[:8]}", "ParallelEcho": f"out-{uuid.uuid4().hex[:8]}"}
+    tallies = {
+        name: Tally(f"slow sink (output broker frozen 95% of the time): {kind}")
+        for name, kind in (("Echo", "Consumer"), ("ParallelEcho", "ParallelConsumer"))
+    }
+    nodes = Nodes(tmp_path)
+    samples: dict[str, list[tuple[int, int]]] = {name: [] for name in out}
+    progress: dict[str, int] = {}
+
+    async def scenario() -> None:
+        _create_topics(sink, list(out.values()))
+        await _produce_backlog(kafka_bootstrap, src, n, tallies["Echo"])
+        tallies["ParallelEcho"].sent = set(tallies["Echo"].sent)
+        targets = {out[name]: tallies[name].out for name in out}
+        async with Reader(sink, targets):
+            procs = {}
+            for name in out:
+                env = node_env(kafka_bootstrap, src, out[name], f"g-{uuid.uuid4().hex[:6]}")
+                env.update(PRODUCER_SERVERS=sink, ECHO_DELAY="0")
+                procs[name] = nodes.start(name, env, name)
+            await until(
+                lambda: all(len(t.out) >= 100 for t in tallies.values()), 90, "both nodes to run"
+            )
+            throttle = asyncio.create_task(_throttle(sink_kafka.pid, 0.5, 0.03))
+            try:
+                await asyncio.sleep(3)  # let the nodes fill whatever buffers they have
+                for _ in range(48):
+                    await asyncio.sleep(0.25)
+                    for name, proc in procs.items():
+                        assert proc.poll() is None, nodes.log(proc)
+                        samples[name].append((len(tallies[name].out), tree_rss(proc.pid)))
+                progress.update({name: len(t.out) for name, t in tallies.items()})
+            finally:
+                throttle.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await throttle
+            await until(
+                lambda: all(t.sent <= t.out.keys() for t in tallies.values()),
+                90,
+                "every message once the sink is fast again",
+            )
+            for proc in procs.values():
+                assert nodes.kill(proc, signal.SIGTERM) == 0, nodes.log(proc)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        nodes.cleanup()
+    for name, tally in tallies.items():
+        rss = [r for _, r in samples[name]]
+        first, last = rss[: len(rss) // 3], rss[-len(rss) // 3 :]
+        growth = statistics.median(last) - statistics.median(first)
+        tally.notes = (
+            f"{progress[name]} of {n} x 16 KB through while throttled; memory "
+            f"{min(rss) / MIB:.0f}-{max(rss) / MIB:.0f} MiB, median growth "
+            f"{growth / MIB:+.1f} MiB"
+        )
+        tally.report()
+        tally.assert_nothing_lost()
+        # The sink really was the bottleneck: most of the backlog was still in Kafka...
+        assert progress[name] < 0.8 * n, f"{name}: the throttle did not hold the node back"
+        # ...and not in the node: memory stayed flat while it waited.
+        assert growth < 24 * MIB, f"{name}: memory grew by {growth / MIB:.0f} MiB"
+        assert max(rss) - min(rss) < 64 * MIB, f"{name}: memory swung by {max(rss) - min(rss)}"
