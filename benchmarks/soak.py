@@ -581,7 +581,7 @@ def _summary(
     return {
         "schema": "fogverse-soak/1",
         "settings": {
-            k: (str(v) if isinstance(v, Path) else v)
+            k: (_shown(v) if isinstance(v, Path) else v)
             for k, v in settings.__dict__.items()
             if k != "bootstrap"
         },
@@ -615,6 +615,14 @@ def _summary(
         },
         "machine": machine,
     }
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the repository when it is inside it (results are committed)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _plot(
@@ -653,6 +661,7 @@ def _plot(
         for f in faults:
             ax.axvline(f["t"] / 60, color="grey", alpha=0.35, linewidth=0.8, linestyle="--")
     axes[1].set_yscale("symlog", linthresh=100)
+    axes[1].set_ylim(bottom=0)
     axes[-1].set_xlabel("minutes (dashed lines: faults)")
     m = summary.get("machine", {})
     fig.suptitle(

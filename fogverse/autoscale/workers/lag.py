@@ -112,7 +112,12 @@ class LagWorker:
             from confluent_kafka.admin import AdminClient
 
             self.admin = AdminClient(
-                {"bootstrap.servers": self.servers or master.consumer_servers or "localhost:9092"}
+                {
+                    **getattr(master, "admin_conf", {}),  # the cluster's SASL/SSL settings
+                    "bootstrap.servers": self.servers
+                    or master.consumer_servers
+                    or "localhost:9092",
+                }
             )
         self._task = asyncio.create_task(self._loop(master.ready), name="lag-worker")
 
