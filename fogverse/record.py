@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Headers", "Record", "TopicPartition"]
+__all__ = ["Headers", "Record", "TopicPartition", "UnreadableRecord", "UnreadableRecordError"]
 
 Headers = list[tuple[str, bytes]]
 TopicPartition = tuple[str, int]
@@ -39,3 +39,17 @@ class Record:
             if k == name:
                 return v
         return None
+
+
+@dataclass(slots=True)
+class UnreadableRecord(Record):
+    """A record the Kafka client could not parse (typically a header key that is not UTF-8),
+    in its place: the coordinates, whatever could be read, and why. Nodes dead-letter it
+    without decoding or processing it; nothing a producer writes can pass for one."""
+
+    reason: str = ""
+
+
+class UnreadableRecordError(ValueError):
+    """Raised for an :class:`UnreadableRecord` where decoding would start: the node
+    dead-letters the record and goes on."""

@@ -21,7 +21,7 @@ from typing import Any
 from fogverse.delivery import ERROR_HEADER_PREFIX, Delivery, current_delivery, error_headers
 from fogverse.metrics import Profiler, Stamps
 from fogverse.offsets import OffsetTracker
-from fogverse.record import Record
+from fogverse.record import Record, UnreadableRecord, UnreadableRecordError
 from fogverse.transport.base import ConsumerTransport, ProducerTransport
 
 __all__ = ["Runnable"]
@@ -261,7 +261,11 @@ class Runnable:
         if message is None:
             return None
         self.message = message
-        record = message if type(message) is Record else Record(value=message)
+        record = (
+            message
+            if type(message) is Record or isinstance(message, Record)
+            else Record(value=message)
+        )
         delivery = Delivery(record, self._tracker, self._dead_letter_failed_output, self._die)
         if profiler is not None:
             delivery.profiler = profiler
@@ -295,7 +299,13 @@ class Runnable:
             await self._dead_letter(delivery, stage, exc)
 
     async def _decode_step(self, delivery: Delivery) -> Any:
-        value = delivery.record.value
+        record = delivery.record
+        if type(record) is UnreadableRecord:
+            raise UnreadableRecordError(
+                f"the Kafka client could not parse this record ({record.reason}); "
+                "its coordinates are in these headers"
+            )
+        value = record.value
         hooks = self._hooks
         if hooks:
             await self._hook("_before_decode", value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,14 +64,24 @@ async def produce_kafka(
 
 
 async def read_kafka(
-    servers: str, topic: str, n: int, timeout: float = 30.0, settle: float = 0.0
+    servers: str,
+    topic: str,
+    n: int,
+    timeout: float = 30.0,
+    settle: float = 0.0,
+    done: Callable[[list[Record]], bool] | None = None,
 ) -> list[Record]:
-    """Every record of ``topic`` from the beginning (no group), until ``n`` arrived.
+    """Every record of ``topic`` from the beginning (no group), until ``n`` arrived (or
+    ``done(records)`` holds) or ``timeout`` passed.
 
-    ``settle`` keeps reading that long after ``n`` arrived, to catch unexpected extras.
+    Whatever the topic held when the call started is always read in full, however long that
+    takes on a loaded machine, so a short ``timeout`` in a polling loop never returns a
+    partial view of records that were already there. ``settle`` keeps reading that long after
+    ``n`` arrived, to catch unexpected extras.
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    finished = done or (lambda records: len(records) >= n)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=servers,
         enable_auto_commit=False,
@@ -81,9 +92,10 @@ async def read_kafka(
     out: list[Record] = []
     try:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        # Setting up (metadata, offsets) is not part of the wait; it has its own bound.
+        setup_deadline = loop.time() + max(timeout, 30.0)
         parts: set[int] | None = None
-        while parts is None and loop.time() < deadline:
+        while parts is None and loop.time() < setup_deadline:
             parts = consumer.partitions_for_topic(topic)
             if not parts:
                 parts = None
@@ -94,8 +106,11 @@ async def read_kafka(
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        deadline = loop.time() + timeout
+        hard_deadline = loop.time() + max(timeout, 60.0)
         settle_until: float | None = None
-        while loop.time() < deadline:
+        while loop.time() < hard_deadline:
             batch = await consumer.getmany(timeout_ms=200)
             for tp, msgs in batch.items():
                 out.extend(
@@ -110,10 +125,14 @@ async def read_kafka(
                     )
                     for m in msgs
                 )
-            if len(out) >= n:
+            if finished(out):
                 if settle_until is None:
                     settle_until = loop.time() + settle
                 if loop.time() >= settle_until:
+                    break
+            elif loop.time() >= deadline:
+                caught_up = all([await consumer.position(tp) >= ends[tp] for tp in tps])
+                if caught_up:
                     break
         return out
     finally:

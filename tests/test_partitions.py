@@ -262,9 +262,17 @@ def lock_server() -> Iterator[Callable[[], Awaitable[LockServer]]]:
     assert all(s._server is None for s in started), "a test left its lock server running"
 
 
-async def lock_is_free(server: LockServer, topic: str, group: str) -> bool:
-    if server.stats()["held"]:
-        return False
+async def lock_is_free(
+    server: LockServer, topic: str, group: str, released_within: float = 0.0
+) -> bool:
+    """Whether the topic's lock is free, waiting up to ``released_within`` seconds for a
+    holder that is between seeing its assignment and releasing. Keep that well under the
+    lease (5 s here), so that an expired lease never passes for a release."""
+    deadline = asyncio.get_running_loop().time() + released_within
+    while server.stats()["held"]:
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
     async with LockClient("127.0.0.1", server.port) as client:
         grant = await client.acquire(lock_name(topic, group), lease=1, timeout=0)
         await client.release(grant)
@@ -322,7 +330,7 @@ def test_consumers_join_one_by_one_while_a_producer_runs(
                 "every produced message to be consumed",
             )
             check_alive(tasks)
-            assert await lock_is_free(server, topic, group)
+            assert await lock_is_free(server, topic, group, released_within=2.0)
             owned = {n.name: sorted(p for _, p in n.owned()) for n in nodes}
         finally:
             ticker.cancel()
@@ -650,7 +658,7 @@ def test_the_consumer_option_joins_without_overriding_start_consumer(
             assert await partition_count(kafka_admin, topic) == 2
             for node in nodes:
                 assert node.consumer.config["metadata_max_age_ms"] == METADATA_MS
-            assert await lock_is_free(server, topic, group)
+            assert await lock_is_free(server, topic, group, released_within=2.0)
         finally:
             for node in nodes:
                 node.stop()

@@ -25,6 +25,7 @@ from fogverse.autoscale.messages import (
     parse_message,
 )
 from fogverse.autoscale.state import ControlState
+from fogverse.transport.kafka_fetch import SafeFetch, UnparsedRecord
 
 __all__ = ["Master", "MasterObserver", "Service"]
 
@@ -108,6 +109,7 @@ class Master:
         self._stop: asyncio.Event | None = None
         self._stop_requested = False
         self._consumer: Any = None
+        self._fetch: Any = None
         self._producer: Any = None
         self._targets: dict[Any, int] = {}
 
@@ -187,6 +189,7 @@ class Master:
             **self.consumer_conf,
         }
         self._consumer = AIOKafkaConsumer(**conf)
+        self._fetch = SafeFetch(self._consumer)
         await self._consumer.start()
         if self.publish_enabled:
             self._producer = AIOKafkaProducer(
@@ -275,9 +278,12 @@ class Master:
         loop = asyncio.get_running_loop()
         next_check = loop.time() + _PARTITION_CHECK_SECONDS
         while True:
-            batches = await self._consumer.getmany(timeout_ms=200, max_records=1000)
+            batches = await self._fetch.getmany(timeout_ms=200, max_records=1000)
             for records in batches.values():
                 for record in records:
+                    if type(record) is UnparsedRecord:
+                        self.invalid_messages += 1
+                        continue  # SafeFetch logged it
                     await self.handle_raw(record.value)
             if not self.ready.is_set():
                 await self._check_ready()

@@ -41,7 +41,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from fogverse.record import Headers, Record
+from fogverse.record import Headers, Record, UnreadableRecord
 from fogverse.record import TopicPartition as TP
 from fogverse.transport.base import RebalanceCallback
 
@@ -468,8 +468,8 @@ def _records(msgs: list[Message]) -> list[Record]:
                 logger.warning("consumer error: %s", err)
             continue
         ts_type, ts = m.timestamp()
-        append(
-            Record(
+        try:
+            record = Record(
                 m.value(),
                 m.key(),
                 m.headers() or [],
@@ -478,8 +478,23 @@ def _records(msgs: list[Message]) -> list[Record]:
                 m.offset(),
                 ts if ts_type != TIMESTAMP_NOT_AVAILABLE else None,
             )
-        )
+        except (UnicodeDecodeError, SystemError) as exc:
+            # A header key that is not UTF-8: the value and key are fine, the headers cannot be
+            # given as (str, bytes) pairs, so the record is dead-lettered with its payload.
+            # headers() may leave its error pending for the next call (Record) to report.
+            record = _unreadable(m, exc)
+        append(record)
     return out
+
+
+def _unreadable(m: Message, exc: BaseException) -> UnreadableRecord:
+    # confluent-kafka wraps the UnicodeDecodeError of a non-UTF-8 key in a SystemError.
+    cause = exc.__cause__ or exc.__context__ or exc
+    reason = f"headers cannot be read: {type(cause).__name__}: {cause}"
+    logger.warning("%s[%d]@%d: %s", m.topic(), m.partition(), m.offset(), reason)
+    return UnreadableRecord(
+        m.value(), m.key(), [], m.topic(), m.partition(), m.offset(), reason=reason
+    )
 
 
 # ---- producer --------------------------------------------------------------------------

@@ -10,9 +10,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
-from fogverse.record import Headers, Record
+from fogverse.record import Headers, Record, UnreadableRecord
 from fogverse.record import TopicPartition as TP
 from fogverse.transport.base import RebalanceCallback
+from fogverse.transport.kafka_fetch import SafeFetch, UnparsedRecord
 
 __all__ = ["KafkaAdmin", "KafkaConsumerTransport", "KafkaProducerTransport"]
 
@@ -28,6 +29,8 @@ class _Listener(ConsumerRebalanceListener):
             await self._owner.on_revoke({(tp.topic, tp.partition) for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        if self._owner.fetch is not None:
+            self._owner.fetch.forget(assigned)
         if self._owner.on_assign is not None and assigned:
             await self._owner.on_assign({(tp.topic, tp.partition) for tp in assigned})
 
@@ -64,10 +67,12 @@ class KafkaConsumerTransport:
         conf["enable_auto_commit"] = False
         self.config = conf
         self.consumer: AIOKafkaConsumer | None = None
+        self.fetch: SafeFetch | None = None
 
     async def start(self) -> None:
         # aiokafka binds to the running loop, so the client is made here, not in __init__.
         self.consumer = AIOKafkaConsumer(**self.config)
+        self.fetch = SafeFetch(self.consumer)
         self.consumer.subscribe(self.topics, listener=_Listener(self))
         await self.consumer.start()
 
@@ -76,12 +81,18 @@ class KafkaConsumerTransport:
             await self.consumer.stop()
 
     async def getmany(self, timeout: float, max_records: int) -> list[Record]:
-        batches = await self.consumer.getmany(
-            timeout_ms=int(timeout * 1000), max_records=max_records
-        )
+        assert self.fetch is not None
+        batches = await self.fetch.getmany(int(timeout * 1000), max_records)
         out: list[Record] = []
         for tp, msgs in batches.items():
             for m in msgs:
+                if type(m) is UnparsedRecord:
+                    out.append(
+                        UnreadableRecord(
+                            None, None, [], tp.topic, tp.partition, m.offset, reason=m.reason
+                        )
+                    )
+                    continue
                 out.append(
                     Record(
                         value=m.value,
@@ -102,6 +113,8 @@ class KafkaConsumerTransport:
         tps = [TopicPartition(t, p) for t, p in partitions]
         if tps:
             await self.consumer.seek_to_end(*tps)
+            if self.fetch is not None:
+                self.fetch.forget(tps)
 
     def assignment(self) -> set[TP]:
         return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}

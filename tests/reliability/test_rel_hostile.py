@@ -553,21 +553,15 @@ def test_a_record_with_neither_key_nor_value_is_dead_lettered_not_fatal(kafka_bo
     assert len(dead) == 1 and dict(dead[0].headers)[ERR + "offset"] == b"0"
 
 
-AIOKAFKA_NON_UTF8_HEADER_KEYS = pytest.mark.xfail(
-    strict=True,
-    reason="known gap: aiokafka cannot parse a record whose header key is not UTF-8 "
-    "(getmany raises UnicodeDecodeError on every call, so the partition is stuck behind "
-    "it); the transport needs to skip and dead-letter the unparseable record",
-)
-
-
 # ---- headers that are not UTF-8 at all ----------------------------------------------------------
 
-# Kafka's header keys are strings on the wire, but nothing stops a producer from writing
-# bytes that are not UTF-8. aiokafka refuses to parse such a record (UnicodeDecodeError
-# from getmany, every time); this writes one through aiokafka's pure-Python record builder.
+# Kafka's header keys are strings on the wire, but nothing stops a producer from writing bytes
+# that are not UTF-8. Neither client can hand such a record over as it is (aiokafka fails the
+# whole fetch, confluent-kafka fails the record's headers()). This writes such records through
+# aiokafka's pure-Python record builder: a JSON list of [partition, key, evil] is sent in one
+# go, so records sent together share a producer batch.
 _RAW_HEADER_PRODUCER = """
-import asyncio, sys
+import asyncio, json, sys
 from aiokafka import AIOKafkaProducer
 
 class RawKey(str):
@@ -579,13 +573,17 @@ class RawKey(str):
     def encode(self, *args, **kwargs):
         return self.raw
 
-async def main(bootstrap, topic, value):
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+async def main(bootstrap, topic, spec):
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50)
     await producer.start()
     try:
-        await producer.send_and_wait(
-            topic, value.encode(), key=b"evil", headers=[(RawKey(b"\\xff\\xfecontent-type"), b"x")]
-        )
+        futures = []
+        for partition, key, evil in json.loads(spec):
+            headers = [(RawKey(b"\\xff\\xfecontent-type"), b"x")] if evil else [("id", b"1")]
+            futures.append(await producer.send(
+                topic, key.encode(), key=key.encode(), partition=partition, headers=headers
+            ))
+        await asyncio.gather(*futures)
     finally:
         await producer.stop()
 
@@ -593,35 +591,88 @@ asyncio.run(main(*sys.argv[1:4]))
 """
 
 
-def _send_raw_header_key(bootstrap: str, topic: str, value: str) -> None:
+def _send_raw(bootstrap: str, topic: str, spec: list[tuple[int, str, bool]]) -> None:
     subprocess.run(
-        [sys.executable, "-c", _RAW_HEADER_PRODUCER, bootstrap, topic, value],
+        [sys.executable, "-c", _RAW_HEADER_PRODUCER, bootstrap, topic, json.dumps(spec)],
         env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"},
         check=True,
         timeout=60,
     )
 
 
-@AIOKAFKA_NON_UTF8_HEADER_KEYS
-def test_a_header_key_that_is_not_utf8_is_dead_lettered_not_fatal(kafka_bootstrap, new_topic):
+KAFKA_CLIENTS = pytest.mark.parametrize("client", ["aiokafka", "confluent"])
+
+
+@KAFKA_CLIENTS
+def test_a_header_key_that_is_not_utf8_is_dead_lettered_not_fatal(
+    kafka_bootstrap, new_topic, monkeypatch, client
+):
+    monkeypatch.setenv("FOGVERSE_KAFKA_CLIENT", client)
     src, out = new_topic(), new_topic()
-    asyncio.run(produce_kafka(kafka_bootstrap, src, [(b"before", b"ok", [])]))
-    _send_raw_header_key(kafka_bootstrap, src, "evil")
-    asyncio.run(produce_kafka(kafka_bootstrap, src, [(b"after", b"ok", [])]))
+    _send_raw(kafka_bootstrap, src, [(0, "before", False)])
+    _send_raw(kafka_bootstrap, src, [(0, "evil", True)])
+    _send_raw(kafka_bootstrap, src, [(0, "after", False)])
     node = Consumer(src, kafka_bootstrap, f"g-{uuid.uuid4().hex[:6]}", producer_topic=out)
     got, dead = _run_node(node, 2, out, f"{src}.dlq")
     assert _keys(got) == [b"before", b"after"]
     assert len(dead) == 1
-    assert dict(dead[0].headers)[ERR + "offset"] == b"1"
+    headers = dict(dead[0].headers)
+    assert headers[ERR + "offset"] == b"1"
+    assert headers[ERR + "type"] == b"UnreadableRecordError"
+    assert b"UnicodeDecodeError" in headers[ERR + "message"]
+    if client == "confluent":
+        # librdkafka reads the payload; only the headers are lost.
+        assert dead[0].key == b"evil" and dead[0].value == b"evil"
 
 
-@AIOKAFKA_NON_UTF8_HEADER_KEYS
+@KAFKA_CLIENTS
+def test_an_unparseable_record_loses_no_other_partitions_records(
+    kafka_bootstrap, new_topic, monkeypatch, client
+):
+    """aiokafka fails a whole fetch on one unparseable record, after it has drained other
+    partitions' records: those must still come out, not be skipped and committed past."""
+    monkeypatch.setenv("FOGVERSE_KAFKA_CLIENT", client)
+    src, out = new_topic(partitions=3), new_topic()
+    n = 90
+    _send_raw(kafka_bootstrap, src, [(i % 3, f"a{i}", False) for i in range(n)])
+    _send_raw(kafka_bootstrap, src, [(2, "evil", True)])
+    _send_raw(kafka_bootstrap, src, [(i % 3, f"b{i}", False) for i in range(n)])
+    node = Consumer(src, kafka_bootstrap, f"g-{uuid.uuid4().hex[:6]}", producer_topic=out)
+    got, dead = _run_node(node, 2 * n, out, f"{src}.dlq")
+    expected = {f"{p}{i}".encode() for p in "ab" for i in range(n)}
+    assert expected <= set(_keys(got)), f"lost: {sorted(expected - set(_keys(got)))[:10]}"
+    assert len(dead) == 1 and dict(dead[0].headers)[ERR + "partition"] == b"2"
+
+
+@KAFKA_CLIENTS
+def test_records_batched_with_an_unparseable_one_are_delivered_or_dead_lettered(
+    kafka_bootstrap, new_topic, monkeypatch, client
+):
+    """aiokafka parses a producer batch as a whole, so the records after an unparseable one
+    in the same batch cannot be read through it: they are dead-lettered with their
+    coordinates (nothing is lost silently). confluent-kafka reads all of them."""
+    monkeypatch.setenv("FOGVERSE_KAFKA_CLIENT", client)
+    src, out = new_topic(), new_topic()
+    _send_raw(kafka_bootstrap, src, [(0, "k0", False), (0, "evil", True), (0, "k2", False)])
+    _send_raw(kafka_bootstrap, src, [(0, "k3", False)])
+    node = Consumer(src, kafka_bootstrap, f"g-{uuid.uuid4().hex[:6]}", producer_topic=out)
+    got, dead = _run_node(node, 3 if client == "confluent" else 2, out, f"{src}.dlq")
+    dead_offsets = sorted(int(dict(r.headers)[ERR + "offset"]) for r in dead)
+    if client == "confluent":
+        assert _keys(got) == [b"k0", b"k2", b"k3"] and dead_offsets == [1]
+    else:
+        assert _keys(got) == [b"k0", b"k3"]
+        # Read to the end of the topic, so a late extra stand-in would show.
+        dead = asyncio.run(read_kafka(kafka_bootstrap, f"{src}.dlq", 2, timeout=5, settle=1.0))
+        assert sorted(int(dict(r.headers)[ERR + "offset"]) for r in dead) == [1, 2]
+
+
 def test_a_header_key_that_is_not_utf8_does_not_stop_the_master(kafka_bootstrap, new_topic):
     from fogverse.autoscale import Master
     from fogverse.autoscale.messages import encode_message
 
     control = new_topic()
-    _send_raw_header_key(kafka_bootstrap, control, "{}")
+    _send_raw(kafka_bootstrap, control, [(0, "{}", True)])
 
     async def scenario() -> Master:
         master = Master(control, "rel", kafka_bootstrap, [], lookback_seconds=30)
