@@ -93,8 +93,8 @@ class SafeFetch:
             timeout_ms = await self._learn_positions(assigned, timeout_ms)
         try:
             batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        except PARSE_ERRORS as exc:
-            return await self._isolate(exc, max_records or 500)
+        except PARSE_ERRORS:
+            return await self._isolate(max_records or 500)
         for tp, msgs in batches.items():
             if msgs:
                 nxt[tp] = msgs[-1].offset + 1
@@ -117,7 +117,7 @@ class SafeFetch:
         return max(0, timeout_ms - int((loop.time() - start) * 1000))
 
     async def _isolate(
-        self, exc: Exception, max_records: int
+        self, max_records: int
     ) -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
         consumer = self.consumer
         tps = sorted(consumer.assignment())
@@ -129,7 +129,7 @@ class SafeFetch:
         for tp in tps:
             if budget <= 0:
                 break
-            got = await self._walk(tp, budget, exc)
+            got = await self._walk(tp, budget)
             if got:
                 out[tp] = got
                 budget -= len(got)
@@ -156,9 +156,7 @@ class SafeFetch:
                 tp.partition,
             )
 
-    async def _walk(
-        self, tp: TopicPartition, budget: int, exc: Exception
-    ) -> list[ConsumerRecord[Any, Any]]:
+    async def _walk(self, tp: TopicPartition, budget: int) -> list[ConsumerRecord[Any, Any]]:
         """Up to ``budget`` records of ``tp``, one at a time, ending with a stand-in if one
         cannot be parsed."""
         consumer = self.consumer

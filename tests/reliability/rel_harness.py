@@ -194,6 +194,9 @@ async def until_async(predicate: Callable[[], Awaitable[bool]], timeout: float, 
         await asyncio.sleep(0.1)
 
 
+SEND_DEADLINE = 120.0
+
+
 class Feeder:
     """Sends numbered messages; an id counts as sent once the broker acknowledged it.
 
@@ -232,7 +235,12 @@ class Feeder:
     async def _send_one(self, i: int) -> None:
         key, value, headers = message(i, self.partitions or None)
         partition = i % self.partitions if self.partitions else None
-        for attempt in range(60):
+        loop = asyncio.get_running_loop()
+        # A broker restart on a loaded machine can take a while: a deadline, not a count.
+        deadline = loop.time() + SEND_DEADLINE
+        attempt = 0
+        while loop.time() < deadline:
+            attempt += 1
             try:
                 fut = await self._producer.send(
                     self.topic, value, key=key, headers=headers, partition=partition
@@ -243,7 +251,7 @@ class Feeder:
             except Exception as exc:  # the broker is away: retry, as a camera would
                 logger.debug("feeder: message %d attempt %d failed: %s", i, attempt, exc)
                 await asyncio.sleep(0.5)
-        raise AssertionError(f"feeder could not deliver message {i} in 30 s")
+        raise AssertionError(f"feeder could not deliver message {i} in {SEND_DEADLINE:.0f} s")
 
     async def send(self, n: int, rate: float | None = None) -> None:
         """Send the next ``n`` ids, ``rate`` per second (``None``: as fast as acks allow)."""

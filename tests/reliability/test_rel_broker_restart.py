@@ -7,9 +7,12 @@ import asyncio
 import time
 import uuid
 
+import pytest
 from rel_harness import Feeder, Nodes, Reader, Tally, node_env, until
 
 
+# Two broker outages, each up to a JVM restart on a loaded machine, plus the catch-up.
+@pytest.mark.timeout(300)
 def test_nodes_ride_out_a_broker_restart_and_a_broker_crash(
     local_kafka, kafka_bootstrap, new_topic, tmp_path
 ):
