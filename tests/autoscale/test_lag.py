@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import uuid
+from concurrent.futures import Future
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -97,3 +101,156 @@ def test_worker_recommends_from_lag_without_blocking_and_skips_stages_without_a_
     assert samples[(topic, "out")].lag == 50
     assert calls == [((topic, "out"), 2)], "5 wanted by lag, capped at 2 partitions"
     assert ("other", "out2") not in samples
+
+
+# ---- the loop through failures, against a fake admin (no broker needed) -------------------
+
+DEADLINE = 10.0
+STAGE = ("in", "out")
+
+
+def _done(value: Any) -> Future[Any]:
+    future: Future[Any] = Future()
+    future.set_result(value)
+    return future
+
+
+class FakeAdmin:
+    """Answers :func:`measure_lag` for topic ``in`` (2 partitions, end offsets 40 and 30, the
+    group committed 10 and 0: lag 60), after failing its first ``failures`` lookups the way
+    confluent-kafka does while the broker is away. With ``gate``, a lookup waits for it."""
+
+    ENDS = {0: 40, 1: 30}
+    COMMITTED = {0: 10, 1: 0}
+
+    def __init__(self, failures: int = 0, gate: threading.Event | None = None) -> None:
+        self.failures = failures
+        self.gate = gate
+        self.calls = 0
+        self.entered = threading.Event()
+
+    def list_topics(self, topic: str, timeout: float) -> Any:
+        from confluent_kafka import KafkaError, KafkaException
+
+        self.calls += 1
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(DEADLINE)
+        if self.calls <= self.failures:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+        partitions = {p: None for p in self.ENDS}
+        return SimpleNamespace(topics={topic: SimpleNamespace(error=None, partitions=partitions)})
+
+    def list_consumer_group_offsets(self, requests: list[Any], request_timeout: float) -> Any:
+        from confluent_kafka import TopicPartition
+
+        [request] = requests
+        tps = [
+            TopicPartition(tp.topic, tp.partition, self.COMMITTED[tp.partition])
+            for tp in request.topic_partitions
+        ]
+        return {request.group_id: _done(SimpleNamespace(topic_partitions=tps))}
+
+    def list_offsets(self, specs: dict[Any, Any], request_timeout: float) -> Any:
+        return {tp: _done(SimpleNamespace(offset=self.ENDS[tp.partition])) for tp in specs}
+
+
+class Deployer:
+    """Records recommendations, sets ``enough`` at the ``wanted``-th; raises on the first
+    ``failures`` of them."""
+
+    def __init__(self, failures: int = 0, wanted: int = 1) -> None:
+        self.failures = failures
+        self.wanted = wanted
+        self.calls: list[tuple[Any, int]] = []
+        self.enough = asyncio.Event()
+
+    def recommend(self, stage: Any, desired: int, source: str, ttl: float = 0) -> None:
+        self.calls.append((stage, desired))
+        if len(self.calls) >= self.wanted:
+            self.enough.set()
+        if len(self.calls) <= self.failures:
+            raise RuntimeError("deployer unavailable")
+
+
+def _master() -> Any:
+    state = ControlState()
+    state.apply(AutoScaleRequest("a", state.clock(), *STAGE, DeploySpec("LOCAL", "s", 9), "g"))
+    ready = asyncio.Event()
+    ready.set()
+    return SimpleNamespace(state=state, ready=ready, admin_conf={}, consumer_servers=None)
+
+
+def _worker(admin: FakeAdmin, deployer: Deployer) -> LagWorker:
+    settings = LagSettings(lag_threshold=60, refresh_rate_second=0.001)
+    return LagWorker(settings, deployer, admin=admin)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    name = "fogverse.autoscale.workers.lag"
+    return [r.getMessage() for r in caplog.records if r.name == name and r.levelno == level]
+
+
+def test_the_lag_worker_measures_through_admin_errors_and_logs_the_outage_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    admin, deployer = FakeAdmin(failures=5), Deployer(wanted=2)
+
+    async def scenario() -> LagWorker:
+        worker = _worker(admin, deployer)
+        await worker.start(_master())
+        try:
+            await asyncio.wait_for(deployer.enough.wait(), DEADLINE)
+        finally:
+            await worker.stop()
+        return worker
+
+    worker = asyncio.run(scenario())
+    assert admin.calls > 5
+    assert worker.last[STAGE].lag == 60 and worker.last[STAGE].partitions == 2
+    assert deployer.calls[-1] == (STAGE, 1)
+    [failed] = _warnings(caplog, logging.WARNING)
+    assert "g on in" in failed and "_TRANSPORT" in failed
+    assert any("after 5 failure(s)" in m for m in _warnings(caplog, logging.INFO))
+
+
+def test_the_lag_worker_survives_an_evaluation_that_raises(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    admin, deployer = FakeAdmin(failures=2), Deployer(failures=3, wanted=4)
+
+    async def scenario() -> LagWorker:
+        worker = _worker(admin, deployer)
+        await worker.start(_master())
+        try:
+            await asyncio.wait_for(deployer.enough.wait(), DEADLINE)
+            assert worker._task is not None and not worker._task.done()
+        finally:
+            await worker.stop()
+        return worker
+
+    worker = asyncio.run(scenario())
+    assert worker.last[STAGE].lag == 60 and deployer.calls[-1] == (STAGE, 1)
+    [error] = _warnings(caplog, logging.ERROR)
+    assert "lag-worker" in error and "deployer unavailable" in error
+
+
+def test_stopping_the_lag_worker_mid_measurement_returns_promptly_and_leaves_no_task() -> None:
+    gate = threading.Event()
+    admin = FakeAdmin(gate=gate)
+
+    async def scenario() -> None:
+        worker = _worker(admin, Deployer())
+        await worker.start(_master())
+        try:
+            await asyncio.wait_for(asyncio.to_thread(admin.entered.wait, DEADLINE), DEADLINE)
+            assert admin.entered.is_set()
+            await asyncio.wait_for(worker.stop(), DEADLINE)
+            assert asyncio.all_tasks() == {asyncio.current_task()}
+            await worker.stop()
+        finally:
+            gate.set()  # lets the measuring thread finish before asyncio.run shuts its pool
+
+    asyncio.run(scenario())
+    assert admin.calls == 1

@@ -12,15 +12,13 @@ Stages that filter or multiply messages need a threshold to match their output/i
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from fogverse.autoscale.config import IOSettings
-from fogverse.autoscale.messages import ControlMessage
-from fogverse.autoscale.state import ControlState, StageKey
+from fogverse.autoscale.state import StageKey
+from fogverse.autoscale.workers.periodic import PeriodicWorker
 
 __all__ = ["InputOutputWorker", "RatioSample"]
 
@@ -38,44 +36,29 @@ class RatioSample:
     wanted: int | None
 
 
-class InputOutputWorker:
+class InputOutputWorker(PeriodicWorker):
     """Asks the deployer to scale stages whose output lags their input."""
 
     SOURCE = "input_output"
+    NAME = "io-ratio-worker"
 
     def __init__(self, settings: IOSettings | None = None, deployer: Any = None) -> None:
+        super().__init__()
         self.settings = settings or IOSettings()
         self.deployer = deployer
-        self.state: ControlState | None = None
         self.last: dict[StageKey, RatioSample] = {}
         self._warned: set[StageKey] = set()
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self, master: Any) -> None:
-        self.state = master.state
         if self.deployer is None:
             self.deployer = getattr(master, "deployer", None)
-        self._task = asyncio.create_task(self._loop(master.ready), name="io-ratio-worker")
+        await super().start(master)
 
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    def _interval(self) -> float:
+        return self.settings.refresh_rate_second
 
-    def on_message(self, message: ControlMessage) -> None:
-        return None
-
-    async def _loop(self, ready: asyncio.Event) -> None:
-        await ready.wait()
-        while True:
-            try:
-                self.evaluate()
-            except Exception:
-                # A bad evaluation is logged; the worker itself never stops on a stage's data.
-                logger.exception("input/output evaluation failed")
-            await asyncio.sleep(self.settings.refresh_rate_second)
+    async def _tick(self) -> None:
+        self.evaluate()
 
     def evaluate(self, current: float | None = None) -> dict[StageKey, RatioSample]:
         assert self.state is not None

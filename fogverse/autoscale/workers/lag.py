@@ -14,15 +14,14 @@ request (``group_id``, filled in by an attached observer, or ``extra_configs["gr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from fogverse.autoscale.config import LagSettings
-from fogverse.autoscale.messages import ControlMessage
-from fogverse.autoscale.state import ControlState, Stage, StageKey
+from fogverse.autoscale.state import Stage, StageKey
+from fogverse.autoscale.workers.periodic import PeriodicWorker
 
 __all__ = ["LagSample", "LagWorker", "desired_instances", "measure_lag"]
 
@@ -83,10 +82,11 @@ def measure_lag(admin: Any, group_id: str, topic: str, timeout: float = 10.0) ->
     return lag, len(parts)
 
 
-class LagWorker:
+class LagWorker(PeriodicWorker):
     """Recommends instance counts from consumer-group lag."""
 
     SOURCE = "lag"
+    NAME = "lag-worker"
 
     def __init__(
         self,
@@ -95,17 +95,15 @@ class LagWorker:
         servers: str | None = None,
         admin: Any = None,
     ) -> None:
+        super().__init__()
         self.settings = settings or LagSettings()
         self.deployer = deployer
         self.servers = servers
         self.admin = admin
-        self.state: ControlState | None = None
         self.last: dict[StageKey, LagSample] = {}
         self._warned: set[StageKey] = set()
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self, master: Any) -> None:
-        self.state = master.state
         if self.deployer is None:
             self.deployer = getattr(master, "deployer", None)
         if self.admin is None:
@@ -119,23 +117,13 @@ class LagWorker:
                     or "localhost:9092",
                 }
             )
-        self._task = asyncio.create_task(self._loop(master.ready), name="lag-worker")
+        await super().start(master)
 
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    def _interval(self) -> float:
+        return self.settings.refresh_rate_second
 
-    def on_message(self, message: ControlMessage) -> None:
-        return None
-
-    async def _loop(self, ready: asyncio.Event) -> None:
-        await ready.wait()
-        while True:
-            await self.evaluate()
-            await asyncio.sleep(self.settings.refresh_rate_second)
+    async def _tick(self) -> None:
+        await self.evaluate()
 
     def _group(self, stage: Stage) -> str | None:
         group = stage.group_id or stage.spec.extra_configs.get("group_id")
@@ -155,13 +143,16 @@ class LagWorker:
                         *key,
                     )
                 continue
+            what = f"measuring the lag of {group} on {stage.source_topic}"
             try:
                 lag, parts = await asyncio.to_thread(
                     measure_lag, self.admin, group, stage.source_topic, self.settings.admin_timeout
                 )
             except Exception as exc:
-                logger.warning("lag of %s on %s unavailable: %s", group, stage.source_topic, exc)
+                # Every stage fails alike while the broker is away: logged once, not per tick.
+                self._failures.failed(what, exc, logging.WARNING)
                 continue
+            self._failures.recovered(what)
             wanted = desired_instances(
                 lag, self.settings.lag_threshold, parts, self.settings.allow_beyond_partitions
             )

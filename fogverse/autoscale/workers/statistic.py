@@ -11,8 +11,6 @@ Alongside the deployer it vetoes scale-outs while a stage's input is spiking.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 from collections import deque
@@ -21,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fogverse.autoscale.config import StatisticSettings
-from fogverse.autoscale.messages import ControlMessage
-from fogverse.autoscale.state import ControlState, Stage
+from fogverse.autoscale.state import Stage
+from fogverse.autoscale.workers.periodic import PeriodicWorker
 
 __all__ = ["SpikeResult", "StatisticWorker", "spike_test"]
 
@@ -55,41 +53,28 @@ def spike_test(
     return SpikeResult(n >= min_samples and z > z_value, z, mean, sigma, n)
 
 
-class StatisticWorker:
+class StatisticWorker(PeriodicWorker):
     """Per-topic throughput history and spike detection."""
 
+    NAME = "statistic-worker"
+
     def __init__(self, settings: StatisticSettings | None = None) -> None:
+        super().__init__()
         self.settings = settings or StatisticSettings()
-        self.state: ControlState | None = None
         self.history: dict[str, deque[tuple[float, float]]] = {}
         self.last: dict[str, SpikeResult] = {}
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self, master: Any) -> None:
-        self.state = master.state
         deployer = getattr(master, "deployer", None)
         if deployer is not None:
             deployer.add_veto(self.veto)
-        self._task = asyncio.create_task(self._loop(master.ready), name="statistic-worker")
+        await super().start(master)
 
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    def _interval(self) -> float:
+        return self.settings.refresh_rate
 
-    def on_message(self, message: ControlMessage) -> None:
-        return None  # everything it needs is in the master's state
-
-    async def _loop(self, ready: asyncio.Event) -> None:
-        await ready.wait()
-        while True:
-            try:
-                self.sample()
-            except Exception:
-                logger.exception("statistics sample failed")
-            await asyncio.sleep(self.settings.refresh_rate)
+    async def _tick(self) -> None:
+        self.sample()
 
     def sample(self, current: float | None = None) -> dict[str, SpikeResult]:
         """Take one sample of every topic's rate and test it against the history."""
