@@ -231,7 +231,8 @@ def _passthrough_table(doc: dict[str, Any]) -> list[str]:
     if prof:
         lines += [
             "",
-            f"Per-stage profile of the profiled node (µs; {prof['messages']} messages). "
+            f"Per-stage profile of the profiled node (µs; {prof.get('sampled', prof['messages'])} "
+            f"of {prof['messages']} messages timed). "
             "A backlog is read in batches, so ack_wait is mostly batching, not broker time:",
             "",
             "| stage | mean | p50 | p99 |",

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fogverse.delivery import ERROR_HEADER_PREFIX, Delivery, current_delivery, error_headers
-from fogverse.metrics import Profiler, Stamps
+from fogverse.metrics import DEFAULT_SAMPLE, Profiler
 from fogverse.offsets import OffsetTracker
 from fogverse.record import Record, UnreadableRecord, UnreadableRecordError
 from fogverse.transport.base import ConsumerTransport, ProducerTransport
@@ -35,6 +35,7 @@ _HOOKS = tuple(
 )
 
 _YIELD_EVERY = 0.005  # seconds of uninterrupted work before the loop lets other tasks run
+_SIZED = (bytes, bytearray, memoryview)  # payloads whose len() is their size in bytes
 
 # Every node running in this process: one SIGINT/SIGTERM stops them all.
 _running: weakref.WeakSet[Runnable] = weakref.WeakSet()
@@ -63,10 +64,13 @@ class Runnable:
     dead_letter_topic: str | None = None
     """Where failed inputs go; ``None`` means ``<input topic>.dlq``."""
     profile: bool = False
-    """Time every stage of every message (see :mod:`fogverse.metrics`); FOGVERSE_PROFILE=1
-    switches it on too."""
+    """Count messages and bytes and time each stage of a sample of them (see
+    :mod:`fogverse.metrics`); FOGVERSE_PROFILE=1 switches it on too."""
+    profile_sample: int = DEFAULT_SAMPLE
+    """While profiling, time one message in N, at random; 1 times every message
+    (FOGVERSE_PROFILE_SAMPLE)."""
     profile_csv: str | None = None
-    """Append one CSV row per message here while profiling (FOGVERSE_PROFILE_CSV)."""
+    """Append one CSV row per timed message here while profiling (FOGVERSE_PROFILE_CSV)."""
     profiler: Profiler | None = None
     heartbeats: Any = None
     """Report throughput to the auto-scaling master: an ``Observer``, an ``ObserverConfig``
@@ -137,7 +141,9 @@ class Runnable:
         self._async_process = inspect.iscoroutinefunction(self.process)
         if self.profile or os.environ.get("FOGVERSE_PROFILE", "") not in ("", "0"):
             self.profiler = Profiler(
-                type(self).__name__, self.profile_csv or os.environ.get("FOGVERSE_PROFILE_CSV")
+                type(self).__name__,
+                self.profile_csv or os.environ.get("FOGVERSE_PROFILE_CSV"),
+                _profile_sample(self.profile_sample),
             )
         self._install_signals()
         committer: asyncio.Task[None] | None = None
@@ -249,7 +255,7 @@ class Runnable:
     async def _next(self) -> Delivery | None:
         """Receive one input and open its delivery, or ``None`` (nothing yet / stopping)."""
         profiler = self.profiler
-        start = profiler.now() if profiler is not None else 0
+        start = profiler.pick() if profiler is not None else 0
         hooks = self._hooks
         if hooks:
             await self._hook("_before_receive")
@@ -269,10 +275,14 @@ class Runnable:
         delivery = Delivery(record, self._tracker, self._dead_letter_failed_output, self._die)
         if profiler is not None:
             delivery.profiler = profiler
-            delivery.stamps = stamps = Stamps(start)
-            stamps.received = profiler.now()
-            if isinstance(record.value, bytes | bytearray | memoryview):
-                stamps.size_in = len(record.value)
+            profiler.messages += 1
+            value = record.value
+            size = len(value) if isinstance(value, _SIZED) else 0
+            profiler.bytes_in += size
+            if start:
+                delivery.stamps = stamps = profiler.timed(start)
+                stamps.received = profiler.now()
+                stamps.size_in = size
         current_delivery.set(delivery)
         if hooks:
             await self._hook("_after_receive", message)
@@ -328,11 +338,14 @@ class Runnable:
         out = self.encode(result)
         if self._async_encode:
             out = await out
+        profiler = delivery.profiler
         stamps = delivery.stamps
-        if stamps is not None:
-            stamps.encoded = Profiler.now()
-            if isinstance(out, bytes | bytearray | memoryview):
-                stamps.size_out += len(out)
+        if profiler is not None:
+            size = len(out) if isinstance(out, _SIZED) else 0
+            profiler.bytes_out += size
+            if stamps is not None:
+                stamps.encoded = Profiler.now()
+                stamps.size_out += size
         if hooks:
             await self._hook("_after_encode", out)
             await self._hook("_before_send", out)
@@ -452,3 +465,15 @@ class Runnable:
 
     def _drop_buffered(self, tps: set[tuple[str, int]]) -> None:
         return None
+
+
+def _profile_sample(default: int) -> int:
+    raw = os.environ.get("FOGVERSE_PROFILE_SAMPLE", "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(
+            f"FOGVERSE_PROFILE_SAMPLE must be an integer >= 1 (one in N), not {raw!r}"
+        ) from None

@@ -1,18 +1,22 @@
-"""Profiling: one option gives per-stage timings as CSV rows, a summary and Prometheus."""
+"""Profiling: one option gives exact counts, and per-stage timings of a random sample of
+messages as CSV rows, a summary and Prometheus."""
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import math
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from fogverse import Consumer, MemoryBroker
-from fogverse.metrics import STAGES
+from fogverse.metrics import DEFAULT_SAMPLE, STAGES, Profiler
 
 
 class Slow(Consumer):
     profile = True
+    profile_sample = 1
 
     async def process(self, data):
         await asyncio.sleep(0.002)
@@ -40,7 +44,7 @@ def test_profile_records_every_stage_of_every_message(tmp_path):
 
     asyncio.run(main())
     summary = node.profiler.summary()
-    assert summary["messages"] == n
+    assert summary["messages"] == summary["sampled"] == n
     assert summary["bytes_in"] == sum(len(f"m{i}") for i in range(n))
     assert summary["bytes_out"] == summary["bytes_in"] + n
     assert set(summary["stages"]) == set(STAGES)
@@ -57,6 +61,115 @@ def test_profile_records_every_stage_of_every_message(tmp_path):
     text = generate_latest(registry).decode()
     assert f'fogverse_stage_seconds_count{{node="Slow",stage="process"}} {float(n)}' in text
     assert 'fogverse_messages_total{node="Slow"} 50.0' in text
+
+
+class Forward(Consumer):
+    profile = True
+
+    def process(self, data):
+        return data + b"!"
+
+
+def _run_until(node, broker, n):
+    async def main():
+        task = asyncio.create_task(node.run())
+        deadline = asyncio.get_running_loop().time() + 60
+        while len(broker.records("out")) < n:
+            assert asyncio.get_running_loop().time() < deadline, "the node fell behind"
+            await broker.wait_for_change(0.1)
+        node.stop()
+        await task
+
+    asyncio.run(main())
+
+
+def test_sampling_times_about_one_in_n_and_counts_every_message(tmp_path):
+    MemoryBroker.reset()
+    broker = MemoryBroker.named("prof-sample")
+    n, every = 4000, 10
+    for i in range(n):
+        broker.append("in", f"m{i}".encode(), None, [])
+    path = tmp_path / "profile.csv"
+    node = Forward("in", "memory://prof-sample", "g", producer_topic="out")
+    node.profile_sample = every
+    node.profile_csv = str(path)
+    _run_until(node, broker, n)
+
+    summary = node.profiler.summary()
+    # Counts and bytes are exact whatever the sample.
+    assert summary["messages"] == n
+    assert summary["bytes_in"] == sum(len(f"m{i}") for i in range(n))
+    assert summary["bytes_out"] == summary["bytes_in"] + n
+    # The number timed is Binomial(n, 1/every): mean 400, sd 19; 6 sd either side.
+    sd = math.sqrt(n * (1 / every) * (1 - 1 / every))
+    assert abs(summary["sampled"] - n / every) < 6 * sd
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == summary["sampled"]
+    assert all(int(r["size_out"]) == int(r["size_in"]) + 1 for r in rows)
+
+    registry = CollectorRegistry()
+    registry.register(node.profiler)
+    text = generate_latest(registry).decode()
+    assert f'fogverse_messages_total{{node="Forward"}} {float(n)}' in text
+    sampled = float(summary["sampled"])
+    assert f'fogverse_stage_seconds_count{{node="Forward",stage="process"}} {sampled}' in text
+    assert f'fogverse_bytes_total{{dir="out",node="Forward"}} {float(summary["bytes_out"])}' in text
+
+
+def test_the_sample_does_not_alias_with_periodic_traffic(tmp_path):
+    """Four cameras interleaved round-robin, one in four messages timed: a fixed every-4th
+    sample would only ever see one camera. Each camera's messages have their own size."""
+    MemoryBroker.reset()
+    broker = MemoryBroker.named("prof-alias")
+    n = 2000
+    for i in range(n):
+        broker.append("in", b"x" * (1 + i % 4), None, [])
+    path = tmp_path / "profile.csv"
+    node = Forward("in", "memory://prof-alias", "g", producer_topic="out")
+    node.profile_sample = 4
+    node.profile_csv = str(path)
+    _run_until(node, broker, n)
+    per_camera = {}
+    for row in csv.DictReader(path.open()):
+        per_camera[row["size_in"]] = per_camera.get(row["size_in"], 0) + 1
+    # ~125 rows per camera expected (sd ~11).
+    assert set(per_camera) == {"1", "2", "3", "4"}
+    assert min(per_camera.values()) > 50, per_camera
+
+
+def test_sample_setting_comes_from_the_environment(monkeypatch):
+    MemoryBroker.reset()
+    broker = MemoryBroker.named("prof-env")
+    for i in range(20):
+        broker.append("in", f"m{i}".encode(), None, [])
+    monkeypatch.setenv("FOGVERSE_PROFILE", "1")
+    monkeypatch.setenv("FOGVERSE_PROFILE_SAMPLE", "1")
+    node = Consumer("in", "memory://prof-env", "g", producer_topic="out")
+    _run_until(node, broker, 20)
+    summary = node.profiler.summary()
+    assert summary["sample"] == 1
+    assert summary["sampled"] == summary["messages"] == 20
+
+
+def test_the_default_samples_one_in_sixteen():
+    node = Consumer("in", "memory://prof-default", "g", producer_topic="out")
+    assert node.profile_sample == DEFAULT_SAMPLE == 16
+
+
+@pytest.mark.parametrize("bad", [0, -3, 1.5, "8", True])
+def test_a_bad_sample_is_refused_with_a_clear_error(bad):
+    with pytest.raises(ValueError, match="integer >= 1"):
+        Profiler("node", sample=bad)
+
+
+def test_a_bad_sample_in_the_environment_is_refused(monkeypatch):
+    MemoryBroker.reset()
+    MemoryBroker.named("prof-bad-env").append("in", b"m", None, [])
+    monkeypatch.setenv("FOGVERSE_PROFILE", "1")
+    monkeypatch.setenv("FOGVERSE_PROFILE_SAMPLE", "often")
+    node = Consumer("in", "memory://prof-bad-env", "g", producer_topic="out")
+    with pytest.raises(ValueError, match="FOGVERSE_PROFILE_SAMPLE"):
+        asyncio.run(node.run())
 
 
 def test_profiling_is_off_by_default():
