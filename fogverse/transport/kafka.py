@@ -22,7 +22,7 @@ __all__ = ["KafkaAdmin", "KafkaConsumerTransport", "KafkaProducerTransport"]
 
 logger = logging.getLogger(__name__)
 
-# aiokafka's own defaults, for the settings the batcher needs to know.
+# aiokafka's own defaults, for the settings the batcher needs that we do not set ourselves.
 _DEFAULTS = {
     name: param.default
     for name, param in inspect.signature(AIOKafkaProducer).parameters.items()
@@ -188,8 +188,8 @@ class KafkaProducerTransport:
                 partitioner = None
             self.batcher = Batcher(
                 self.producer,
-                batch_size=conf.get("max_batch_size", _DEFAULTS["max_batch_size"]),
-                linger_ms=conf.get("linger_ms", _DEFAULTS["linger_ms"]),
+                batch_size=conf["max_batch_size"],
+                linger_ms=conf["linger_ms"],
                 max_request_size=conf.get("max_request_size", _DEFAULTS["max_request_size"]),
                 request_timeout_ms=conf.get("request_timeout_ms", _DEFAULTS["request_timeout_ms"]),
                 partitioner=partitioner,
