@@ -1,12 +1,16 @@
 """AUTO_DEPLOYER decisions on a controlled clock: delays, max_instance, expiry, backoff,
-sync and async deploy functions, startup timeouts, scale-in and restart bookkeeping."""
+sync and async deploy functions, startup timeouts, scale-in and restart bookkeeping; and its
+loop: it outlives failing evaluations and stops once, after the deploys in flight."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 import time
+from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,6 +23,7 @@ from fogverse.autoscale.workers.deployer import AutoDeployer
 
 STAGE = ("src", "out")
 T0 = 1_800_000_000.0
+DEADLINE = 10.0
 
 
 class Clock:
@@ -49,6 +54,7 @@ class Rig:
         self.state = ControlState(clock=self.clock)
         self.calls: list[dict[str, Any]] = []
         self.handles: list[Handle] = []
+        self.published: list[Any] = []
         scripts = DeployScripts()
         scripts.set_deploy_functions("LOCAL", fn or self.deploy)
         base = {
@@ -101,6 +107,32 @@ class Rig:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+async def _until(cond: Callable[[], bool], what: str) -> None:
+    """Poll ``cond`` until it holds; fail after DEADLINE seconds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + DEADLINE
+    while not cond():
+        assert loop.time() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+def _master(rig: Rig) -> Any:
+    """What the deployer's start() reads from the master: its state, readiness and topic."""
+
+    async def publish(message: Any) -> None:
+        rig.published.append(message)
+
+    ready = asyncio.Event()
+    ready.set()
+    return SimpleNamespace(
+        state=rig.state,
+        ready=ready,
+        consumer_topic="control",
+        consumer_servers="broker:9092",
+        publish=publish,
+    )
 
 
 def test_deploys_when_a_signal_wants_more_and_passes_the_stage_details() -> None:
@@ -412,3 +444,145 @@ def test_stop_instances_on_exit(stop_on_exit: bool) -> None:
 
     rig = run(scenario())
     assert rig.handles[0].stopped is stop_on_exit
+
+
+def test_a_failing_evaluation_does_not_end_the_loop_and_a_repeated_error_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="fogverse.autoscale.workers.deployer")
+    failures = [RuntimeError("statistics unavailable")] * 3
+
+    def veto(stage: Any) -> str | None:
+        if failures:
+            raise failures.pop()
+        return None
+
+    async def scenario() -> Rig:
+        rig = Rig(tick=0.001)
+        rig.deployer.add_veto(veto)
+        rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
+        await rig.deployer.start(_master(rig))
+        try:
+            await _until(lambda: bool(rig.published), "the deploy after the failures")
+        finally:
+            await rig.deployer.stop()
+        return rig
+
+    rig = run(scenario())
+    assert len(rig.calls) == 1 and rig.published[0].action == "deploy"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, "the same error every tick is logged once, not once per tick"
+    assert "auto-deployer" in errors[0].getMessage() and errors[0].exc_info
+    assert any("works again after 3 failure(s)" in m for m in caplog.messages)
+
+
+def test_stop_waits_for_a_deploy_in_flight_and_stops_what_it_started() -> None:
+    entered = threading.Event()
+    release = threading.Event()
+    handles: list[Handle] = []
+
+    def slow_deploy(log: Any, conf: Any) -> Handle:
+        entered.set()
+        release.wait(DEADLINE)  # a deploy SDK call still running when the master stops
+        handles.append(Handle(conf["instance_id"]))
+        return handles[-1]
+
+    async def scenario() -> Rig:
+        rig = Rig(fn=slow_deploy, stop_instances_on_exit=True)
+        rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
+        await rig.deployer.start(_master(rig))
+        try:
+            await _until(entered.is_set, "the deploy to start")
+            stopper = asyncio.create_task(rig.deployer.stop())
+            for _ in range(50):
+                await asyncio.sleep(0)
+            assert not stopper.done(), "stop() returned with a deploy in flight"
+            release.set()
+            await asyncio.wait_for(stopper, DEADLINE)
+        finally:
+            release.set()
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        return rig
+
+    rig = run(scenario())
+    [handle] = handles
+    assert [r.action for r in rig.deployer.records] == ["deploy"], "the handle was recorded"
+    assert handle.stopped, "the instance deployed during stop() was stopped on exit"
+
+
+def test_a_deploy_that_returns_after_stop_gave_up_waiting_is_stopped_not_orphaned() -> None:
+    entered = threading.Event()
+    release = threading.Event()
+    handles: list[Handle] = []
+
+    def slow_deploy(log: Any, conf: Any) -> Handle:
+        entered.set()
+        release.wait(DEADLINE)
+        handles.append(Handle(conf["instance_id"]))
+        return handles[-1]
+
+    async def scenario() -> Rig:
+        rig = Rig(fn=slow_deploy, stop_instances_on_exit=True)
+        rig.deployer.stop_wait = 0.05
+        rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
+        await rig.deployer.start(_master(rig))
+        try:
+            await _until(entered.is_set, "the deploy to start")
+            await asyncio.wait_for(rig.deployer.stop(), DEADLINE)
+            assert not handles, "stop() was meant to give up before the deploy returned"
+            release.set()
+            busy = [s.task for s in rig.deployer.stages.values() if s.task is not None]
+            await asyncio.wait_for(asyncio.gather(*busy), DEADLINE)
+        finally:
+            release.set()
+        return rig
+
+    rig = run(scenario())
+    [handle] = handles
+    assert handle.stopped, "the instance whose deploy outlived stop() was left running"
+    assert not any(st.owned for st in rig.deployer.stages.values())
+
+
+def test_stop_is_idempotent_and_stops_each_instance_once() -> None:
+    stops: list[str] = []
+
+    class Counting(Handle):
+        def stop(self) -> None:
+            stops.append(self.instance_id)
+
+    async def scenario() -> None:
+        rig = Rig(fn=lambda log, conf: Counting(conf["instance_id"]), stop_instances_on_exit=True)
+        await rig.deployer.stop()  # before start: nothing to do
+        rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
+        await rig.deployer.start(_master(rig))
+        await _until(lambda: bool(rig.published), "the deploy")
+        await asyncio.wait_for(rig.deployer.stop(), DEADLINE)
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        await asyncio.wait_for(rig.deployer.stop(), DEADLINE)
+        await asyncio.gather(rig.deployer.stop(), rig.deployer.stop())
+
+    run(scenario())
+    assert len(stops) == 1
+
+
+def test_stop_does_not_swallow_the_cancellation_of_its_caller() -> None:
+    async def scenario() -> None:
+        rig = Rig()
+        await rig.deployer.start(_master(rig))
+        await asyncio.sleep(0)  # the loop is running
+        entered = asyncio.Event()
+
+        async def stopping() -> None:
+            entered.set()
+            await rig.deployer.stop()
+
+        stopper = asyncio.create_task(stopping())
+        await asyncio.sleep(0)  # stopper runs up to its wait for the loop to end
+        assert entered.is_set() and not stopper.done()
+        stopper.cancel()
+        await asyncio.wait({stopper}, timeout=DEADLINE)
+        assert stopper.cancelled(), "stop() turned its caller's cancellation into a return"
+        await rig.deployer.stop()
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+
+    run(scenario())

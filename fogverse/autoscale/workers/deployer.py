@@ -18,7 +18,6 @@ only when every recommendation over ``stabilisation_window`` seconds was below t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import uuid
@@ -35,7 +34,8 @@ from fogverse.autoscale.deploy import (
     stop_handle,
 )
 from fogverse.autoscale.messages import ControlMessage, DeployEvent, now
-from fogverse.autoscale.state import ControlState, Stage, StageKey
+from fogverse.autoscale.state import Stage, StageKey
+from fogverse.autoscale.workers.periodic import PeriodicWorker
 
 __all__ = ["AutoDeployer", "DeployRecord", "StageStatus", "Veto"]
 
@@ -84,8 +84,12 @@ class StageStatus:
         return self.task is not None and not self.task.done()
 
 
-class AutoDeployer:
+class AutoDeployer(PeriodicWorker):
     """Deploys instances of registered stages through :class:`DeployScripts`."""
+
+    NAME = "auto-deployer"
+    stop_wait: float = 30.0
+    """Seconds ``stop()`` waits for deploys and stops still running."""
 
     def __init__(
         self,
@@ -94,38 +98,45 @@ class AutoDeployer:
         *,
         clock: Callable[[], float] = now,
     ) -> None:
+        super().__init__()
         self.scripts = scripts
         self.settings = settings or DeployerSettings()
         self.clock = clock
-        self.state: ControlState | None = None
         self.stages: dict[StageKey, StageStatus] = {}
         self.records: list[DeployRecord] = []
         self.vetoes: list[Veto] = []
         self.control_topic: str | None = None
         self.control_servers: str | None = None
         self._master: Any = None
-        self._loop_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     # ---- wiring --------------------------------------------------------------------------
 
     async def start(self, master: Any) -> None:
         self._master = master
-        self.state = master.state
+        self._closed = False
         self.control_topic = master.consumer_topic
         self.control_servers = master.consumer_servers
-        self._loop_task = asyncio.create_task(self._loop(master.ready), name="auto-deployer")
+        await super().start(master)
 
     async def stop(self) -> None:
-        task, self._loop_task = self._loop_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """End the loop, then wait (up to ``stop_wait`` seconds) for the deploys and stops it
+        started; with ``stop_instances_on_exit``, stop every instance it deployed, including
+        one whose deploy returns only after this wait."""
+        await super().stop()
         running = [s.task for s in self.stages.values() if s.busy] + list(self._background)
         if running:
             # A deploy in flight finishes (its handle is recorded) rather than leaking.
-            await asyncio.wait(running, timeout=30)  # type: ignore[arg-type]
+            _, late = await asyncio.wait(running, timeout=self.stop_wait)  # type: ignore[arg-type]
+            if late:
+                logger.warning(
+                    "%d deploy(s) or stop(s) still running after %.0f s; an instance they "
+                    "start from now on is stopped as soon as its deploy returns",
+                    len(late),
+                    self.stop_wait,
+                )
+        self._closed = True
         if self.settings.stop_instances_on_exit:
             await self.stop_all()
 
@@ -198,14 +209,11 @@ class AutoDeployer:
 
     # ---- deciding ------------------------------------------------------------------------
 
-    async def _loop(self, ready: asyncio.Event) -> None:
-        await ready.wait()
-        while True:
-            try:
-                await self.tick()
-            except Exception:
-                logger.exception("auto-deployer tick failed")
-            await asyncio.sleep(self.settings.tick)
+    def _interval(self) -> float:
+        return self.settings.tick
+
+    async def _tick(self) -> None:
+        await self.tick()
 
     async def tick(self, current: float | None = None) -> None:
         """Decide once for every stage."""
@@ -357,10 +365,16 @@ class AutoDeployer:
                 DeployRecord(current, stage.key, "deploy-failed", instance_id, effective, error)
             )
             return
+        owned = _Owned(instance_id, handle, current)
+        if self._closed and self.settings.stop_instances_on_exit:
+            # stop() gave up waiting for this deploy and has already stopped the rest.
+            logger.warning("deploy of %s returned after stop(); stopping it", instance_id)
+            await self._stop_quietly(owned)
+            return
         st.failures = 0
         st.retry_at = -math.inf
         st.last_action = current
-        st.owned.append(_Owned(instance_id, handle, current))
+        st.owned.append(owned)
         assert self.state is not None
         if instance_id not in self.state.instances:
             st.pending[instance_id] = finished + self.settings.startup_timeout

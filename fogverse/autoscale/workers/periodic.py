@@ -71,7 +71,8 @@ class PeriodicWorker(ABC):
     """A master observer that evaluates every ``_interval()`` seconds once the master is ready.
 
     Subclasses implement ``_interval`` and ``_tick`` (one evaluation); a ``start`` override
-    does its own wiring and then awaits ``super().start(master)``.
+    does its own wiring and then awaits ``super().start(master)``; a ``stop`` override awaits
+    ``super().stop()`` first, so that no evaluation starts new work while it winds down.
     """
 
     NAME: ClassVar[str]
