@@ -31,6 +31,8 @@ current_delivery: contextvars.ContextVar[Delivery | None] = contextvars.ContextV
 default key and headers, and to tie each ack to the input it derives from."""
 
 FailureHandler = Callable[["Delivery", BaseException], Awaitable[None]]
+Fallback = Callable[[BaseException], Awaitable[None]]
+"""Called with a dead letter's failure: sends (and tracks) a replacement, or raises."""
 
 
 class Delivery:
@@ -67,20 +69,37 @@ class Delivery:
         self.profiler: Profiler | None = None
         self.stamps: Stamps | None = None
 
-    def track(self, ack: asyncio.Future[Any], *, dead_letter: bool = False) -> None:
-        """Count ``ack`` (a transport's delivery future) against this input until it resolves."""
-        self.pending += 1
-        ack.add_done_callback(self._on_dead_letter_ack if dead_letter else self._on_ack)
+    def track(
+        self,
+        ack: asyncio.Future[Any],
+        *,
+        dead_letter: bool = False,
+        fallback: Fallback | None = None,
+    ) -> None:
+        """Count ``ack`` (a transport's delivery future) against this input until it resolves.
 
-    def _on_ack(self, fut: asyncio.Future[Any]) -> None:
+        A failed output goes to ``on_failure`` (its dead letter). A failed dead letter is
+        fatal, unless it has a ``fallback``: that is called with the failure to send (and
+        track) a replacement, and only its raising is fatal.
+        """
+        self.pending += 1
+        if not dead_letter:
+            ack.add_done_callback(self._on_ack)
+        elif fallback is None:
+            ack.add_done_callback(self._on_dead_letter_ack)
+        else:
+            ack.add_done_callback(lambda fut: self._on_ack(fut, fallback))
+
+    def _on_ack(self, fut: asyncio.Future[Any], fallback: Fallback | None = None) -> None:
         if not fut.cancelled() and fut.exception() is None:
             self.pending -= 1
             if self.sealed and self.pending == 0:
                 self._finish()
             return
         exc = _failure(fut)
-        # Keep this input open until its dead letter is queued and tracked in turn.
-        task = asyncio.ensure_future(self.on_failure(self, exc))
+        handled = self.on_failure(self, exc) if fallback is None else fallback(exc)
+        # Keep this input open until what replaces the record is queued and tracked in turn.
+        task = asyncio.ensure_future(handled)
         task.add_done_callback(self._after_failure_handled)
 
     def _after_failure_handled(self, task: asyncio.Future[Any]) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from fogverse.delivery import ERROR_HEADER_PREFIX, Delivery, current_delivery, error_headers
 from fogverse.metrics import DEFAULT_SAMPLE, Profiler
 from fogverse.offsets import OffsetTracker
-from fogverse.record import Record, UnreadableRecord, UnreadableRecordError
+from fogverse.record import Headers, Record, UnreadableRecord, UnreadableRecordError
 from fogverse.transport.base import ConsumerTransport, ProducerTransport
 
 __all__ = ["Runnable"]
@@ -368,7 +368,7 @@ class Runnable:
     ) -> None:
         record = delivery.record
         topic = self._dead_letter_topic_for(record)
-        where = f"{record.topic}[{record.partition}]@{record.offset}"
+        where = _where(record)
         producer = self._dead_letter_producer()
         if topic is None or producer is None:
             # Nowhere to put it: failing loudly beats committing past a lost message.
@@ -386,20 +386,41 @@ class Runnable:
         headers = error_headers(record, stage, exc, tb)
         try:
             ack = await producer.send(topic, value, record.key, headers)
-        except Exception as send_error:
-            # Typically the input plus its error is over the producer's size limit. Stopping
-            # would stop again on the same input at every restart: keep the error, drop the
-            # payload (its topic/partition/offset headers say where to find it).
-            logger.warning(
-                "dead letter for %s refused (%s); sending it without the payload", where, send_error
-            )
-            headers.append(
-                (
-                    ERROR_HEADER_PREFIX + "payload",
-                    b"dropped: " + str(send_error).encode("utf-8", "replace")[:512],
-                )
-            )
-            ack = await producer.send(topic, b"", record.key, headers)
+        except Exception as refused:
+            # Typically the input plus its error is over the producer's size limit (aiokafka
+            # refuses it in send()).
+            await self._dead_letter_without_payload(delivery, producer, topic, headers, refused)
+            return
+
+        async def if_too_large(refused: BaseException) -> None:
+            # librdkafka reports its own size limit through the ack, and a dead-letter topic
+            # with a smaller max.message.bytes refuses it at the broker, on either client.
+            if not _too_large(refused):
+                raise refused  # fatal: nothing is committed past this input
+            await self._dead_letter_without_payload(delivery, producer, topic, headers, refused)
+
+        delivery.track(ack, dead_letter=True, fallback=if_too_large)
+
+    async def _dead_letter_without_payload(
+        self,
+        delivery: Delivery,
+        producer: ProducerTransport,
+        topic: str,
+        headers: Headers,
+        refused: BaseException,
+    ) -> None:
+        """Send a refused dead letter again with its error but not its payload (its
+        topic/partition/offset headers say where to find it). Stopping instead would stop
+        again on the same input at every restart. A failure of this one is fatal."""
+        record = delivery.record
+        logger.warning(
+            "dead letter for %s refused (%s); sending it without the payload",
+            _where(record),
+            refused,
+        )
+        dropped = b"dropped: " + str(refused).encode("utf-8", "replace")[:512]
+        headers = [*headers, (ERROR_HEADER_PREFIX + "payload", dropped)]
+        ack = await producer.send(topic, b"", record.key, headers)
         delivery.track(ack, dead_letter=True)
 
     def _dead_letter_producer(self) -> ProducerTransport | None:
@@ -465,6 +486,24 @@ class Runnable:
 
     def _drop_buffered(self, tps: set[tuple[str, int]]) -> None:
         return None
+
+
+def _where(record: Record) -> str:
+    return f"{record.topic}[{record.partition}]@{record.offset}"
+
+
+def _too_large(exc: BaseException) -> bool:
+    """Whether the Kafka client, or the broker through it, refused a record for its size."""
+    from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
+    from confluent_kafka import KafkaError, KafkaException
+
+    if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError):
+        return True
+    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return isinstance(err, KafkaError) and err.code() in (
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+    )
 
 
 def _profile_sample(default: int) -> int:

@@ -35,6 +35,7 @@ ALLOWED_DTYPES = {o + t for t in ("i1", "u1", "b1") for o in "|<>"} | {
     o + t for t in ("i2", "i4", "i8", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16") for o in "<>"
 }
 PLAIN_TYPES = {"ndarray", "bytes", "str", "dict", "list", "int", "float", "bool", "NoneType"}
+KAFKA_CLIENTS = pytest.mark.parametrize("client", ["aiokafka", "confluent"])
 
 
 class Evil:
@@ -498,13 +499,41 @@ def test_an_output_the_broker_refuses_as_too_large_does_not_poison_later_outputs
     assert _keys(got) == [k for k, _, _ in ok]
 
 
+def _committed(bootstrap: str, group: str, topic: str) -> int:
+    """The group's committed offset for partition 0 of ``topic``."""
+    from confluent_kafka import Consumer as RdConsumer
+    from confluent_kafka import TopicPartition
+
+    consumer = RdConsumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        [tp] = consumer.committed([TopicPartition(topic, 0)], timeout=30)
+        return tp.offset
+    finally:
+        consumer.close()
+
+
+def _assert_dead_letter_without_payload(record: Any, offset: int) -> None:
+    """The error headers are all there; only the payload was dropped, and it says so."""
+    headers = dict(record.headers)
+    assert record.value == b"", len(record.value)
+    assert headers[ERR + "payload"].startswith(b"dropped: "), headers[ERR + "payload"]
+    assert headers[ERR + "stage"] == b"process"
+    assert headers[ERR + "type"] == b"ValueError"
+    assert b"refused: this input is too large" in headers[ERR + "message"]
+    assert b"Traceback" in headers[ERR + "traceback"]
+    assert headers[ERR + "offset"] == str(offset).encode()
+
+
+@KAFKA_CLIENTS
 def test_an_input_too_large_to_dead_letter_with_its_error_does_not_stop_the_node(
-    kafka_bootstrap, new_topic
+    kafka_bootstrap, new_topic, monkeypatch, client
 ):
     """A near-limit input whose processing fails: its dead letter (the input plus the error
     headers) is over the producer's 1 MB limit. The node must dead-letter what it can (the
     error without the payload) and go on; stopping instead would stop it again at every
-    restart, on the same input, for ever."""
+    restart, on the same input, for ever. aiokafka refuses it in ``send()``, librdkafka
+    through the record's ack: both end the same way."""
+    monkeypatch.setenv("FOGVERSE_KAFKA_CLIENT", client)
     src, out = new_topic(), new_topic()
     big = b"a" * 1_048_000
 
@@ -521,11 +550,68 @@ def test_an_input_too_large_to_dead_letter_with_its_error_does_not_stop_the_node
             await producer.stop()
 
     asyncio.run(produce())
-    node = Refuse(src, kafka_bootstrap, f"g-{uuid.uuid4().hex[:6]}", producer_topic=out)
-    got, dead = _run_node(node, 5, out, f"{src}.dlq")
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    node = Refuse(src, kafka_bootstrap, group, producer_topic=out)
+    _run_node(node, 5, out, f"{src}.dlq")
+    got = asyncio.run(read_kafka(kafka_bootstrap, out, 5, timeout=5, settle=0.5))
+    dead = asyncio.run(read_kafka(kafka_bootstrap, f"{src}.dlq", 1, timeout=5, settle=0.5))
     assert _keys(got) == [b"n%d" % i for i in range(5)]
     assert _keys(dead) == [b"big"]
-    assert b"refused" in dict(dead[0].headers)[ERR + "message"]
+    _assert_dead_letter_without_payload(dead[0], 0)
+    assert _committed(kafka_bootstrap, group, src) == 6
+
+
+@KAFKA_CLIENTS
+def test_a_dead_letter_the_broker_refuses_as_too_large_goes_without_its_payload(
+    kafka_bootstrap, new_topic, monkeypatch, client
+):
+    """The dead-letter topic takes at most 20 KB a message; the producers' own limits are
+    1 MB, so the broker is the one to refuse the 300 KB dead letter of a failed input, and on
+    both clients the refusal arrives through the record's ack, not from ``send()``. The node
+    must send it again without the payload, with its error headers, and go on: the next
+    failed input, whose dead letter fits, keeps its payload, and every input is accounted
+    for and committed."""
+    monkeypatch.setenv("FOGVERSE_KAFKA_CLIENT", client)
+    src, out = new_topic(), new_topic()
+    dlq = new_topic(config={"max.message.bytes": 20_000})
+    first = [(b"n0", b"ok", []), (b"big", b"a" * 300_000, []), (b"n1", b"ok", [])]
+    then = [(b"small", b"b" * 2_000, []), (b"n2", b"ok", [])]
+    asyncio.run(produce_kafka(kafka_bootstrap, src, first))
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    node = Refuse(src, kafka_bootstrap, group, producer_topic=out, dead_letter_topic=dlq)
+
+    async def run() -> None:
+        task = asyncio.create_task(node.run())
+        try:
+
+            async def settled(outputs: int, dead_letters: int) -> bool:
+                if task.done():
+                    task.result()
+                    raise AssertionError("the node stopped")
+                got = await read_kafka(kafka_bootstrap, out, outputs, timeout=0.3)
+                dead = await read_kafka(kafka_bootstrap, dlq, dead_letters, timeout=0.3)
+                return len(got) >= outputs and len(dead) >= dead_letters
+
+            # The next failed input comes once the refused dead letter went again, so the
+            # two are never in one producer batch (librdkafka refuses a batch as a whole).
+            await until_async(lambda: settled(2, 1), 60, "the big input's dead letter")
+            await produce_kafka(kafka_bootstrap, src, then)
+            await until_async(lambda: settled(3, 2), 60, "the small input's dead letter")
+        finally:
+            node.stop()
+            await asyncio.wait_for(task, 60)
+
+    asyncio.run(run())
+    got = asyncio.run(read_kafka(kafka_bootstrap, out, 3, timeout=5, settle=0.5))
+    dead = asyncio.run(read_kafka(kafka_bootstrap, dlq, 2, timeout=5, settle=0.5))
+    assert _keys(got) == [b"n0", b"n1", b"n2"]
+    assert _keys(dead) == [b"big", b"small"]
+    assert len(got) + len(dead) == len(first) + len(then)
+    _assert_dead_letter_without_payload(dead[0], 1)
+    small = dict(dead[1].headers)
+    assert dead[1].value == b"b" * 2_000 and ERR + "payload" not in small
+    assert small[ERR + "offset"] == b"3"
+    assert _committed(kafka_bootstrap, group, src) == len(first) + len(then)
 
 
 class Strict(Consumer):
@@ -598,9 +684,6 @@ def _send_raw(bootstrap: str, topic: str, spec: list[tuple[int, str, bool]]) -> 
         check=True,
         timeout=60,
     )
-
-
-KAFKA_CLIENTS = pytest.mark.parametrize("client", ["aiokafka", "confluent"])
 
 
 @KAFKA_CLIENTS
