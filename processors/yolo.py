@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from fogverse.parallel import output_array
 from fogverse.processor import Processor
 
 from .image import decode_image
@@ -23,7 +24,9 @@ class YoloPreprocess(Processor):
     """Processor: BGR uint8 HxWx3 frame (or encoded bytes with ``decode=True``) -> model input.
 
     Returns a new C-contiguous float32 array of shape ``(3, H, W)``, or ``(1, 3, H, W)`` with
-    ``batch_dim=True``, holding RGB values in [0, 1]. The values are identical to::
+    ``batch_dim=True``, holding RGB values in [0, 1]; in a pool worker it is built in the
+    task's shared-memory slot (:func:`fogverse.parallel.output_array`), so it travels back
+    without a copy. The values are identical to::
 
         Compose(Letterbox(size, pad_value, stride, scaleup, interpolation),
                 BGRToRGB(), HWCToCHW(), ToFloat())
@@ -74,11 +77,13 @@ class YoloPreprocess(Processor):
             img = cv2.resize(img, p.new_unpad_wh, interpolation=self.interpolation)
 
         out_h, out_w = p.out_hw
+        # In a pool worker the result is built in the task's shared-memory slot: returning it
+        # costs no copy (a 640x640 input tensor is 4.9 MB). Elsewhere it is a plain array.
         if self.batch_dim:
-            result = np.empty((1, 3, out_h, out_w), dtype=np.float32)
+            result = output_array((1, 3, out_h, out_w), np.float32)
             out = result[0]
         else:
-            result = out = np.empty((3, out_h, out_w), dtype=np.float32)
+            result = out = output_array((3, out_h, out_w), np.float32)
         table = _float_table(1 / 255)
         pad = table[self.pad_value]
         top, left = p.pad_top, p.pad_left
