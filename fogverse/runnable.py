@@ -23,6 +23,7 @@ from fogverse.metrics import DEFAULT_SAMPLE, Profiler
 from fogverse.offsets import OffsetTracker
 from fogverse.record import Headers, Record, UnreadableRecord, UnreadableRecordError
 from fogverse.transport.base import ConsumerTransport, ProducerTransport
+from fogverse.transport.errors import refused_for_size
 
 __all__ = ["Runnable"]
 
@@ -395,7 +396,7 @@ class Runnable:
         async def if_too_large(refused: BaseException) -> None:
             # librdkafka reports its own size limit through the ack, and a dead-letter topic
             # with a smaller max.message.bytes refuses it at the broker, on either client.
-            if not _too_large(refused):
+            if not refused_for_size(refused):
                 raise refused  # fatal: nothing is committed past this input
             await self._dead_letter_without_payload(delivery, producer, topic, headers, refused)
 
@@ -490,20 +491,6 @@ class Runnable:
 
 def _where(record: Record) -> str:
     return f"{record.topic}[{record.partition}]@{record.offset}"
-
-
-def _too_large(exc: BaseException) -> bool:
-    """Whether the Kafka client, or the broker through it, refused a record for its size."""
-    from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
-    from confluent_kafka import KafkaError, KafkaException
-
-    if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError):
-        return True
-    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
-    return isinstance(err, KafkaError) and err.code() in (
-        KafkaError.MSG_SIZE_TOO_LARGE,
-        KafkaError.RECORD_LIST_TOO_LARGE,
-    )
 
 
 def _profile_sample(default: int) -> int:

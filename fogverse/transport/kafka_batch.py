@@ -47,11 +47,12 @@ from aiokafka.errors import (
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     ProducerClosed,
-    RecordListTooLargeError,
 )
 from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import RecordMetadata
+
+from fogverse.transport.errors import refused_for_size
 
 __all__ = ["Batcher", "Partitioner"]
 
@@ -63,7 +64,6 @@ Partitioner = Callable[[bytes | None, list[int], list[int]], int]
 Headers = Sequence[tuple[str, bytes]]
 
 # The broker refused a batch for its size: splitting it may get its records through.
-_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 _NO_HEADERS: list[tuple[str, bytes]] = []
 _estimate = DefaultRecordBatchBuilder.estimate_size_in_bytes
 # Hashes of recent keys: a few keys (cameras, devices) recur on every record.
@@ -327,7 +327,7 @@ class Batcher:
     ) -> None:
         part.in_flight = None
         try:
-            if exc is not None and isinstance(exc, _TOO_LARGE) and len(batch.entries) > 1:
+            if exc is not None and refused_for_size(exc) and len(batch.entries) > 1:
                 self._split(part, batch, exc)
             elif exc is not None:
                 _fail(batch, exc)
