@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from backends import produce_kafka, read_kafka
+from polling import until
 
 NODES = str(Path(__file__).with_name("pipeline_nodes.py"))
 
@@ -33,15 +34,6 @@ def _start_node(bootstrap: str, src: str, out: str, group: str, delay: float):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    async def poll():
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not await predicate():
-            assert asyncio.get_running_loop().time() < deadline, f"timed out waiting: {what}"
-
-    return poll()
 
 
 @pytest.fixture
@@ -71,7 +63,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(kafka_bootstrap, new_topi
         async def progressed(target=target):
             return len(await read_kafka(kafka_bootstrap, out, target, timeout=1.0)) >= target
 
-        asyncio.run(_wait_for(progressed, 90, f"{target} outputs"))
+        asyncio.run(until(progressed, 90, f"{target} outputs", interval=0.1))
         node.send_signal(signal.SIGKILL)
         node.wait(10)
     nodes.append(_start_node(kafka_bootstrap, src, out, group, delay=0.0))
@@ -80,7 +72,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(kafka_bootstrap, new_topi
         got = await read_kafka(kafka_bootstrap, out, n, timeout=1.0)
         return len({r.value for r in got}) >= n
 
-    asyncio.run(_wait_for(everything, 90, "every input in the output"))
+    asyncio.run(until(everything, 90, "every input in the output", interval=0.1))
     got = asyncio.run(read_kafka(kafka_bootstrap, out, n, timeout=30))
     counts = collections.Counter(r.value for r in got)
     missing = {f"m{i}".encode() for i in range(n)} - set(counts)
@@ -104,7 +96,7 @@ def test_sigterm_drains_commits_and_restart_redoes_nothing(kafka_bootstrap, new_
     async def started():
         return len(await read_kafka(kafka_bootstrap, out, 50, timeout=1.0)) >= 50
 
-    asyncio.run(_wait_for(started, 90, "50 outputs"))
+    asyncio.run(until(started, 90, "50 outputs", interval=0.1))
     node.send_signal(signal.SIGTERM)
     assert node.wait(60) == 0, node.stderr.read().decode()[-3000:]
     before = len(asyncio.run(read_kafka(kafka_bootstrap, out, n, timeout=2.0)))
@@ -115,7 +107,7 @@ def test_sigterm_drains_commits_and_restart_redoes_nothing(kafka_bootstrap, new_
     async def everything():
         return len(await read_kafka(kafka_bootstrap, out, n, timeout=1.0)) >= n
 
-    asyncio.run(_wait_for(everything, 90, "all outputs"))
+    asyncio.run(until(everything, 90, "all outputs", interval=0.1))
     # Give a redelivery the chance to show up before counting.
     got = asyncio.run(read_kafka(kafka_bootstrap, out, n, timeout=30, settle=3.0))
     counts = collections.Counter(r.value for r in got)

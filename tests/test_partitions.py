@@ -26,6 +26,7 @@ import cloudpickle
 import psutil
 import pytest
 from backends import produce_kafka, read_kafka
+from polling import until
 
 import fogverse.partitions
 from fogverse import Consumer, ParallelConsumer, Processor
@@ -53,20 +54,6 @@ FAST_GROUP = {"heartbeat_interval_ms": 250, "session_timeout_ms": 6000}
 
 
 # ---- helpers ------------------------------------------------------------------------------
-
-
-async def until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    """Poll ``predicate`` (sync or async) until it is true; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if isinstance(value, Awaitable):
-            value = await value
-        if value:
-            return
-        assert loop.time() < deadline, f"timed out after {timeout:g} s waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def partition_count(admin: Any, topic: str) -> int:
@@ -822,7 +809,7 @@ def test_nodes_started_with_the_environment_join_dynamically(
                         stderr=subprocess.DEVNULL,
                     )
                 )
-                await until(lambda k=k: has_partitions(k), 90, f"{k} partition(s)")
+                await until(lambda k=k: has_partitions(k), 90, f"{k} partition(s)", interval=0.05)
             await produce_kafka(
                 kafka_bootstrap, src, [(None, f"m{i}".encode(), []) for i in range(n)]
             )
@@ -831,7 +818,7 @@ def test_nodes_started_with_the_environment_join_dynamically(
                 got = await read_kafka(kafka_bootstrap, out, n, timeout=1.0)
                 return {r.value for r in got} >= {f"m{i}".encode() for i in range(n)}
 
-            await until(everything, 90, "every message echoed")
+            await until(everything, 90, "every message echoed", interval=0.05)
             assert await partition_count(kafka_admin, src) == 2
         finally:
             for proc in procs:
@@ -916,7 +903,7 @@ def test_an_instance_the_local_provider_starts_joins_and_gets_work(
             async def grown() -> bool:
                 return await partition_count(kafka_admin, topic) == 2
 
-            await until(grown, 90, "the instance to grow the topic")
+            await until(grown, 90, "the instance to grow the topic", interval=0.05)
             await until(lambda: len(first.owned()) == 1, 60, "c1 to hand a partition over")
             check_alive(tasks)
             await produce_kafka(
@@ -931,7 +918,9 @@ def test_an_instance_the_local_provider_starts_joins_and_gets_work(
                 echoed[:] = [r.value for r in await read_kafka(kafka_bootstrap, out, 1, 0.5)]
                 return sent <= set(first.received) | set(echoed)
 
-            await until(everything, 90, "every message consumed by c1 or the instance")
+            await until(
+                everything, 90, "every message consumed by c1 or the instance", interval=0.05
+            )
         finally:
             status = await asyncio.to_thread(handle.stop) if handle is not None else None
             first.stop()

@@ -19,6 +19,7 @@ from aiokafka.errors import (
     RecordListTooLargeError,
 )
 from confluent_kafka import KafkaError
+from polling import until
 
 from fogverse import Consumer
 from fogverse.record import Headers
@@ -132,14 +133,6 @@ def _committed(node: Refuse) -> int:
     return broker.groups[node.group_id].committed.get(("src", 0), 0)
 
 
-async def _until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize("how", list(TOO_LARGE))
 def test_a_dead_letter_too_large_goes_once_more_without_its_payload(how: str) -> None:
     refusal, in_send = TOO_LARGE[how]
@@ -153,13 +146,13 @@ def test_a_dead_letter_too_large_goes_once_more_without_its_payload(how: str) ->
             return task.done() or (len(broker.records(out)) == 2 and producer.held is not None)
 
         try:
-            await _until(resent, "the later input's output and the dead letter without payload")
+            await until(resent, 20, "the later input's output and the dead letter without payload")
             assert not task.done(), task.exception()
             # The input stays uncommitted until its replacement dead letter is acknowledged.
             await node._commit()
             assert _committed(node) == 1
             producer.release()
-            await _until(lambda: _committed(node) == 3 or task.done(), "every input committed")
+            await until(lambda: _committed(node) == 3 or task.done(), 20, "every input committed")
             assert not task.done(), task.exception()
         finally:
             node.stop()

@@ -9,11 +9,11 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from polling import until
 
 from fogverse.autoscale.config import DeployerSettings
 from fogverse.autoscale.deploy import DeployScripts
@@ -107,15 +107,6 @@ class Rig:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-async def _until(cond: Callable[[], bool], what: str) -> None:
-    """Poll ``cond`` until it holds; fail after DEADLINE seconds."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + DEADLINE
-    while not cond():
-        assert loop.time() < end, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 def _master(rig: Rig) -> Any:
@@ -463,7 +454,7 @@ def test_a_failing_evaluation_does_not_end_the_loop_and_a_repeated_error_is_logg
         rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
         await rig.deployer.start(_master(rig))
         try:
-            await _until(lambda: bool(rig.published), "the deploy after the failures")
+            await until(lambda: bool(rig.published), DEADLINE, "the deploy after the failures")
         finally:
             await rig.deployer.stop()
         return rig
@@ -492,7 +483,7 @@ def test_stop_waits_for_a_deploy_in_flight_and_stops_what_it_started() -> None:
         rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
         await rig.deployer.start(_master(rig))
         try:
-            await _until(entered.is_set, "the deploy to start")
+            await until(entered.is_set, DEADLINE, "the deploy to start")
             stopper = asyncio.create_task(rig.deployer.stop())
             for _ in range(50):
                 await asyncio.sleep(0)
@@ -527,7 +518,7 @@ def test_a_deploy_that_returns_after_stop_gave_up_waiting_is_stopped_not_orphane
         rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
         await rig.deployer.start(_master(rig))
         try:
-            await _until(entered.is_set, "the deploy to start")
+            await until(entered.is_set, DEADLINE, "the deploy to start")
             await asyncio.wait_for(rig.deployer.stop(), DEADLINE)
             assert not handles, "stop() was meant to give up before the deploy returned"
             release.set()
@@ -555,7 +546,7 @@ def test_stop_is_idempotent_and_stops_each_instance_once() -> None:
         await rig.deployer.stop()  # before start: nothing to do
         rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
         await rig.deployer.start(_master(rig))
-        await _until(lambda: bool(rig.published), "the deploy")
+        await until(lambda: bool(rig.published), DEADLINE, "the deploy")
         await asyncio.wait_for(rig.deployer.stop(), DEADLINE)
         assert asyncio.all_tasks() == {asyncio.current_task()}
         await asyncio.wait_for(rig.deployer.stop(), DEADLINE)

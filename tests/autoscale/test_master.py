@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from polling import until
 
 from fogverse.autoscale import (
     AutoScaleComponent,
@@ -48,14 +49,6 @@ async def _produce(
             await producer.send_and_wait(topic, v, timestamp_ms=timestamp_ms)
     finally:
         await producer.stop()
-
-
-async def _until(predicate: Any, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 GARBAGE = [
@@ -102,10 +95,10 @@ def test_garbage_on_the_control_topic_is_logged_skipped_and_never_stops_the_mast
     async def scenario() -> Master:
         master = Master(control, "m", kafka_bootstrap, [rec], lookback_seconds=30)
         run = asyncio.create_task(master.run())
-        await _until(master.ready.is_set)
+        await until(master.ready.is_set, 20, "the master to be ready")
         values = [_beat("a", 1), *GARBAGE, _beat("a", 2), *GARBAGE, _beat("a", 3)]
         await _produce(kafka_bootstrap, control, values)
-        await _until(lambda: len(rec.seen) == 3)
+        await until(lambda: len(rec.seen) == 3, 20, "the three valid beats")
         assert not run.done(), "the master stopped"
         master.stop()
         await run
@@ -146,12 +139,12 @@ def test_a_starting_master_reads_what_was_sent_before_it_but_not_stale_history(
         )
         master = Master(control, "m", kafka_bootstrap, [], lookback_seconds=30)
         run = asyncio.create_task(master.run())
-        await _until(master.ready.is_set)
+        await until(master.ready.is_set, 20, "the master to be ready")
         # Ready means caught up with everything that was on the topic at start.
         assert "early" in master.state.instances and ("in", "out") in master.state.stages
         assert "ancient" not in master.state.instances
         await _produce(kafka_bootstrap, control, [_beat("late", 5)])
-        await _until(lambda: "late" in master.state.instances)
+        await until(lambda: "late" in master.state.instances, 20, "the late beat")
         master.stop()
         await run
         return master
@@ -193,7 +186,11 @@ def test_a_lock_only_master_needs_no_kafka_and_serves_locks() -> None:
 
     async def scenario() -> None:
         run = asyncio.create_task(master.run())
-        await _until(lambda: master.ready.is_set() and master.lock_server._server is not None)
+        await until(
+            lambda: master.ready.is_set() and master.lock_server._server is not None,
+            20,
+            "the master and its lock service",
+        )
         client = LockClient("127.0.0.1", master.lock_server.port)
         async with client, client.lock("partition:t:g", lease=5) as grant:
             assert grant is not None

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from backends import read_kafka
+from polling import until
 
 from fogverse import Consumer
 from fogverse.autoscale import Observer, enable_heartbeats
@@ -54,24 +55,16 @@ def _observer(fake: FakeProducer, **conf: Any) -> Observer:
     )
 
 
-async def _until(predicate: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 def test_n_calls_become_one_heartbeat_with_their_sum() -> None:
     async def scenario() -> None:
         fake = FakeProducer()
         obs = _observer(fake)
         await obs.start()
-        await _until(lambda: fake.beats())
+        await until(lambda: fake.beats(), 5, "a heartbeat")
         before = len(fake.beats())
         for _ in range(1000):
             obs.send_heartbeat("out", total_messages=1)
-        await _until(lambda: any(b["total_messages"] for b in fake.beats()))
+        await until(lambda: any(b["total_messages"] for b in fake.beats()), 5, "a counted beat")
         new = fake.beats()[before:]
         counted = [b for b in new if b["total_messages"]]
         assert len(counted) == 1 and counted[0]["total_messages"] == 1000
@@ -86,7 +79,7 @@ def test_idle_instances_keep_sending_zero_heartbeats_and_close_sends_a_final_one
         fake = FakeProducer()
         obs = _observer(fake)
         await obs.start()
-        await _until(lambda: len(fake.beats()) >= 4)
+        await until(lambda: len(fake.beats()) >= 4, 5, "four heartbeats")
         assert fake.sent[0]["type"] == "announce"
         assert all(b["total_messages"] == 0 and b["target_topic"] is None for b in fake.beats())
         obs.send_heartbeat("out", 3)
@@ -116,7 +109,9 @@ def test_send_heartbeat_never_waits_for_acks_and_counts_from_threads_add_up() ->
             await asyncio.sleep(0.01)
         for t in threads:
             t.join()
-        await _until(lambda: sum(b["total_messages"] for b in fake.beats()) == 80_000)
+        await until(
+            lambda: sum(b["total_messages"] for b in fake.beats()) == 80_000, 5, "80000 counted"
+        )
         assert len(fake.beats()) > 3, "heartbeats went on although no ack ever arrived"
         await obs.close(timeout=0.5)
 
@@ -128,13 +123,13 @@ def test_a_heartbeat_the_broker_rejected_is_counted_again_in_the_next() -> None:
         fake = FakeProducer()
         obs = _observer(fake)
         await obs.start()
-        await _until(lambda: fake.beats())
+        await until(lambda: fake.beats(), 5, "a heartbeat")
         fake.mode = "fail"
         obs.send_heartbeat("out", 7)
         await asyncio.sleep(0.2)
         fake.mode = "ok"
         obs.send_heartbeat("out", 1)
-        await _until(lambda: sum(b["total_messages"] for b in fake.beats()) == 8)
+        await until(lambda: sum(b["total_messages"] for b in fake.beats()) == 8, 5, "8 counted")
         await obs.close()
 
     asyncio.run(scenario())
@@ -152,8 +147,14 @@ def test_auto_scale_requests_go_out_at_once_and_are_resent_periodically() -> Non
             "out",
             {"provider": "LOCAL", "service_name": "s", "max_instance": 3, "extra_configs": {}},
         )
-        await _until(lambda: any(m["type"] == "auto_scale_request" for m in fake.sent), 1.0)
-        await _until(lambda: sum(m["type"] == "auto_scale_request" for m in fake.sent) >= 3)
+        await until(
+            lambda: any(m["type"] == "auto_scale_request" for m in fake.sent), 1, "a request"
+        )
+        await until(
+            lambda: sum(m["type"] == "auto_scale_request" for m in fake.sent) >= 3,
+            5,
+            "three requests",
+        )
         reqs = [m for m in fake.sent if m["type"] == "auto_scale_request"]
         assert reqs[0]["topic_configs"]["max_instance"] == 3
         assert reqs[-1]["ts"] > reqs[0]["ts"], "re-sent with a fresh timestamp"
@@ -185,8 +186,8 @@ def test_seed_one_liner_in_send_starts_the_observer_by_itself() -> None:
     async def scenario() -> None:
         node = SeedNode()
         task = asyncio.create_task(node.run())
-        await _until(lambda: len(broker.records("out")) == 50)
-        await _until(lambda: sum(b["total_messages"] for b in fake.beats()) == 50)
+        await until(lambda: len(broker.records("out")) == 50, 5, "50 outputs")
+        await until(lambda: sum(b["total_messages"] for b in fake.beats()) == 50, 5, "50 counted")
         node.stop()
         await task
         await node.observer.close()
@@ -209,7 +210,7 @@ def test_attach_counts_a_nodes_outputs_and_reports_its_stage() -> None:
         obs = enable_heartbeats(node, _observer(fake))
         assert obs is node.observer
         task = asyncio.create_task(node.run())
-        await _until(lambda: len(broker.records("out")) == 30)
+        await until(lambda: len(broker.records("out")) == 30, 5, "30 outputs")
         node.stop()
         await task
         announce = fake.sent[0]

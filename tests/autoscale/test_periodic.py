@@ -5,25 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from polling import until
 
 from fogverse.autoscale.state import ControlState
 from fogverse.autoscale.workers.periodic import FailureLog, PeriodicWorker
 
 DEADLINE = 10.0
-
-
-async def _until(cond: Callable[[], bool], what: str) -> None:
-    """Poll ``cond`` until it holds; fail after DEADLINE seconds."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + DEADLINE
-    while not cond():
-        assert loop.time() < end, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 def _master() -> Any:
@@ -67,7 +58,7 @@ def test_the_loop_survives_failing_evaluations_and_logs_each_distinct_error_once
         worker = Flaky(errors)
         await worker.start(_master())
         try:
-            await _until(lambda: worker.successes >= 3, "evaluations after the failures")
+            await until(lambda: worker.successes >= 3, DEADLINE, "evaluations after the failures")
         finally:
             await worker.stop()
         return worker
@@ -114,7 +105,7 @@ def test_the_first_evaluation_waits_for_the_master_to_be_ready() -> None:
             await asyncio.sleep(0)
         assert worker.calls == 0
         master.ready.set()
-        await _until(lambda: worker.calls > 0, "the first evaluation")
+        await until(lambda: worker.calls > 0, DEADLINE, "the first evaluation")
         await worker.stop()
 
     asyncio.run(scenario())
@@ -168,12 +159,14 @@ def test_stop_does_not_swallow_the_cancellation_of_its_caller() -> None:
         try:
             await asyncio.wait_for(worker.entered.wait(), DEADLINE)
             stopper = asyncio.create_task(worker.stop())
-            await _until(lambda: worker.cancelled, "the loop to be cancelled")
+            await until(lambda: worker.cancelled, DEADLINE, "the loop to be cancelled")
             stopper.cancel()
             await asyncio.wait({stopper}, timeout=DEADLINE)
             assert stopper.cancelled(), "stop() turned its caller's cancellation into a return"
         finally:
             worker.release.set()
-        await _until(lambda: asyncio.all_tasks() == {asyncio.current_task()}, "the loop to end")
+        await until(
+            lambda: asyncio.all_tasks() == {asyncio.current_task()}, DEADLINE, "the loop to end"
+        )
 
     asyncio.run(scenario())

@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 import pytest
 import yaml
+from polling import until
 from scaling_harness import NODES, feed, slow_stage_deployer, start_first_instance
 
 from fogverse.autoscale import DeployEvent, Master
@@ -112,14 +113,6 @@ class Masters:
         assert not self.members(), "processes outlived the test"
 
 
-async def _until(predicate: Any, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
-
-
 class Deploys:
     def __init__(self) -> None:
         self.events: list[DeployEvent] = []
@@ -159,14 +152,15 @@ def test_master_killed_and_restarted_resumes_scaling_from_heartbeats(
             max_instance=MAX_INSTANCE,
         )
         live = lambda: len(watcher.state.instances_of(stage))  # noqa: E731
-        await _until(lambda: live() == 1, 40, "the first instance")
+        await until(lambda: live() == 1, 40, "the first instance", interval=0.2)
         master1 = masters.start()
         feeding = asyncio.create_task(feed(kafka_bootstrap, src, PARTITIONS, control, 50.0, 60.0))
         try:
-            await _until(
+            await until(
                 lambda: len(deploys.events) >= 1 and live() >= 2,
                 60,
                 "the first master to scale out once",
+                interval=0.2,
             )
             master1.send_signal(signal.SIGKILL)
             master1.wait(10)
@@ -175,10 +169,11 @@ def test_master_killed_and_restarted_resumes_scaling_from_heartbeats(
             await asyncio.sleep(3)
             assert live() >= 2, "the instances died with their master"
             master2 = masters.start()
-            await _until(
+            await until(
                 lambda: len(deploys.events) > len(deploys_before) and live() >= 3,
                 60,
                 "the restarted master to scale out further",
+                interval=0.2,
             )
             peak = max(live(), 0)
             for _ in range(10):  # watch a little longer: no burst of redeploys follows

@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 import pytest
+from polling import until
 from scaling_harness import (
     OutputCollector,
     Timeline,
@@ -58,14 +59,6 @@ def master_conf(bootstrap: str, control: str, workers: list[Worker]) -> dict[str
     }
 
 
-async def _wait(predicate: Any, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
-
-
 async def _scenario(
     bootstrap: str,
     admin: Any,
@@ -84,7 +77,7 @@ async def _scenario(
     run = asyncio.create_task(master.run())
     timeline = Timeline()
     try:
-        await _wait(master.ready.is_set, 30, "the master to catch up")
+        await until(master.ready.is_set, 30, "the master to catch up", interval=0.1)
         await asyncio.to_thread(
             start_first_instance,
             deployer,
@@ -95,10 +88,11 @@ async def _scenario(
             bootstrap=bootstrap,
             max_instance=MAX_INSTANCE,
         )
-        await _wait(
+        await until(
             lambda: stage in master.state.stages and master.deployer.counts(stage)[0] == 1,
             40,
             "the first instance to register its stage",
+            interval=0.1,
         )
         loop = asyncio.get_running_loop()
         t0 = master.state.clock()

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
+from polling import until
 
 from fogverse.parallel import (
     PoolClosed,
@@ -54,14 +55,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> bool
             return True
         time.sleep(0.02)
     return predicate()
-
-
-async def async_wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def map_through(pool: WorkerPool, items: list[Any]) -> list[Any]:
@@ -587,7 +580,7 @@ def test_killed_worker_is_replaced_and_its_task_retried(tmp_path):
             assert await handle == "survived"
             handle.release()
             assert pool.stats["restarts"] == 1
-            await async_wait_until(lambda: len(pool.worker_pids) == 2)
+            await until(lambda: len(pool.worker_pids) == 2, DEADLINE, "a replacement worker")
             assert set(pool.worker_pids) != first
             results = await map_through(pool, list(range(10)))
             assert [r[0] for r in results] == list(range(10))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -17,11 +18,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import polling
 import psutil
 
 NODES = str(Path(__file__).with_name("rel_nodes.py"))
@@ -178,20 +180,9 @@ class Reader:
         await self._consumer.stop()
 
 
-async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        await asyncio.sleep(0.1)
-
-
-async def until_async(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        assert loop.time() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        await asyncio.sleep(0.1)
+# polling.until at the scenarios' pace: their conditions scan thousands of ids, a process
+# tree or a topic, and looking every 0.1 s leaves the CPU to the nodes under test.
+until = functools.partial(polling.until, interval=0.1)
 
 
 SEND_DEADLINE = 120.0

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import pytest
 from backends import produce_kafka, read_kafka
-from rel_harness import Nodes, Reader, Tally, id_of, node_env, until, until_async
+from rel_harness import Nodes, Reader, Tally, id_of, node_env, until
 
 from fogverse import Consumer, ParallelConsumer
 from fogverse.codec import NDArrayCodec
@@ -476,7 +476,7 @@ def test_an_output_the_broker_refuses_as_too_large_does_not_poison_later_outputs
             # The first outputs are through before the oversized one is refused, so the
             # producer's sequence for the partition is under way when it happens.
             dlq = f"{src}.dlq"
-            await until_async(lambda: _count(kafka_bootstrap, dlq, 1), 60, "the dead letter")
+            await until(lambda: _count(kafka_bootstrap, dlq, 1), 60, "the dead letter")
             await produce_kafka(kafka_bootstrap, src, ok[5:])
 
             async def settled() -> bool:
@@ -484,7 +484,7 @@ def test_an_output_the_broker_refuses_as_too_large_does_not_poison_later_outputs
                 dead = await read_kafka(kafka_bootstrap, dlq, 1, timeout=0.5)
                 return len(got) + len(dead) >= len(ok) + 1
 
-            await until_async(settled, 60, "every input delivered or dead-lettered")
+            await until(settled, 60, "every input delivered or dead-lettered")
         finally:
             node.stop()
             await asyncio.wait_for(task, 60)
@@ -594,9 +594,9 @@ def test_a_dead_letter_the_broker_refuses_as_too_large_goes_without_its_payload(
 
             # The next failed input comes once the refused dead letter went again, so the
             # two are never in one producer batch (librdkafka refuses a batch as a whole).
-            await until_async(lambda: settled(2, 1), 60, "the big input's dead letter")
+            await until(lambda: settled(2, 1), 60, "the big input's dead letter")
             await produce_kafka(kafka_bootstrap, src, then)
-            await until_async(lambda: settled(3, 2), 60, "the small input's dead letter")
+            await until(lambda: settled(3, 2), 60, "the small input's dead letter")
         finally:
             node.stop()
             await asyncio.wait_for(task, 60)

@@ -14,6 +14,7 @@ from backends import read_kafka
 from confluent_kafka import KafkaError
 from confluent_kafka import Producer as RawProducer
 from confluent_kafka import TopicPartition as RawTP
+from polling import until
 
 from fogverse import Consumer
 from fogverse.transport.confluent import (
@@ -58,14 +59,18 @@ async def _read_all(consumer: Any, n: int, timeout: float = 30.0) -> list[Any]:
 
 
 async def _until(predicate: Any, timeout: float, what: str, tasks: list[Any] = ()) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
+    """``until``, but a node task that crashed meanwhile fails the wait at once, with its
+    error rather than a timeout."""
+
+    async def holds() -> bool:
+        if await predicate():
+            return True
         for t in tasks:
             if t.done() and t.exception():
                 raise t.exception()
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
+        return False
+
+    await until(holds, timeout, what, interval=0.05)
 
 
 def _native_threads() -> collections.Counter[str]:

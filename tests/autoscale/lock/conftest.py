@@ -11,7 +11,6 @@ import pathlib
 import struct
 import sys
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -173,19 +172,3 @@ class RawConnection:
 @pytest.fixture
 def raw() -> Callable[[int], Awaitable[RawConnection]]:
     return RawConnection.open
-
-
-async def wait_until(
-    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01
-) -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
-
-
-@pytest.fixture
-def until() -> Callable[..., Awaitable[None]]:
-    return wait_until

@@ -12,12 +12,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from polling import until
 
 from fogverse.autoscale.lock import LockClient, LockServer, LockServiceError
 
 HOST = "127.0.0.1"
 Raw = Callable[[int], Awaitable[Any]]
-Until = Callable[..., Awaitable[None]]
 
 
 def frame(body: bytes) -> bytes:
@@ -244,14 +244,14 @@ def test_token_is_required_and_checked(raw: Raw) -> None:
     asyncio.run(scenario())
 
 
-def test_client_that_never_reads_replies_is_cut_off(raw: Raw, until: Until) -> None:
+def test_client_that_never_reads_replies_is_cut_off(raw: Raw) -> None:
     async def scenario() -> None:
         async with (
             LockServer(HOST, 0, frame_timeout=0.5) as server,
             bystanding(server) as bystander,
         ):
             hog = await raw(server.port)
-            await until(lambda: server.stats()["connections"] == 2)
+            await until(lambda: server.stats()["connections"] == 2, 10, "the hog and the bystander")
             # Stop reading on our side so that the server's replies pile up (hello has the
             # longest reply per request byte).
             hog.writer.transport.pause_reading()
@@ -267,7 +267,7 @@ def test_client_that_never_reads_replies_is_cut_off(raw: Raw, until: Until) -> N
                 except TimeoutError:
                     pass  # our send buffer is full: the server no longer reads from us
                 await bystander.round_trip()
-            await until(lambda: server.stats()["connections"] == 1, timeout=20)
+            await until(lambda: server.stats()["connections"] == 1, 20, "the hog to be cut off")
             await bystander.round_trip()
             # The socket itself is gone too, not just the session: reading reaches its end.
             hog.writer.transport.resume_reading()

@@ -7,10 +7,11 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
+from polling import until
 
 from fogverse.autoscale.lock import (
     LockClient,
@@ -23,7 +24,6 @@ from fogverse.autoscale.lock import (
 )
 
 HOST = "127.0.0.1"
-Until = Callable[..., Awaitable[None]]
 
 
 def run(coro: Awaitable[Any]) -> Any:
@@ -59,7 +59,7 @@ def test_lock_block_renews_the_lease_while_held_and_releases_after() -> None:
     run(scenario())
 
 
-def test_lock_is_released_when_the_block_raises_or_is_cancelled(until: Until) -> None:
+def test_lock_is_released_when_the_block_raises_or_is_cancelled() -> None:
     async def scenario() -> None:
         async with LockServer(HOST, 0) as server, LockClient(HOST, server.port) as client:
             with pytest.raises(ValueError, match="boom"):
@@ -80,12 +80,12 @@ def test_lock_is_released_when_the_block_raises_or_is_cancelled(until: Until) ->
             with pytest.raises(asyncio.CancelledError):
                 await task
             assert await is_free(server.port, "x")
-            await until(lambda: server.stats()["locks"] == 0)
+            await until(lambda: server.stats()["locks"] == 0, 10, "the lock to be forgotten")
 
     run(scenario())
 
 
-def test_cancelled_acquire_does_not_leave_the_lock_taken(until: Until) -> None:
+def test_cancelled_acquire_does_not_leave_the_lock_taken() -> None:
     async def scenario() -> None:
         async with (
             LockServer(HOST, 0) as server,
@@ -94,7 +94,7 @@ def test_cancelled_acquire_does_not_leave_the_lock_taken(until: Until) -> None:
         ):
             grant = await a.acquire("c", lease=30)
             waiting = asyncio.create_task(b.acquire("c", lease=30, timeout=None))
-            await until(lambda: server.stats()["waiting"] == 1)
+            await until(lambda: server.stats()["waiting"] == 1, 10, "b to wait")
             waiting.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiting
@@ -165,14 +165,14 @@ def test_expired_lease_is_reported_as_lock_lost(lock_server: Any) -> None:
     run(scenario())
 
 
-def test_without_cancel_on_loss_the_block_finishes_and_exit_raises(until: Until) -> None:
+def test_without_cancel_on_loss_the_block_finishes_and_exit_raises() -> None:
     async def scenario() -> None:
         async with LockServer(HOST, 0) as server, LockClient(HOST, server.port) as client:
             with pytest.raises(LockLost):
                 async with client.lock("f", lease=30, cancel_on_loss=False) as grant:
                     assert client._conn is not None
                     client._conn.writer.transport.abort()
-                    await until(lambda: grant.lost)
+                    await until(lambda: grant.lost, 10, "the loss")
                     await asyncio.sleep(0.01)  # not cancelled
 
     run(scenario())

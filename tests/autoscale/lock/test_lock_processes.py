@@ -7,16 +7,15 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import until
 
 from fogverse.autoscale.lock import LockClient, LockTimeout
 
 HOST = "127.0.0.1"
-Until = Callable[..., Awaitable[None]]
 
 # Read-modify-write of "<count> <last fence>" with a yield in the middle: without mutual
 # exclusion concurrent increments overwrite each other. The file is replaced atomically so that
@@ -245,7 +244,7 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
 
 
 def test_killed_holder_loses_the_lock_at_once(
-    lock_server: Any, python: str, child_env: dict[str, str], until: Until
+    lock_server: Any, python: str, child_env: dict[str, str]
 ) -> None:
     lease = 30.0
 
@@ -254,7 +253,7 @@ def test_killed_holder_loses_the_lock_at_once(
         try:
             async with LockClient(HOST, lock_server.port) as waiter:
                 waiting = asyncio.create_task(waiter.acquire("kill", lease=5, timeout=25))
-                await until(lambda: lock_server.stats()["waiting"] == 1)
+                await until(lambda: lock_server.stats()["waiting"] == 1, 10, "the waiter")
                 killed_at = time.monotonic()
                 proc.send_signal(signal.SIGKILL)
                 grant = await waiting

@@ -11,12 +11,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from polling import until
 
 from fogverse.autoscale.lock import LockClient, LockServer, LockServiceError
 
 HOST = "127.0.0.1"
 Raw = Callable[[int], Awaitable[Any]]
-Until = Callable[..., Awaitable[None]]
 
 
 def run(coro: Awaitable[Any]) -> Any:
@@ -65,7 +65,7 @@ def test_named_locks_are_independent_and_fences_increase(raw: Raw) -> None:
     run(scenario())
 
 
-def test_waiters_are_granted_in_fifo_order(raw: Raw, until: Until) -> None:
+def test_waiters_are_granted_in_fifo_order(raw: Raw) -> None:
     async def scenario() -> None:
         async with LockServer(HOST, 0) as server:
             holder = await raw(server.port)
@@ -74,7 +74,7 @@ def test_waiters_are_granted_in_fifo_order(raw: Raw, until: Until) -> None:
             for i in range(5):
                 conn = await raw(server.port)
                 await conn.request("acquire", name="q", lease_ms=30_000, wait_ms=20_000)
-                await until(lambda n=i + 1: server.stats()["waiting"] == n)
+                await until(lambda n=i + 1: server.stats()["waiting"] == n, 10, f"waiter {i + 1}")
                 waiters.append(conn)
             await holder.call("release", name="q", fence=grant["fence"])
             last_fence = grant["fence"]
@@ -112,7 +112,7 @@ def test_wait_timeout_gets_a_timeout_reply_and_leaves_the_queue(raw: Raw) -> Non
     run(scenario())
 
 
-def test_unrenewed_lease_expires_and_passes_to_the_waiter(raw: Raw, until: Until) -> None:
+def test_unrenewed_lease_expires_and_passes_to_the_waiter(raw: Raw) -> None:
     async def scenario() -> None:
         async with LockServer(HOST, 0) as server:
             stale, waiter = await raw(server.port), await raw(server.port)
@@ -139,9 +139,7 @@ def test_unrenewed_lease_expires_and_passes_to_the_waiter(raw: Raw, until: Until
     run(scenario())
 
 
-def test_closing_a_connection_releases_its_locks_and_cancels_its_waits(
-    raw: Raw, until: Until
-) -> None:
+def test_closing_a_connection_releases_its_locks_and_cancels_its_waits(raw: Raw) -> None:
     async def scenario() -> None:
         async with LockServer(HOST, 0) as server:
             a, c, d = [await raw(server.port) for _ in range(3)]
@@ -149,17 +147,17 @@ def test_closing_a_connection_releases_its_locks_and_cancels_its_waits(
             c_grant = await c.call("acquire", name="b", lease_ms=60_000)
             await a.request("acquire", name="b", wait_ms=60_000)
             await d.request("acquire", name="a", lease_ms=60_000, wait_ms=60_000)
-            await until(lambda: server.stats()["waiting"] == 2)
+            await until(lambda: server.stats()["waiting"] == 2, 10, "both waiters")
             await a.close()
             granted = await d.recv(timeout=5)
             assert granted is not None and granted["ok"] and granted["fence"] > a_grant["fence"]
-            await until(lambda: server.stats()["connections"] == 2)
+            await until(lambda: server.stats()["connections"] == 2, 10, "a's connection to close")
             # a's wait for b died with a: releasing b leaves it free.
             assert (await c.call("release", name="b", fence=c_grant["fence"]))["ok"]
             assert server.stats() == {"connections": 2, "locks": 1, "held": 1, "waiting": 0}
             await c.close()
             await d.close()
-            await until(lambda: server.stats()["locks"] == 0)
+            await until(lambda: server.stats()["locks"] == 0, 10, "every lock to be forgotten")
 
     run(scenario())
 
@@ -214,14 +212,14 @@ def test_connection_limit_refuses_extra_connections(raw: Raw) -> None:
     run(scenario())
 
 
-def test_stop_disconnects_clients_and_forgets_locks(raw: Raw, until: Until) -> None:
+def test_stop_disconnects_clients_and_forgets_locks(raw: Raw) -> None:
     async def scenario() -> None:
         server = LockServer(HOST, 0)
         await server.start()
         client = LockClient(HOST, server.port)
         grant = await client.acquire("s", lease=30)
         waiting = asyncio.create_task(client.acquire("s", timeout=None))
-        await until(lambda: server.stats()["waiting"] == 1)
+        await until(lambda: server.stats()["waiting"] == 1, 10, "the waiter")
         await server.stop()
         with pytest.raises(LockServiceError) as info:
             await waiting
