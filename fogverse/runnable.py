@@ -388,14 +388,12 @@ class Runnable:
         try:
             ack = await producer.send(topic, value, record.key, headers)
         except Exception as refused:
-            # Typically the input plus its error is over the producer's size limit (aiokafka
-            # refuses it in send()).
-            await self._dead_letter_without_payload(delivery, producer, topic, headers, refused)
-            return
+            # aiokafka refuses a record over its own size limit in send() itself; librdkafka
+            # and the broker refuse through the ack. One failed future serves both.
+            ack = asyncio.get_running_loop().create_future()
+            ack.set_exception(refused)
 
         async def if_too_large(refused: BaseException) -> None:
-            # librdkafka reports its own size limit through the ack, and a dead-letter topic
-            # with a smaller max.message.bytes refuses it at the broker, on either client.
             if not refused_for_size(refused):
                 raise refused  # fatal: nothing is committed past this input
             await self._dead_letter_without_payload(delivery, producer, topic, headers, refused)

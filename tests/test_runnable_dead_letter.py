@@ -169,9 +169,12 @@ def test_a_dead_letter_too_large_goes_once_more_without_its_payload(how: str) ->
     assert headers[ERR + "offset"] == b"1" and headers["cam"] == b"c1"
 
 
+@pytest.mark.parametrize("in_send", [False, True], ids=["in-ack", "raised-by-send"])
 @pytest.mark.parametrize("how", list(NOT_SIZE))
-def test_a_dead_letter_failing_for_another_reason_stops_the_node_uncommitted(how: str) -> None:
-    node, producer, src, _ = _node(NOT_SIZE[how])
+def test_a_dead_letter_failing_for_another_reason_stops_the_node_uncommitted(
+    how: str, in_send: bool
+) -> None:
+    node, producer, src, _ = _node(NOT_SIZE[how], in_send=in_send)
 
     with pytest.raises(FatalDeliveryError):
         asyncio.run(asyncio.wait_for(node.run(), 30))
