@@ -105,17 +105,24 @@ class Delivery:
     def _after_failure_handled(self, task: asyncio.Future[Any]) -> None:
         exc = _failure(task)
         if exc is not None:
-            self.on_fatal(exc)
+            self._give_up(exc)
             return
         self._release()
 
     def _on_dead_letter_ack(self, fut: asyncio.Future[Any]) -> None:
         exc = _failure(fut)
         if exc is not None:
-            # Neither the output nor its dead letter reached Kafka: stop without committing.
-            self.on_fatal(exc)
+            self._give_up(exc)
             return
         self._release()
+
+    def _give_up(self, exc: BaseException) -> None:
+        # Neither the output nor its dead letter reached Kafka: never commit past this input,
+        # and do not make the node's drain wait for it either (it would wait out its timeout).
+        if self.token is not None and self.tracker is not None:
+            self.tracker.abandon(self.token)
+            self.token = None
+        self.on_fatal(exc)
 
     def _release(self) -> None:
         self.pending -= 1

@@ -18,14 +18,20 @@ __all__ = ["OffsetTracker", "Pending"]
 
 
 class Pending:
-    """One input offset that is in flight; ``OffsetTracker.done`` finishes it."""
+    """One input offset that is in flight; ``OffsetTracker.done`` finishes it and
+    ``OffsetTracker.abandon`` gives up on it."""
 
-    __slots__ = ("done", "offset", "partition")
+    __slots__ = ("abandoned", "done", "offset", "partition")
 
     def __init__(self, partition: _Partition, offset: int) -> None:
         self.partition = partition
         self.offset = offset
         self.done = False
+        self.abandoned = False
+
+    @property
+    def waited_for(self) -> bool:
+        return not (self.done or self.abandoned)
 
 
 class _Partition:
@@ -62,14 +68,25 @@ class OffsetTracker:
         return p
 
     def done(self, p: Pending) -> None:
-        if p.done:
+        if p.done or p.abandoned:  # not p.waited_for, without a property call per message
             return
         p.done = True
-        self._count -= 1
         part = p.partition
         q = part.inflight
         while q and q[0].done:
             part.watermark = q.popleft().offset + 1
+        self._settled()
+
+    def abandon(self, p: Pending) -> None:
+        """``p`` will never finish (its input could be neither delivered nor dead-lettered):
+        drains stop waiting for it, and its partition is never committed past it."""
+        if not p.waited_for:
+            return
+        p.abandoned = True
+        self._settled()
+
+    def _settled(self) -> None:
+        self._count -= 1
         if self._count == 0:
             self._idle.set()
         if self._waiters:
@@ -102,7 +119,7 @@ class OffsetTracker:
 
     def pending_in(self, tps: Iterable[TopicPartition]) -> int:
         return sum(
-            sum(not p.done for p in self._parts[tp].inflight) for tp in tps if tp in self._parts
+            sum(p.waited_for for p in self._parts[tp].inflight) for tp in tps if tp in self._parts
         )
 
     def forget(self, tps: Iterable[TopicPartition]) -> None:
@@ -111,7 +128,7 @@ class OffsetTracker:
             part = self._parts.pop(tp, None)
             if part is not None:
                 for p in part.inflight:
-                    if not p.done:
+                    if p.waited_for:
                         p.done = True
                         self._count -= 1
         if self._count == 0:
