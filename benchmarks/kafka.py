@@ -784,7 +784,14 @@ class _PassThrough(Consumer):
 
 
 async def run_node_passthrough(
-    bootstrap: str, src: str, out: str, n: int, transport: str, *, profile: bool = False
+    bootstrap: str,
+    src: str,
+    out: str,
+    n: int,
+    transport: str,
+    *,
+    profile: bool = False,
+    profile_sample: int | None = None,
 ) -> dict[str, Any]:
     """A FogVerse ``Consumer`` node forwarding ``src`` to ``out`` on ``transport``."""
     node = _PassThrough(
@@ -797,6 +804,8 @@ async def run_node_passthrough(
     )
     use_transport(node, transport)
     node.profile = profile
+    if profile_sample is not None:
+        node.profile_sample = profile_sample
     with HighWatermark(bootstrap, out, n) as mark:
         task = asyncio.create_task(node.run())
         try:
