@@ -94,7 +94,7 @@ class KafkaSettings:
     passthrough_messages: int
     passthrough_reps: int
     passthrough_transports: tuple[str, ...]
-    profile_transport: str
+    profile_transport: str  # whose per-stage profile and cProfile run are reported
     passthrough_size: int = 1024
     lag_interval: float = 0.25
     warmup_frames: int = 4
@@ -106,7 +106,7 @@ class KafkaSettings:
 def settings_for(quick: bool) -> KafkaSettings:
     cores = os.cpu_count() or 1
     transports = tuple(available_transports())
-    profiled = "confluent" if "confluent" in transports else transports[0]
+    profiled = default_transport()
     if quick:
         return KafkaSettings(
             scenarios=(
@@ -135,7 +135,7 @@ def settings_for(quick: bool) -> KafkaSettings:
         max_running_task=4,
         pipeline_transport=default_transport(),
         passthrough_messages=150_000,
-        passthrough_reps=5,
+        passthrough_reps=7,
         passthrough_transports=transports,
         profile_transport=profiled,
     )
@@ -842,8 +842,8 @@ async def run_node_passthrough(
 def _variants(settings: KafkaSettings) -> list[tuple[str, str | None, bool]]:
     """``(label, transport, profile)``; transport ``None`` is the plain loop."""
     out: list[tuple[str, str | None, bool]] = [(LOOP, None, False)]
-    out += [(f"node[{t}]", t, False) for t in settings.passthrough_transports]
-    out.append((f"node[{settings.profile_transport}]+profile", settings.profile_transport, True))
+    for t in settings.passthrough_transports:  # side by side: their ratio is a paired one
+        out += [(f"node[{t}]", t, False), (f"node[{t}]+profile", t, True)]
     return out
 
 
@@ -972,18 +972,21 @@ def _passthrough_doc(
         }
 
     nodes = {label: entry(label) for label, transport, _ in variants if transport is not None}
-    profiled = f"node[{settings.profile_transport}]+profile"
-    unprofiled = f"node[{settings.profile_transport}]"
-    overhead = {
-        "transport": settings.profile_transport,
-        "on_vs_off": round(
+    by_transport = {
+        t: round(
             median_ratio(
-                [r["rate"] for r in runs[profiled]], [r["rate"] for r in runs[unprofiled]]
+                [r["rate"] for r in runs[f"node[{t}]+profile"]],
+                [r["rate"] for r in runs[f"node[{t}]"]],
             ),
             3,
-        ),
+        )
+        for t in settings.passthrough_transports
     }
-    profile = runs[profiled][-1].get("profile")
+    worst = min(by_transport, key=by_transport.__getitem__)
+    overhead = {"transport": worst, "on_vs_off": by_transport[worst], "by_transport": by_transport}
+    profile = runs[f"node[{settings.profile_transport}]+profile"][-1].get("profile")
+    if profile is not None:
+        profile["transport"] = settings.profile_transport
     params = {
         "messages": settings.passthrough_messages,
         "message_bytes": settings.passthrough_size,

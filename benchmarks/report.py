@@ -120,7 +120,9 @@ def targets(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         t = by_id["profiling.overhead"]
         overhead = doc["metrics"]["profiling_overhead"]
         t.measured = overhead["on_vs_off"]
-        t.detail = f"node[{overhead['transport']}] with profile=True vs without, paired runs"
+        t.detail = "worst transport; profile=True vs without, paired runs: " + ", ".join(
+            f"node[{k}]: {v:.2f}" for k, v in overhead.get("by_transport", {}).items()
+        )
     doc = _find(docs, "kafka.pipeline")
     if doc is not None:
         scenario = doc["metrics"]["scenarios"].get("30fps-1cam")
@@ -231,7 +233,8 @@ def _passthrough_table(doc: dict[str, Any]) -> list[str]:
     if prof:
         lines += [
             "",
-            f"Per-stage profile of the profiled node (µs; {prof.get('sampled', prof['messages'])} "
+            f"Per-stage profile of node[{prof.get('transport', '?')}]+profile "
+            f"(µs; {prof.get('sampled', prof['messages'])} "
             f"of {prof['messages']} messages timed). "
             "A backlog is read in batches, so ack_wait is mostly batching, not broker time:",
             "",

@@ -98,9 +98,11 @@ class Stamps:
         )
 
 
-DEFAULT_SAMPLE = 16
-"""Time one message in 16 by default: a 1 KiB pass-through loses about 15 % of its throughput
-when every message is timed, and nothing measurable at this sample."""
+DEFAULT_SAMPLE = 32
+"""Time one message in 32 by default. A 1 KiB pass-through node (13 µs of CPU a message) loses
+about 15 % of its throughput when every message is timed; at 1 in 16 the aiokafka node still
+measured 0.94-0.96x in paired runs, at 1 in 32 0.985x. A node at 50,000 messages/s still
+times 1,500 of them a second."""
 
 
 class Profiler:

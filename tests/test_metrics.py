@@ -151,9 +151,9 @@ def test_sample_setting_comes_from_the_environment(monkeypatch):
     assert summary["sampled"] == summary["messages"] == 20
 
 
-def test_the_default_samples_one_in_sixteen():
+def test_the_default_samples_one_in_thirty_two():
     node = Consumer("in", "memory://prof-default", "g", producer_topic="out")
-    assert node.profile_sample == DEFAULT_SAMPLE == 16
+    assert node.profile_sample == DEFAULT_SAMPLE == 32
 
 
 @pytest.mark.parametrize("bad", [0, -3, 1.5, "8", True])
