@@ -13,11 +13,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+from polling import wait_until
 
 from benchmarks.__main__ import replot
 from benchmarks.common import SCHEMA, Target, machine_info, result, validate, validate_summary
@@ -124,10 +124,12 @@ def test_quick_run_writes_well_formed_results(kafka_bootstrap: str, tmp_path: Pa
     assert (tmp_path / "latest.md").read_text().startswith("# FogVerse benchmarks")
 
     # No process of the run outlives it (workers, forkserver, pools).
-    deadline = time.monotonic() + 10
-    while (left := _group_members(pgid)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not left, f"processes of the run still alive: {left}"
+    wait_until(
+        lambda: not _group_members(pgid),
+        10,
+        lambda: f"the processes of the run to exit; alive: {_group_members(pgid)}",
+        interval=0.1,
+    )
 
 
 # ---- the schema checks themselves ---------------------------------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from polling import wait_until
 
 from fogverse.broker import (
     DEFAULT_KAFKA_VERSION,
@@ -31,15 +32,6 @@ HINT = "apt-get install openjdk-17-jre-headless maven"
 needs_tools = pytest.mark.skipif(
     shutil.which("java") is None or shutil.which("mvn") is None, reason="needs java and mvn"
 )
-
-
-def _gone(pid: int, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def _kill_jvms_under(path: Path) -> None:
@@ -237,7 +229,12 @@ def test_jvm_does_not_outlive_its_owner(tmp_path: Path, ending: str) -> None:
             assert pid_alive(jvm)
             owner.send_signal(signal.SIGKILL)
         owner.wait(timeout=30)
-        assert _gone(jvm), "the Kafka JVM outlived the process that started it"
+        wait_until(
+            lambda: not pid_alive(jvm),
+            20,
+            "the Kafka JVM to exit with the process that started it",
+            interval=0.05,
+        )
         if ending == "exit":
             # A normal exit stops the broker in an orderly way (atexit), not by the kernel's kill.
             log = (tmp_path / "data" / "broker.log").read_text()
@@ -288,7 +285,8 @@ def test_cli_start_status_stop(tmp_path: Path) -> None:
 
         stopped = broker("stop")
         assert stopped.returncode == 0, stopped.stderr
-        assert _gone(pid) and not data_dir.exists()
+        wait_until(lambda: not pid_alive(pid), 20, "the stopped broker to exit", interval=0.05)
+        assert not data_dir.exists()
         assert not (state_dir / "broker.json").exists()
 
         after = broker("status")

@@ -18,6 +18,7 @@ import numpy as np
 import psutil
 import pytest
 from backends import produce_kafka, read_kafka
+from polling import wait_until
 
 from fogverse import ParallelConsumer, Processor
 from fogverse.codec import NDArrayCodec
@@ -168,13 +169,17 @@ def test_node_sigkill_and_restart_loses_nothing(kafka_bootstrap, new_topic):
         children = [c.pid for c in psutil.Process(node.pid).children(recursive=True)]
         node.kill()
         node.wait(10)
+
         # Workers notice their parent is gone and exit.
-        deadline = time.monotonic() + 20
-        while any(
-            psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in children
-        ):
-            assert time.monotonic() < deadline, "worker processes outlived their node"
-            time.sleep(0.1)
+        def exited(pid: int) -> bool:
+            return not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+        wait_until(
+            lambda: all(map(exited, children)),
+            20,
+            f"the worker processes {children} to exit after their node",
+            interval=0.1,
+        )
         node = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
 
         def everything(records):

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
-from polling import until
+from polling import until, wait_until
 
 from fogverse.parallel import (
     PoolClosed,
@@ -46,15 +46,6 @@ def run(coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
         return await asyncio.wait_for(coro, timeout)
 
     return asyncio.run(bounded())
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 async def map_through(pool: WorkerPool, items: list[Any]) -> list[Any]:
@@ -150,9 +141,17 @@ def unexplained_dev_shm(before: set[str]) -> set[str]:
 def no_leaks():
     shm_before = set(os.listdir("/dev/shm"))
     yield
-    assert wait_until(lambda: not our_workers()), f"workers left behind: {our_workers()}"
-    assert wait_until(lambda: not unexplained_dev_shm(shm_before), timeout=5.0), (
-        unexplained_dev_shm(shm_before)
+    wait_until(
+        lambda: not our_workers(),
+        DEADLINE,
+        lambda: f"the workers to exit; left behind: {our_workers()}",
+        interval=0.02,
+    )
+    wait_until(
+        lambda: not unexplained_dev_shm(shm_before),
+        5.0,
+        lambda: f"/dev/shm to be clean; left behind: {unexplained_dev_shm(shm_before)}",
+        interval=0.02,
     )
     # Mappings may outlive close() while results still view them (a failing test's traceback
     # does); descriptors may not.
@@ -891,9 +890,12 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path, start_method):
         assert set(pids) <= set(descendants)
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
-        assert wait_until(lambda: all(gone(pid) for pid in descendants)), [
-            pid for pid in descendants if not gone(pid)
-        ]
+        wait_until(
+            lambda: all(gone(pid) for pid in descendants),
+            DEADLINE,
+            lambda: f"the descendants to exit; alive: {[p for p in descendants if not gone(p)]}",
+            interval=0.02,
+        )
     finally:
         if parent.poll() is None:
             parent.kill()

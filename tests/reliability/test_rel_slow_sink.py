@@ -13,11 +13,11 @@ import contextlib
 import os
 import signal
 import statistics
-import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from polling import wait_until
 from rel_harness import Nodes, Reader, Tally, message, node_env, tree_rss, until
 
 from fogverse.broker import LocalKafka
@@ -66,13 +66,12 @@ def _create_topics(bootstrap: str, names: list[str]) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for future in admin.create_topics([NewTopic(n, num_partitions=1) for n in names]).values():
         future.result(timeout=30)
-    deadline = time.monotonic() + 30
-    while True:
+
+    def led() -> bool:
         topics = admin.list_topics(timeout=5).topics
-        if all(n in topics and topics[n].partitions[0].leader >= 0 for n in names):
-            return
-        assert time.monotonic() < deadline, f"{names} have no leader on the sink broker"
-        time.sleep(0.1)
+        return all(n in topics and topics[n].partitions[0].leader >= 0 for n in names)
+
+    wait_until(led, 30, f"{names} to have a leader on the sink broker", interval=0.1)
 
 
 async def _throttle(pid: int, stopped: float, running: float) -> None:

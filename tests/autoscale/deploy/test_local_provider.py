@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import wait_until
 
 from fogverse.autoscale.deploy import DeployConfig, build_deploy_scripts
 from fogverse.autoscale.deploy.local import LocalDeployer, LocalService
@@ -48,12 +49,14 @@ def _config(**extra: Any) -> DeployConfig:
 
 
 def _wait_file(path: Path, timeout: float = 20.0) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.stat().st_size:
-            return json.loads(path.read_text())
-        time.sleep(0.02)
-    raise AssertionError("the child never started")
+    """The environment the child wrote to ``path`` once it started."""
+    wait_until(
+        lambda: path.exists() and path.stat().st_size > 0,
+        timeout,
+        "the child to start",
+        interval=0.02,
+    )
+    return json.loads(path.read_text())
 
 
 @pytest.fixture

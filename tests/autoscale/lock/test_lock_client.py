@@ -11,7 +11,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 import pytest
-from polling import until
+from polling import until, wait_until
 
 from fogverse.autoscale.lock import (
     LockClient,
@@ -302,9 +302,6 @@ def test_sync_client_reports_a_loss_when_the_block_ends(lock_server: Any) -> Non
             loop = client._loop
             assert loop is not None and client._client._conn is not None
             loop.call_soon_threadsafe(client._client._conn.writer.transport.abort)
-            deadline = time.monotonic() + 10
-            while not grant.lost:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            wait_until(lambda: grant.lost, 10, "the client to notice the lost lock")
         with pytest.raises(LockLost):
             client.renew(grant)

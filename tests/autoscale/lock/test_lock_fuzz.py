@@ -8,12 +8,12 @@ import json
 import logging
 import socket
 import struct
-import time
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from polling import wait_until
 
 from fogverse.autoscale.lock import LockClient
 
@@ -149,10 +149,10 @@ def _assert_healthy(server: Any, caplog: pytest.LogCaptureFixture) -> None:
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, errors[0].getMessage()
     # Every fuzz connection is gone and with it every lock it took.
-    deadline = time.monotonic() + 10
-    while server.stats() != {"connections": 0, "locks": 0, "held": 0, "waiting": 0}:
-        assert time.monotonic() < deadline, server.stats()
-        time.sleep(0.01)
+    idle = {"connections": 0, "locks": 0, "held": 0, "waiting": 0}
+    wait_until(
+        lambda: server.stats() == idle, 10, lambda: f"the server to be idle; {server.stats()}"
+    )
 
     async def well_behaved() -> None:
         async with LockClient(HOST, server.port) as client:
