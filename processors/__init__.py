@@ -1,10 +1,24 @@
-"""Ready-made FogVerse processors for YOLO-style frame preprocessing.
+"""Ready-made FogVerse processors: YOLO-style frame preprocessing, inference and detection.
 
 Each is a small, picklable :class:`fogverse.processor.Processor`; combine them with
-:class:`Compose`, or use :class:`YoloPreprocess` for the fused fast path.
+:class:`Compose`, or use :class:`YoloPreprocess` (the fused input path) and
+:class:`YoloDetect` (JPEG frame to detections in one step). Inference needs the ``onnx`` extra
+and :class:`FaceCascade` the ``demo`` extra; both are imported only when a worker sets up.
 """
 
+from .cascade import FaceCascade
 from .compose import Compose, Step
+from .detect import (
+    COCO_NAMES,
+    Detections,
+    NmsBackend,
+    YoloDecode,
+    YoloDetect,
+    YoloLayout,
+    decode_yolo,
+    detections_record,
+    nms,
+)
 from .image import (
     DecodeImage,
     EncodeJPEG,
@@ -22,30 +36,44 @@ from .letterbox import (
     letterbox_params,
     scale_boxes,
 )
+from .onnx import ModelError, OnnxInference, TensorSpec
 from .tensor import Batch, BGRToRGB, HWCToCHW, Layout, Normalize, ToFloat
 from .yolo import YoloPreprocess
 
 __all__ = [
+    "COCO_NAMES",
     "BGRToRGB",
     "Batch",
     "Compose",
     "DecodeImage",
+    "Detections",
     "EncodeJPEG",
     "EncodePNG",
+    "FaceCascade",
     "HWCToCHW",
     "ImageBytes",
     "Layout",
     "Letterbox",
     "LetterboxParams",
+    "ModelError",
+    "NmsBackend",
     "Normalize",
+    "OnnxInference",
     "Shape",
     "Step",
+    "TensorSpec",
     "ToFloat",
+    "YoloDecode",
+    "YoloDetect",
+    "YoloLayout",
     "YoloPreprocess",
     "decode_image",
+    "decode_yolo",
+    "detections_record",
     "encode_jpeg",
     "encode_png",
     "letterbox_boxes",
     "letterbox_params",
+    "nms",
     "scale_boxes",
 ]

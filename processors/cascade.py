@@ -1,0 +1,94 @@
+"""A real pretrained detector with no download: frontal faces with a packaged LBP cascade.
+
+The cascade (OpenCV's ``lbpcascade_frontalface``) ships inside scikit-image
+(``skimage.data.lbp_frontal_face_cascade_filename()``), and so does a photograph to run it on
+(``skimage.data.astronaut()``); ``pip install fogverse[demo]`` brings both. OpenCV 5 itself
+no longer ships cascades or the HOG people detector.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+from fogverse.processor import Processor
+
+from .detect import Detections, detections_record
+from .image import decode_image
+
+__all__ = ["FaceCascade"]
+
+
+class FaceCascade(Processor):
+    """Processor: a frame (JPEG/PNG bytes or BGR uint8 array) -> :data:`Detections` of faces.
+
+    The frame is searched at ``detect_width`` pixels wide (smaller is faster; faces must then
+    be at least ``min_size`` there) and the boxes are mapped back to the frame. The cascade
+    gives no confidence: every score is 1.0 and every name is ``"face"``. ``min_neighbours``
+    is how many overlapping raw hits a face needs (more: fewer false positives).
+    """
+
+    def __init__(
+        self,
+        *,
+        detect_width: int = 480,
+        min_size: int = 32,
+        max_size: int = 240,
+        scale_factor: float = 1.2,
+        min_neighbours: int = 4,
+    ) -> None:
+        if detect_width < min_size or min_size < 1 or max_size < min_size:
+            raise ValueError("need 1 <= min_size <= max_size and min_size <= detect_width")
+        if scale_factor <= 1:
+            raise ValueError(f"scale_factor must be > 1, got {scale_factor!r}")
+        self.detect_width = detect_width
+        self.min_size, self.max_size = min_size, max_size
+        self.scale_factor = scale_factor
+        self.min_neighbours = min_neighbours
+        self._cascade: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_cascade": None}
+
+    def __repr__(self) -> str:
+        return f"FaceCascade(detect_width={self.detect_width})"
+
+    def setup(self) -> None:
+        try:
+            from skimage import data
+            from skimage.feature import Cascade
+        except ImportError as exc:
+            raise ImportError("FaceCascade needs scikit-image: pip install fogverse[demo]") from exc
+        self._cascade = Cascade(data.lbp_frontal_face_cascade_filename())
+
+    def process(self, data: Any) -> Detections:
+        if self._cascade is None:
+            self.setup()
+        frame = data if isinstance(data, np.ndarray) and data.ndim == 3 else decode_image(data)
+        height, width = frame.shape[:2]
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        scale = min(1.0, self.detect_width / width)
+        if scale < 1.0:
+            size = (round(width * scale), round(height * scale))
+            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        found = self._cascade.detect_multi_scale(
+            img=gray,
+            scale_factor=self.scale_factor,
+            step_ratio=1,
+            min_size=(self.min_size, self.min_size),
+            max_size=(self.max_size, self.max_size),
+            min_neighbor_number=self.min_neighbours,
+        )
+        boxes = np.array(
+            [[d["c"], d["r"], d["c"] + d["width"], d["r"] + d["height"]] for d in found],
+            np.float64,
+        ).reshape(-1, 4)
+        boxes /= scale
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+        n = len(boxes)
+        return detections_record(
+            boxes, np.ones(n), np.zeros(n, np.int64), (height, width), ("face",)
+        )
