@@ -10,14 +10,16 @@ BIN    := $(VENV)/bin
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench,metrics]'
+	$(BIN)/pip install --quiet -e '.[test,bench,metrics,onnx,demo]'
 	touch $@
 
 setup: $(VENV)/.installed
 	$(BIN)/python -c "from fogverse.broker.launcher import resolve_jars; resolve_jars()"
 
+# `make demo` runs the packaged face detector; `make demo MODEL=yolov8n.onnx` a YOLO model.
+MODEL ?=
 demo: setup
-	$(BIN)/python examples/video_pipeline.py
+	$(BIN)/python examples/video_pipeline.py $(if $(MODEL),--model $(MODEL))
 
 lint: setup
 	$(BIN)/ruff check .

@@ -299,6 +299,9 @@ class YoloDecode(Processor):
         if params is not None:
             boxes = scale_boxes(boxes, params)  # letterbox pixels -> frame pixels, clipped
             frame_hw = params.src_hw
+            # Clipping flattens a box that lay wholly in the padding: it is not on the frame.
+            on_frame = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            boxes, scores, class_ids = boxes[on_frame], scores[on_frame], class_ids[on_frame]
         names = _default_names(self.names, classes)
         return detections_record(boxes, scores, class_ids, frame_hw, names)
 

@@ -34,8 +34,10 @@ def model_dir() -> Path:
     return _DIR
 
 
-def _save(graph: onnx.GraphProto, name: str) -> Path:
+def _save(graph: onnx.GraphProto, name: str, metadata: dict[str, str] | None = None) -> Path:
     model = helper.make_model(graph, opset_imports=_OPSET, producer_name="fogverse-tests")
+    if metadata:
+        helper.set_model_props(model, metadata)
     model.ir_version = 8  # readable by every onnxruntime since 1.10
     onnx.checker.check_model(model)
     path = model_dir() / f"{name}.onnx"
@@ -48,6 +50,7 @@ def constant_model(
     name: str = "constant",
     input_shape: tuple[int | str, ...] = (1, 3, 640, 640),
     input_type: int = TensorProto.FLOAT,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """A model whose output is ``output`` (float32) for any input of ``input_shape``.
 
@@ -68,7 +71,7 @@ def constant_model(
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(output.shape))],
         initializer=[const, zero],
     )
-    return _save(graph, name)
+    return _save(graph, name, metadata)
 
 
 def square_finder(size: int = 640, name: str = "square_finder") -> Path:

@@ -11,12 +11,16 @@ import sys
 import cloudpickle
 import numpy as np
 import pytest
+from onnx_models import square_finder
 
 import processors
 from fogverse.processor import Processor
 
 FRAME = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
 PNG = processors.EncodePNG().process(FRAME)
+MODEL = square_finder()
+TENSOR = processors.YoloPreprocess(640).process(FRAME)
+V8_OUTPUT = np.zeros((1, 5, 3), np.float32)
 
 # (processor, input); one entry per public Processor class, checked below.
 CASES = [
@@ -31,6 +35,10 @@ CASES = [
     (processors.Batch(), [FRAME, FRAME]),
     (processors.YoloPreprocess(32, decode=True, batch_dim=True), PNG),
     (processors.Compose(processors.DecodeImage(), processors.YoloPreprocess(32)), PNG),
+    (processors.OnnxInference(MODEL), TENSOR),
+    (processors.YoloDecode(frame_hw=(48, 64)), V8_OUTPUT),
+    (processors.YoloDetect(MODEL), PNG),
+    (processors.FaceCascade(), PNG),
 ]
 
 

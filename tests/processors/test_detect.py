@@ -1,0 +1,199 @@
+"""YOLO output decoding, class-aware NMS, mapping back to the frame, and the fused detector,
+checked against tiny ONNX models whose outputs are known."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from onnx_models import constant_model, square_finder
+
+from processors import (
+    COCO_NAMES,
+    YoloDecode,
+    YoloDetect,
+    decode_yolo,
+    encode_jpeg,
+    letterbox_params,
+    nms,
+)
+
+# Candidates in model pixels (640x640): cx, cy, w, h, then per class scores.
+# 0 and 1 overlap heavily, same class (1 must go); 2 overlaps 0 as much but is another class
+# (it stays); 3 is below the threshold.
+_BOXES = np.array(
+    [[320, 320, 100, 100], [325, 322, 100, 100], [322, 318, 100, 100], [100, 100, 40, 40]],
+    np.float32,
+)
+_CLASS = [0, 0, 1, 0]
+_SCORE = [0.9, 0.8, 0.7, 0.1]
+
+
+def _v8_output(classes: int = 3) -> np.ndarray:
+    out = np.zeros((1, 4 + classes, len(_BOXES)), np.float32)
+    out[0, :4] = _BOXES.T
+    for i, (c, s) in enumerate(zip(_CLASS, _SCORE, strict=True)):
+        out[0, 4 + c, i] = s
+        out[0, 4 + (c + 1) % classes, i] = s / 3  # a weaker second class: argmax must pick c
+    return out
+
+
+def _v5_output(classes: int = 3) -> np.ndarray:
+    # Objectness 0.9 and class score s / 0.9: the product is the same s as in the v8 output.
+    out = np.zeros((1, len(_BOXES), 5 + classes), np.float32)
+    out[0, :, :4] = _BOXES
+    out[0, :, 4] = 0.9
+    for i, (c, s) in enumerate(zip(_CLASS, _SCORE, strict=True)):
+        out[0, i, 5 + c] = s / 0.9
+        out[0, i, 5 + (c + 1) % classes] = s / 3
+    return out
+
+
+def _xyxy(i: int) -> list[float]:
+    cx, cy, w, h = _BOXES[i]
+    return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+
+
+@pytest.mark.parametrize("layout", ["auto", "explicit"])
+@pytest.mark.parametrize("make", [_v5_output, _v8_output], ids=["v5", "v8"])
+def test_decode_finds_the_candidates_above_the_threshold(make, layout) -> None:
+    output = make()
+    name = "v5" if make is _v5_output else "v8"
+    boxes, scores, class_ids = decode_yolo(
+        output, layout=name if layout == "explicit" else "auto", conf=0.25
+    )
+    order = np.argsort(-scores)
+    np.testing.assert_allclose(boxes[order], [_xyxy(i) for i in range(3)], atol=1e-4)
+    np.testing.assert_allclose(scores[order], [0.9, 0.8, 0.7], rtol=1e-6)
+    assert sorted(class_ids.tolist()) == [0, 0, 1]
+
+
+def test_auto_layout_uses_the_class_count_and_refuses_a_square_output() -> None:
+    # 85 columns and 85 rows: only the class count tells a v5 (80 classes) from a v8 (81).
+    square = np.zeros((85, 85), np.float32)
+    with pytest.raises(ValueError, match="cannot tell"):
+        decode_yolo(square)
+    assert decode_yolo(square, num_classes=80)[0].shape == (0, 4)
+    with pytest.raises(ValueError, match="classes"):
+        decode_yolo(_v8_output(3), layout="v8", num_classes=4)
+
+
+def test_nms_suppresses_overlaps_within_a_class_only() -> None:
+    boxes = np.array([_xyxy(i) for i in range(3)], np.float32)
+    scores = np.array(_SCORE[:3], np.float32)
+    for backend in ("numpy", "opencv"):
+        keep = nms(boxes, scores, np.array(_CLASS[:3]), iou=0.45, backend=backend)
+        assert keep.tolist() == [0, 2], backend  # 1 suppressed by 0; 2 is another class
+        # All one class: 2 overlaps 0 too and goes.
+        assert nms(boxes, scores, np.zeros(3), iou=0.45, backend=backend).tolist() == [0]
+        # A loose threshold keeps everything, best first.
+        assert nms(boxes, scores[::-1].copy(), np.zeros(3), iou=0.99, backend=backend).tolist() == [
+            2,
+            1,
+            0,
+        ]
+    assert nms(np.zeros((0, 4)), np.zeros(0), np.zeros(0)).shape == (0,)
+    assert len(nms(boxes, scores, np.array([0, 1, 2]), max_det=2)) == 2
+
+
+def test_numpy_and_opencv_nms_agree_on_random_boxes() -> None:
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 600, (400, 2))
+    boxes = np.hstack([xy, xy + rng.uniform(10, 120, (400, 2))]).astype(np.float32)
+    scores = rng.uniform(0.25, 1, 400).astype(np.float32)
+    classes = rng.integers(0, 5, 400)
+    a = nms(boxes, scores, classes, backend="numpy")
+    b = nms(boxes, scores, classes, backend="opencv")
+    assert a.tolist() == b.tolist()
+
+
+@pytest.mark.parametrize("frame_hw", [(720, 1280), (1080, 810), (480, 640)])
+def test_decode_maps_boxes_back_to_non_square_frames(frame_hw) -> None:
+    height, width = frame_hw
+    params = letterbox_params(frame_hw, 640)
+    # A box given in frame pixels, placed in model pixels as the letterbox would put it.
+    x1, y1, x2, y2 = 0.2 * width, 0.3 * height, 0.6 * width, 0.9 * height
+    sx, sy = params.new_unpad_wh[0] / width, params.new_unpad_wh[1] / height
+    mx1, mx2 = x1 * sx + params.pad_left, x2 * sx + params.pad_left
+    my1, my2 = y1 * sy + params.pad_top, y2 * sy + params.pad_top
+    # A box across the frame's top-left corner comes back clipped to the frame; one wholly
+    # in the padding (where the frame has no pixels) is dropped.
+    left, top = params.pad_left, params.pad_top
+    out = np.zeros((1, 5, 3), np.float32)
+    out[0, :, 0] = [(mx1 + mx2) / 2, (my1 + my2) / 2, mx2 - mx1, my2 - my1, 0.9]
+    out[0, :, 1] = [left + 10, top + 10, 60, 60, 0.8]
+    out[0, :, 2] = [left / 2, top / 2, left / 4 + 0.5, top / 4 + 0.5, 0.7]
+    record = YoloDecode(640, frame_hw=frame_hw, names=["thing"]).process(out)
+    assert (record["width"], record["height"]) == (width, height)
+    np.testing.assert_allclose(record["boxes"][0], [x1, y1, x2, y2], atol=0.05)
+    np.testing.assert_allclose(record["boxes"][1], [0, 0, 40 / sx, 40 / sy], atol=0.05)
+    assert len(record["boxes"]) == 2, record
+    assert record["names"] == ["thing", "thing"]
+
+
+def test_decode_without_frame_size_keeps_model_pixels_and_names_coco_classes() -> None:
+    out = np.zeros((1, 84, 1), np.float32)
+    out[0, :4, 0] = [320, 320, 64, 32]
+    out[0, 4 + 16, 0] = 0.75  # COCO class 16
+    record = YoloDecode(640).process(out)
+    assert record == {
+        "boxes": [[288.0, 304.0, 352.0, 336.0]],
+        "scores": [0.75],
+        "class_ids": [16],
+        "names": [COCO_NAMES[16]],
+        "width": 640,
+        "height": 640,
+    }
+    assert COCO_NAMES[16] == "dog"
+    json.dumps(record)  # what the node's codec sends
+
+
+@pytest.mark.parametrize("make", [_v5_output, _v8_output], ids=["v5", "v8"])
+def test_yolo_detect_runs_a_fixed_output_model_end_to_end(make) -> None:
+    # The model always answers the same (model pixels); on a 1280x720 frame the letterbox
+    # scale is 0.5 and the padding 140 px on top, so frame box = (model box - pad) / 0.5.
+    det = YoloDetect(constant_model(make(), make.__name__), names=["a", "b", "c"], conf=0.25)
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    record = det.process(encode_jpeg(frame))
+    kept = [0, 2]  # 1 suppressed by 0 (same class), 3 below the threshold
+    expected = [
+        [(x - 0) / 0.5 if k % 2 == 0 else (x - 140) / 0.5 for k, x in enumerate(_xyxy(i))]
+        for i in kept
+    ]
+    np.testing.assert_allclose(record["boxes"], expected, atol=0.05)
+    assert record["class_ids"] == [0, 1]
+    assert record["names"] == ["a", "b"]
+    assert (record["width"], record["height"]) == (1280, 720)
+
+
+@pytest.mark.parametrize("frame_hw", [(720, 1280), (900, 500)])
+def test_yolo_detect_box_follows_what_the_model_sees(frame_hw) -> None:
+    # A model that really looks: the box around the red pixels. Through JPEG, letterbox,
+    # inference and the mapping back, the box lands on the rectangle drawn in the frame.
+    height, width = frame_hw
+    det = YoloDetect(square_finder(), conf=0.5)
+    for x1, y1, x2, y2 in [(100, 60, 260, 200), (width - 200, height - 150, width, height)]:
+        frame = np.full((height, width, 3), 30, np.uint8)
+        cv2.rectangle(frame, (x1, y1), (x2 - 1, y2 - 1), (0, 0, 255), -1)
+        record = det.process(encode_jpeg(frame, 95))
+        assert len(record["boxes"]) == 1
+        # One model pixel is 1/ratio frame pixels: the tolerance the letterbox allows.
+        tol = 1.5 / letterbox_params(frame_hw, 640).ratio
+        np.testing.assert_allclose(record["boxes"][0], [x1, y1, x2, y2], atol=tol)
+    empty = det.process(np.full((height, width, 3), 30, np.uint8))
+    assert empty["boxes"] == [] and empty["scores"] == []
+
+
+def test_yolo_detect_rejects_a_size_the_model_does_not_take() -> None:
+    det = YoloDetect(square_finder(), size=320)
+    with pytest.raises(ValueError, match="differs from the model"):
+        det.setup()
+
+
+def test_thresholds_are_checked() -> None:
+    with pytest.raises(ValueError, match="conf"):
+        YoloDecode(conf=1.5)
+    with pytest.raises(ValueError, match="iou"):
+        YoloDecode(iou=-0.1)
