@@ -1,23 +1,35 @@
-"""FogVerse's main job: camera -> Kafka -> parallel YOLO preprocessing -> Kafka -> detector.
+"""FogVerse's main job: camera -> Kafka -> parallel detection -> Kafka -> annotated video.
 
-    python examples/video_pipeline.py                  # synthetic video, local broker
-    python examples/video_pipeline.py --video clip.mp4 --bootstrap 127.0.0.1:9092
-    python examples/video_pipeline.py --max-rate --frames 600 --loop
+    python examples/video_pipeline.py                  # packaged face detector, local broker
+    python examples/video_pipeline.py --model yolov8n.onnx --video clip.mp4
+    python examples/video_pipeline.py --detector motion --max-rate --frames 600 --loop
 
-Stages (all three in this process; the preprocessing workers are separate processes):
+Stages (all three in this process; the detector's workers are separate processes):
 
 1. ``VideoSource`` (a Producer) reads a video file or camera with OpenCV, paced at the video's
    frame rate (``--max-rate``: as fast as it can), and sends each frame JPEG-encoded with the
    key = frame index and the headers ``cam``, ``frame``, ``timestamp`` (capture time, epoch
-   seconds as text) and ``size`` (``WIDTHxHEIGHT`` of the source frame).
-2. A ParallelConsumer runs the YOLO-style preprocessing in ``--processes`` worker processes:
-   JPEG decode and letterbox to 640x640 (the costly part), then re-encode (see "wire" below).
-   The node keeps the frames' key and headers on its output.
-3. ``DetectionSink`` (a Consumer) runs a detector on the letterboxed frame, maps the boxes back
-   to the source frame with ``scale_boxes``, writes the annotated video and a latency CSV
-   (end-to-end: capture timestamp -> sink done) and logs progress every second.
+   seconds as text) and ``size`` (``WIDTHxHEIGHT`` of the source frame). Without ``--video``
+   the camera is ``PhotoCamera``: it pans and zooms over scikit-image's packaged astronaut
+   photograph (the synthetic video for ``--detector motion``).
+2. A ParallelConsumer runs the detector in ``--processes`` worker processes, JPEG bytes in
+   (through shared memory), a small JSON detection record out (``processors.Detections``:
+   boxes in frame pixels, scores, class ids and names), with the frame's key and headers:
 
-What crosses Kafka between stages 2 and 3 (``--wire``):
+   * ``face`` (default): a real pretrained detector with nothing to download, the frontal-face
+     LBP cascade that ships inside scikit-image (``processors.FaceCascade``);
+   * ``yolo`` (``--model PATH``, e.g. ``make demo MODEL=yolov8n.onnx``): your YOLOv5/v8/v11
+     ``.onnx`` file through ``processors.YoloDetect`` (decode, letterbox, ONNX Runtime,
+     decoding, class-aware NMS, boxes mapped back to the frame), in one step per frame.
+
+3. ``DetectionSink`` (a Consumer) reads the frames and the detections, pairs them by frame,
+   draws the boxes, writes the annotated video and a latency CSV (end-to-end: capture
+   timestamp -> sink done) and logs progress every second.
+
+``--detector motion`` (and ``none``) runs the older shape instead: stage 2 is the YOLO-style
+preprocessing (JPEG decode, letterbox to 640x640, re-encode) and the sink runs OpenCV's MOG2
+background subtractor on the letterboxed frames (MOG2 must see one camera's frames in order,
+so it cannot run in the workers). What crosses Kafka between stages 2 and 3 then (``--wire``):
 
 * ``jpeg`` (default): the letterboxed uint8 frame, JPEG-compressed (~70-150 KB at 640x640).
   It fits Kafka's default 1 MB message limit and a fog uplink; the model's float tensor is
@@ -28,8 +40,7 @@ What crosses Kafka between stages 2 and 3 (``--wire``):
   topic only: topic ``max.message.bytes``, the producer's ``max_request_size`` and the
   consumer's ``max_partition_fetch_bytes`` (8 MiB each).
 
-The detector is OpenCV's background subtractor (MOG2) plus contours, so no model file is
-needed (OpenCV 5 no longer has the HOG people detector in its main modules).
+OpenCV 5 no longer ships its Haar cascades nor the HOG people detector, hence scikit-image's.
 
 Outputs (``--output-dir``, default examples/output/): annotated.mp4, latency.csv and
 summary.json. Exits 0 when every frame arrived (Ctrl-C also stops it cleanly, with status
@@ -63,6 +74,7 @@ from harness import (
     supervise,
 )
 from make_video import DEFAULT_VIDEO, OUTPUT_DIR, make_video
+from photo_camera import PhotoCamera
 
 from fogverse import Processor, Producer, Record, run
 from fogverse.codec import JPEGCodec
@@ -70,8 +82,10 @@ from processors import (
     Compose,
     DecodeImage,
     EncodeJPEG,
+    FaceCascade,
     Letterbox,
     LetterboxParams,
+    YoloDetect,
     YoloPreprocess,
     letterbox_params,
     scale_boxes,
@@ -83,6 +97,7 @@ __all__ = [
     "DetectionSink",
     "MotionDetector",
     "VideoSource",
+    "detector",
     "main",
     "preprocessor",
     "tensor_to_bgr",
@@ -101,7 +116,8 @@ _TENSOR_LIMIT = 8 * 1024 * 1024
 
 
 class VideoSource(Producer):
-    """A Producer reading a video file or a camera (``source`` = path or device index).
+    """A Producer reading a video file or a camera (``source`` = path or device index, or an
+    object with ``cv2.VideoCapture``'s ``read``/``set``/``release``, e.g. ``PhotoCamera``).
 
     ``fps`` paces a file like a live camera (``None``: as fast as possible; a camera paces
     itself). Stops after ``max_frames`` frames, ``max_seconds`` of capture, or the end of the
@@ -110,7 +126,7 @@ class VideoSource(Producer):
 
     def __init__(
         self,
-        source: str | int,
+        source: str | int | Any,
         *,
         cam: str = "cam0",
         fps: float | None = None,
@@ -129,7 +145,8 @@ class VideoSource(Producer):
         self._t0 = 0.0
 
     def _before_start(self) -> None:
-        self.capture = cv2.VideoCapture(self.source)
+        is_capture = hasattr(self.source, "read")
+        self.capture = self.source if is_capture else cv2.VideoCapture(self.source)
         if not self.capture.isOpened():
             raise OSError(f"OpenCV cannot open video source {self.source!r}")
 
@@ -187,6 +204,18 @@ def preprocessor(wire: str = "jpeg", quality: int = 90) -> Processor:
         to_half = functools.partial(np.ascontiguousarray, dtype=np.float16)
         return Compose(YoloPreprocess(MODEL_SIZE, decode=True), to_half)
     raise ValueError(f"unknown wire format {wire!r}: 'jpeg' or 'tensor'")
+
+
+def detector(kind: str, model: Path | None = None, conf: float = 0.25) -> Processor:
+    """The Processor the workers run for ``--detector face|yolo``: a JPEG frame in, a
+    :data:`~processors.Detections` record out."""
+    if kind == "face":
+        return FaceCascade()
+    if kind == "yolo":
+        if model is None:
+            raise ValueError("--detector yolo needs --model PATH (a YOLO .onnx file)")
+        return YoloDetect(model, conf=conf)
+    raise ValueError(f"no detector processor for {kind!r}")
 
 
 def wire_configs(wire: str) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
@@ -249,7 +278,13 @@ def tensor_to_bgr(tensor: np.ndarray) -> np.ndarray:
 
 
 class DetectionSink(MeasuringSink):
-    """Detects, draws the boxes on the source-sized frame and writes it to ``video_path``."""
+    """Draws each frame's boxes on the source-sized frame and writes it to ``video_path``.
+
+    With ``frames_topic`` (``--detector face|yolo``) it reads two topics, the detector's
+    records and the camera's frames, and pairs them by frame (both carry the frame's key
+    and headers). Without it (``motion``/``none``) it reads the preprocessed frames and runs
+    the motion detector itself.
+    """
 
     extra_columns = ("detections", "boxes")
 
@@ -257,17 +292,51 @@ class DetectionSink(MeasuringSink):
         self,
         consumer_topic: str,
         *,
+        frames_topic: str | None = None,
         video_path: Path | None = None,
         detector: str = "motion",
         out_fps: float = 30.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(consumer_topic, **kwargs)
+        topics = [consumer_topic, frames_topic] if frames_topic else consumer_topic
+        super().__init__(topics, **kwargs)  # type: ignore[arg-type]
+        self.frames_topic = frames_topic
         self.video_path, self.detector, self.out_fps = video_path, detector, out_fps
         self.detectors: dict[str, MotionDetector] = {}  # one per camera: each learns its scene
+        # Frames waiting for their detections, or detections for their frame, by (cam, frame).
+        self._halves: dict[tuple[bytes | None, bytes | None], dict[str, Any]] = {}
         self._writer: cv2.VideoWriter | None = None
 
-    def handle(self, data: np.ndarray, record: Record) -> Sequence[Any]:
+    async def process(self, data: Any) -> None:
+        if self.frames_topic is None:
+            return await super().process(data)
+        record = self.message
+        key = (record.header("cam"), record.header("frame"))
+        half = "frame" if record.topic == self.frames_topic else "detections"
+        pair = self._halves.setdefault(key, {})
+        pair[half] = data
+        if len(pair) < 2:
+            # A demo's shortcut: this record is committed before its pair is drawn.
+            return None
+        del self._halves[key]
+        return await super().process(pair)
+
+    def handle(self, data: Any, record: Record) -> Sequence[Any]:
+        if self.frames_topic is not None:
+            frame, found = data["frame"], data["detections"]
+            boxes = np.asarray(found["boxes"], np.float32).reshape(-1, 4)
+            # A score of 1 is a detector without confidences (the face cascade): name only.
+            labels = [
+                n if s >= 1 else f"{n} {s:.2f}"
+                for n, s in zip(found["names"], found["scores"], strict=True)
+            ]
+            if self.video_path is not None:
+                self._write(frame, boxes, labels)
+        else:
+            boxes = self._detect_motion(data, record)
+        return len(boxes), ";".join(" ".join(f"{v:.0f}" for v in box) for box in boxes)
+
+    def _detect_motion(self, data: np.ndarray, record: Record) -> np.ndarray:
         # jpeg wire: the codec decoded a BGR image; tensor wire: a float16 CHW tensor.
         image = data if data.ndim == 3 and data.shape[2] == 3 else tensor_to_bgr(data)
         width, height = (int(v) for v in (record.header("size") or b"0x0").split(b"x"))
@@ -278,20 +347,29 @@ class DetectionSink(MeasuringSink):
             found = self.detectors.setdefault(cam, MotionDetector()).detect(image)
             boxes = scale_boxes(found, params)  # letterbox pixels -> source frame pixels
         if self.video_path is not None:
-            self._write(image, params, boxes)
-        return len(boxes), ";".join(" ".join(f"{v:.0f}" for v in box) for box in boxes)
+            self._write(unletterbox(image, params), boxes)
+        return boxes
 
-    def _write(self, image: np.ndarray, params: LetterboxParams, boxes: np.ndarray) -> None:
-        """Undo the letterbox (crop the padding, resize to the source size), draw the boxes."""
-        height, width = params.src_hw
-        unpad_w, unpad_h = params.new_unpad_wh
-        top, left = params.pad_top, params.pad_left
-        frame = cv2.resize(image[top : top + unpad_h, left : left + unpad_w], (width, height))
-        for x1, y1, x2, y2 in boxes.astype(int):
+    def _write(self, frame: np.ndarray, boxes: np.ndarray, labels: Sequence[str] = ()) -> None:
+        """Draw ``boxes`` (frame pixels) and their ``labels`` on ``frame``; append it."""
+        frame = frame.copy()
+        for i, (x1, y1, x2, y2) in enumerate(boxes.round().astype(int)):
             cv2.rectangle(frame, (x1, y1), (x2, y2), (0, 255, 0), 3)
+            if i < len(labels):
+                cv2.putText(
+                    frame,
+                    labels[i],
+                    (x1, max(y1 - 8, 16)),
+                    cv2.FONT_HERSHEY_SIMPLEX,
+                    0.8,
+                    (0, 255, 0),
+                    2,
+                    cv2.LINE_AA,
+                )
         if self._writer is None:
             assert self.video_path is not None
             self.video_path.parent.mkdir(parents=True, exist_ok=True)
+            height, width = frame.shape[:2]
             self._writer = cv2.VideoWriter(
                 str(self.video_path), cv2.VideoWriter_fourcc(*"mp4v"), self.out_fps, (width, height)
             )
@@ -303,19 +381,35 @@ class DetectionSink(MeasuringSink):
         super()._after_close()
 
 
+def unletterbox(image: np.ndarray, params: LetterboxParams) -> np.ndarray:
+    """The source-sized frame back from a letterboxed one: crop the padding, resize."""
+    height, width = params.src_hw
+    unpad_w, unpad_h = params.new_unpad_wh
+    top, left = params.pad_top, params.pad_left
+    return cv2.resize(image[top : top + unpad_h, left : left + unpad_w], (width, height))
+
+
 # ---- running it ------------------------------------------------------------------------------
 
 
 async def run_pipeline(args: argparse.Namespace, bootstrap: str) -> Summary:
-    source: str | int = int(args.video) if str(args.video).isdigit() else str(args.video)
-    # A camera delivers frames at its own rate; a file is paced like one unless --max-rate.
-    video_fps = args.fps or _video_fps(source)
+    detecting = args.detector in ("face", "yolo")  # else: preprocessing, sink-side detector
+    source: str | int | PhotoCamera
+    if args.video is None:
+        source = PhotoCamera(frames=args.frames or 60)
+        video_fps = args.fps or source.fps
+    else:
+        source = int(args.video) if str(args.video).isdigit() else str(args.video)
+        # A camera delivers frames at its own rate; a file is paced like one unless --max-rate.
+        video_fps = args.fps or _video_fps(source)
     live = isinstance(source, int)
     fps = None if args.max_rate or (live and not args.fps) else video_fps
     prefix = args.topic_prefix or new_prefix("video")
-    frames_topic, tensors_topic = f"{prefix}.frames", f"{prefix}.preprocessed"
-    topic_conf, producer_conf, consumer_conf = wire_configs(args.wire)
-    await create_topics(bootstrap, {frames_topic: {}, tensors_topic: topic_conf})
+    frames_topic = f"{prefix}.frames"
+    middle_topic = f"{prefix}.detections" if detecting else f"{prefix}.preprocessed"
+    # Detection records are small; only the tensor wire needs Kafka's limits raised.
+    topic_conf, producer_conf, consumer_conf = wire_configs("jpeg" if detecting else args.wire)
+    await create_topics(bootstrap, {frames_topic: {}, middle_topic: topic_conf})
 
     camera = VideoSource(
         source,
@@ -328,16 +422,17 @@ async def run_pipeline(args: argparse.Namespace, bootstrap: str) -> Summary:
         producer_servers=bootstrap,
         producer_conf=LOW_LATENCY,
     )
-    preprocess = ReadyParallelConsumer(
+    stage2 = ReadyParallelConsumer(
         frames_topic,
         bootstrap,
-        f"{prefix}.preprocess",
-        producer_topic=tensors_topic,
+        f"{prefix}.{'detect' if detecting else 'preprocess'}",
+        producer_topic=middle_topic,
         producer_conf={**LOW_LATENCY, **producer_conf},
         input_codec="bytes",  # pass the JPEG through undecoded: the workers decode it
     )
     sink = DetectionSink(
-        tensors_topic,
+        middle_topic,
+        frames_topic=frames_topic if detecting else None,
         video_path=args.output_dir / "annotated.mp4",
         csv_path=args.output_dir / "latency.csv",
         detector=args.detector,
@@ -346,34 +441,41 @@ async def run_pipeline(args: argparse.Namespace, bootstrap: str) -> Summary:
         group_id=f"{prefix}.sink",
         consumer_conf=consumer_conf,
     )
+    processor = (
+        detector(args.detector, args.model, args.conf)
+        if detecting
+        else preprocessor(args.wire, args.quality)
+    )
+    video = "packaged photo (skimage astronaut)" if args.video is None else str(source)
     logger.info(
-        "streaming %s at %s frames/s through %s (%d worker processes, wire=%s)",
-        source,
+        "streaming %s at %s frames/s through %s (%d worker processes running %r)",
+        video,
         f"{fps:g}" if fps else "max",
         bootstrap,
         args.processes,
-        args.wire,
+        processor,
     )
     try:
         sent, interrupted = await supervise(
             [camera],
-            preprocess,
+            stage2,
             sink,
             processes=args.processes,
             max_running_task=args.max_running_task,
-            processor=preprocessor(args.wire, args.quality),
+            processor=processor,
             idle_timeout=args.idle_timeout,
         )
     finally:
         if not args.topic_prefix and not args.keep_topics:
-            await delete_topics(bootstrap, [frames_topic, tensors_topic])
+            await delete_topics(bootstrap, [frames_topic, middle_topic])
     settings = {
-        "video": str(source),
+        "video": video,
         "fps": fps or "max",
-        "wire": args.wire,
+        "wire": "detections" if detecting else args.wire,
         "processes": args.processes,
         "max_running_task": args.max_running_task,
         "detector": args.detector,
+        "model": str(args.model) if args.model else None,
         "bootstrap": bootstrap,
     }
     return Summary.of(sent, sink.stats, settings, interrupted)
@@ -399,8 +501,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--video",
-        help="video file or camera index (default: the synthetic test "
-        "video, generated on first use)",
+        help="video file or camera index (default: a camera panning over a packaged photo; "
+        "for --detector motion/none the synthetic test video, generated on first use)",
     )
     p.add_argument("--frames", type=int, help="stop after this many frames")
     p.add_argument("--seconds", type=float, help="stop after this many seconds of capture")
@@ -411,7 +513,7 @@ def parser() -> argparse.ArgumentParser:
         "--processes",
         type=int,
         default=min(os.cpu_count() or 1, 2),
-        help="preprocessing worker processes",
+        help="worker processes of the detector (or preprocessing)",
     )
     p.add_argument(
         "--max-running-task",
@@ -422,9 +524,16 @@ def parser() -> argparse.ArgumentParser:
         "--wire",
         choices=("jpeg", "tensor"),
         default="jpeg",
-        help="what the preprocessing sends on (see the module docstring)",
+        help="what the preprocessing sends on, for --detector motion/none (see the docstring)",
     )
-    p.add_argument("--detector", choices=("motion", "none"), default="motion")
+    p.add_argument(
+        "--detector",
+        choices=("face", "yolo", "motion", "none"),
+        help="face: scikit-image's packaged face cascade; yolo: --model in ONNX Runtime; "
+        "motion: MOG2 in the sink after preprocessing (default: yolo with --model, else face)",
+    )
+    p.add_argument("--model", type=Path, help="a YOLOv5/v8/v11 .onnx file (means --detector yolo)")
+    p.add_argument("--conf", type=float, default=0.25, help="YOLO confidence threshold")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality")
     p.add_argument("--output-dir", type=Path, default=OUTPUT_DIR)
     p.add_argument(
@@ -449,7 +558,12 @@ def main(argv: list[str] | None = None) -> int:
     # Three nodes share this process's event loop while the workers use the other cores:
     # OpenCV's own thread pool would only fight them (and stall the loop while it waits).
     cv2.setNumThreads(1)
-    if args.video is None:
+    args.detector = args.detector or ("yolo" if args.model else "face")
+    if args.model is not None and args.detector != "yolo":
+        parser().error("--model runs the YOLO detector: leave out --detector or say yolo")
+    if args.detector == "yolo" and args.model is None:
+        parser().error("--detector yolo needs --model PATH (a YOLO .onnx file)")
+    if args.video is None and args.detector in ("motion", "none"):
         args.video = DEFAULT_VIDEO if DEFAULT_VIDEO.exists() else make_video(DEFAULT_VIDEO)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     summaries: list[Summary] = []

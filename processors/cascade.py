@@ -15,7 +15,7 @@ import numpy as np
 
 from fogverse.processor import Processor
 
-from .detect import Detections, detections_record
+from .detect import Detections, detections_record, nms
 from .image import decode_image
 
 __all__ = ["FaceCascade"]
@@ -27,7 +27,8 @@ class FaceCascade(Processor):
     The frame is searched at ``detect_width`` pixels wide (smaller is faster; faces must then
     be at least ``min_size`` there) and the boxes are mapped back to the frame. The cascade
     gives no confidence: every score is 1.0 and every name is ``"face"``. ``min_neighbours``
-    is how many overlapping raw hits a face needs (more: fewer false positives).
+    is how many overlapping raw hits a face needs (more: fewer false positives); hits left
+    overlapping by more than ``iou`` are merged by non-maximum suppression.
     """
 
     def __init__(
@@ -38,6 +39,7 @@ class FaceCascade(Processor):
         max_size: int = 240,
         scale_factor: float = 1.2,
         min_neighbours: int = 4,
+        iou: float = 0.3,
     ) -> None:
         if detect_width < min_size or min_size < 1 or max_size < min_size:
             raise ValueError("need 1 <= min_size <= max_size and min_size <= detect_width")
@@ -47,6 +49,7 @@ class FaceCascade(Processor):
         self.min_size, self.max_size = min_size, max_size
         self.scale_factor = scale_factor
         self.min_neighbours = min_neighbours
+        self.iou = iou
         self._cascade: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -88,7 +91,7 @@ class FaceCascade(Processor):
         boxes /= scale
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
-        n = len(boxes)
-        return detections_record(
-            boxes, np.ones(n), np.zeros(n, np.int64), (height, width), ("face",)
-        )
+        # The cascade's grouping leaves overlapping hits of one face at neighbouring scales.
+        ones, zeros = np.ones(len(boxes)), np.zeros(len(boxes), np.int64)
+        keep = nms(boxes, ones, zeros, iou=self.iou)
+        return detections_record(boxes[keep], ones[keep], zeros[keep], (height, width), ("face",))
