@@ -59,13 +59,28 @@ class PhotoCamera:
         cy = min(max(cy, height / 2), ph - height / 2)
         return cx, cy, width
 
-    def frame(self, index: int) -> np.ndarray:
+    def _matrix(self, index: int) -> np.ndarray:
         cx, cy, width = self.view(index)
         out_w, out_h = self.size
         scale = out_w / width
-        # Maps the window onto the output frame, with sub-pixel motion (no jitter).
-        m = np.float32([[scale, 0, out_w / 2 - cx * scale], [0, scale, out_h / 2 - cy * scale]])
-        return cv2.warpAffine(self.photo, m, self.size, flags=cv2.INTER_LINEAR)
+        return np.float32([[scale, 0, out_w / 2 - cx * scale], [0, scale, out_h / 2 - cy * scale]])
+
+    def frame(self, index: int) -> np.ndarray:
+        # An affine warp of the window: sub-pixel camera motion, no jitter.
+        return cv2.warpAffine(self.photo, self._matrix(index), self.size, flags=cv2.INTER_LINEAR)
+
+    def to_frame(self, box: tuple[float, float, float, float], index: int) -> np.ndarray:
+        """Where an xyxy ``box`` of the photo appears in frame ``index`` (unclipped)."""
+        m = self._matrix(index)
+        x1, y1, x2, y2 = box
+        return np.array(
+            [
+                m[0, 0] * x1 + m[0, 2],
+                m[1, 1] * y1 + m[1, 2],
+                m[0, 0] * x2 + m[0, 2],
+                m[1, 1] * y2 + m[1, 2],
+            ]
+        )
 
     def read(self) -> tuple[bool, np.ndarray | None]:
         if self.position >= self.frames:

@@ -21,8 +21,10 @@ from pathlib import Path
 from types import ModuleType
 
 import cv2
+import numpy as np
 import psutil
 import pytest
+from onnx_models import constant_model
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # Node settings from the environment would override the examples' own topics and groups.
@@ -46,6 +48,17 @@ def _load(name: str) -> ModuleType:
 
 
 make_video = _load("make_video")
+photo_camera = _load("photo_camera")
+
+# Where the astronaut's face is in skimage.data.astronaut() (512x512), read off the picture.
+FACE = (180.0, 70.0, 268.0, 162.0)
+
+
+def _iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def _group_members(pgid: int) -> list[psutil.Process]:
@@ -141,6 +154,8 @@ def test_video_pipeline_delivers_every_frame(
         str(frames),
         "--processes",
         "2",
+        "--detector",
+        "motion",
         "--output-dir",
         str(tmp_path),
     )
@@ -246,25 +261,56 @@ def test_custom_processor_runs_in_workers(kafka_bootstrap: str) -> None:
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="the local broker needs Java")
-def test_video_pipeline_default_command_starts_and_stops_its_own_broker(
-    tmp_path: Path, test_video: Path
-) -> None:
-    # The README's command, without FOGVERSE_BOOTSTRAP: the script runs its own broker and
-    # must leave no JVM behind (run_example checks the whole process group).
+def test_default_demo_starts_its_own_broker_and_boxes_the_face(tmp_path: Path) -> None:
+    # `make demo` with fewer frames, without FOGVERSE_BOOTSTRAP: the script runs its own
+    # broker (and must leave no JVM behind: run_example checks the whole process group), the
+    # packaged face detector runs on the packaged photo, and every frame's box is on the face.
+    frames = 20
     result = run_example(
-        "video_pipeline.py",
-        "--video",
-        str(test_video),
-        "--frames",
-        "20",
-        "--output-dir",
-        str(tmp_path),
-        timeout=110,
+        "video_pipeline.py", "--frames", str(frames), "--output-dir", str(tmp_path), timeout=110
     )
     assert "starting a local Kafka broker" in result.stderr
     assert re.search(r"Kafka .* serving at .*\(pid \d+", result.stderr)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert (summary["frames_in"], summary["frames_out"]) == (20, 20)
+    assert (summary["frames_in"], summary["frames_out"], summary["lost"]) == (frames, frames, 0)
+    assert summary["settings"]["detector"] == "face"
+    camera = photo_camera.PhotoCamera(frames=frames)
+    rows = _csv_rows(tmp_path / "latency.csv")
+    assert [int(r["frame"]) for r in rows] == list(range(frames))
+    for r in rows:
+        assert r["detections"] == "1", r
+        found = [float(v) for v in r["boxes"].split()]
+        expected = camera.to_frame(FACE, int(r["frame"]))
+        assert _iou(found, expected) > 0.5, (r, expected)
+    written, _, width, height = make_video.probe_video(tmp_path / "annotated.mp4")
+    assert (written, width, height) == (frames, 1280, 720)
+
+
+def test_video_pipeline_runs_a_yolo_onnx_model(kafka_bootstrap: str, tmp_path: Path) -> None:
+    # --model takes the YOLO path. The model answers one fixed v8-layout box in model pixels
+    # (x 100..300, y 200..300 of 640x640); on the 1280x720 frames the letterbox scale is 0.5
+    # with 140 px of padding on top, so the box must come back as (200, 120, 600, 320).
+    output = np.zeros((1, 6, 1), np.float32)
+    output[0, :, 0] = [200, 250, 200, 100, 0.0, 0.9]  # class 1 of 2
+    model = constant_model(output, "example_yolo", metadata={"names": "{0: 'a', 1: 'bee'}"})
+    frames = 8
+    run_example(
+        "video_pipeline.py",
+        "--bootstrap",
+        kafka_bootstrap,
+        "--model",
+        str(model),
+        "--frames",
+        str(frames),
+        "--max-rate",
+        "--output-dir",
+        str(tmp_path),
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["frames_in"], summary["frames_out"], summary["lost"]) == (frames, frames, 0)
+    assert summary["settings"]["detector"] == "yolo"
+    rows = _csv_rows(tmp_path / "latency.csv")
+    assert [r["boxes"] for r in rows] == ["200 120 600 320"] * frames
 
 
 def test_video_pipeline_stops_cleanly_on_ctrl_c(
@@ -279,6 +325,8 @@ def test_video_pipeline_stops_cleanly_on_ctrl_c(
         "--loop",
         "--seconds",
         "60",
+        "--detector",
+        "motion",
         "--output-dir",
         str(tmp_path),
     )
