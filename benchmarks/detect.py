@@ -206,7 +206,7 @@ def _breakdown(model: Path, jpegs: list[bytes], frames: int) -> dict[str, Any]:
             "inference",
             "yolo_decode",
             "nms",
-            "map_back",
+            "post_total",
             "fused_total",
         )
     }
