@@ -305,6 +305,7 @@ def bench_detect(
     with tempfile.TemporaryDirectory(prefix="fogverse-bench-") as tmp:
         model = build_model(Path(tmp) / "standin.onnx")
         started, t0 = now_iso(), time.perf_counter()
+        load_before = os.getloadavg()
         metrics, baselines, extra = run_async(
             lambda: _fused(model, settings, frames.jpeg, show_progress)
         )
@@ -318,6 +319,8 @@ def bench_detect(
             "model": MODEL,
             "unit": "frames/s",
             "onnxruntime_intra_op_threads": 1,
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "opencv_threads_per_process": 1,
             **extra,
             **settings.as_dict(),
@@ -396,5 +399,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONHASHSEED", "0")
     raise SystemExit(main())
