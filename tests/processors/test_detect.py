@@ -12,8 +12,11 @@ from onnx_models import constant_model, square_finder
 
 from processors import (
     COCO_NAMES,
+    Compose,
+    OnnxInference,
     YoloDecode,
     YoloDetect,
+    YoloPreprocess,
     decode_yolo,
     encode_jpeg,
     letterbox_params,
@@ -197,3 +200,17 @@ def test_thresholds_are_checked() -> None:
         YoloDecode(conf=1.5)
     with pytest.raises(ValueError, match="iou"):
         YoloDecode(iou=-0.1)
+
+
+def test_split_steps_give_the_fused_detectors_record() -> None:
+    # Fog node: YoloPreprocess; inference node: OnnxInference then YoloDecode with the
+    # cameras' frame size. Same frame, same record as YoloDetect in one step.
+    model = square_finder()
+    frame = np.full((720, 1280, 3), 30, np.uint8)
+    cv2.rectangle(frame, (900, 500), (1099, 649), (0, 0, 255), -1)
+    jpeg = encode_jpeg(frame, 95)
+    fog = YoloPreprocess(640, decode=True)
+    cloud = Compose(OnnxInference(model), YoloDecode(640, frame_hw=(720, 1280), conf=0.5))
+    split = cloud.process(fog.process(jpeg))
+    assert split == YoloDetect(model, conf=0.5).process(jpeg)
+    np.testing.assert_allclose(split["boxes"], [[900, 500, 1100, 650]], atol=3)
