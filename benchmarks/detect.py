@@ -3,7 +3,9 @@ frame's time goes.
 
 * ``detect.fused``: 720p JPEG frames -> ``YoloDetect`` (decode, letterbox, ONNX Runtime
   inference, YOLO decoding, class-aware NMS, boxes mapped back), serial in this process vs
-  ``WorkerPool`` with ``process_number`` 1 and 2, through the pool benchmark's own machinery
+  ``WorkerPool`` with ``process_number`` 1 and 2 (``max_running_task`` 2, 4, 8; the document
+  has the pool benchmarks' shape, so ``plots.plot_pool`` draws it), through the pool
+  benchmark's own machinery
   (interleaved rounds, runs sized from a warm-up, ratios as medians of per-round ratios).
 * ``detect.breakdown``: the same steps timed one by one on one process, median per frame;
   plus the two NMS backends (``numpy`` vs OpenCV's ``NMSBoxesBatched``) on synthetic
@@ -67,12 +69,12 @@ class DetectSettings:
         run_seconds: float,
         min_inputs: int,
         process_numbers: tuple[int, ...],
-        max_running_task: int,
+        max_running_tasks: tuple[int, ...],
         breakdown_frames: int,
         warmup: int = 8,
     ) -> None:
         self.reps, self.run_seconds, self.min_inputs = reps, run_seconds, min_inputs
-        self.process_numbers, self.max_running_task = process_numbers, max_running_task
+        self.process_numbers, self.max_running_tasks = process_numbers, max_running_tasks
         self.breakdown_frames, self.warmup = breakdown_frames, warmup
 
     def as_dict(self) -> dict[str, Any]:
@@ -81,8 +83,8 @@ class DetectSettings:
 
 def settings_for(quick: bool) -> DetectSettings:
     if quick:
-        return DetectSettings(2, 0.2, 4, (1, 2), 4, 4, warmup=4)
-    return DetectSettings(7, 2.0, 16, (1, 2), 4, 30)
+        return DetectSettings(2, 0.2, 4, (1, 2), (4,), 4, warmup=4)
+    return DetectSettings(7, 2.0, 16, (1, 2), (2, 4, 8), 30)
 
 
 # ---- the stand-in model ---------------------------------------------------------------------
@@ -154,8 +156,12 @@ async def _fused(
 
     fn = YoloDetect(model).process
     variants = [Variant(SERIAL, 1)]
-    variants += [Variant(FOGVERSE, p, settings.max_running_task) for p in settings.process_numbers]
-    warm = max(settings.warmup, 2 * settings.max_running_task)
+    variants += [
+        Variant(FOGVERSE, p, m)
+        for p in settings.process_numbers
+        for m in settings.max_running_tasks
+    ]
+    warm = max(settings.warmup, 2 * max(settings.max_running_tasks))
     bar = progress(len(variants) * (settings.reps + 1), "detect fused", show)
     try:
         await _start(variants, fn, "forkserver")
@@ -310,6 +316,9 @@ def bench_detect(
             lambda: _fused(model, settings, frames.jpeg, show_progress)
         )
         params = {
+            "workload": "detect",
+            "description": "720p JPEG bytes -> YoloDetect (stand-in model): decode, letterbox, "
+            "inference, YOLO decoding, NMS, boxes back in the frame",
             "input": {
                 "type": "jpeg bytes",
                 "shape": list(frames.raw[0].shape),
