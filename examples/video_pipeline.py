@@ -101,6 +101,7 @@ __all__ = [
     "main",
     "preprocessor",
     "tensor_to_bgr",
+    "unletterbox",
     "wire_configs",
 ]
 
