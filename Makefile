@@ -13,8 +13,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench,metrics]'
 	touch $@
 
+# The live view's browser tests drive Debian's headless Chromium (no browser download).
 setup: $(VENV)/.installed
 	$(BIN)/python -c "from fogverse.broker.launcher import resolve_jars; resolve_jars()"
+	command -v chromium >/dev/null || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
 demo: setup
 	$(BIN)/python examples/video_pipeline.py
