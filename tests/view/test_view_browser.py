@@ -27,6 +27,7 @@ from view_harness import (
     SquareDetector,
     canvas_pixels,
     chromium_path,
+    make_frame,
     send_frames,
     square_at,
 )
@@ -192,7 +193,7 @@ def test_frames_arrive_change_carry_their_detections_and_the_figures_match(
         x, y = square_at(int(meta["key"]))
         assert meta["labels"] == ["square"]
         (x1, y1, x2, y2) = meta["boxes"][0]
-        assert abs(x1 - x) <= 2 and abs(y1 - y) <= 2 and abs(x2 - x - 48) <= 2, meta
+        assert max(abs(x1 - x), abs(y1 - y), abs(x2 - x - 48), abs(y2 - y - 48)) <= 2, meta
         assert _is_green(px, int((x1 + x2) / 2), int(y1)), "no box drawn on the frame"
 
     # Mid-feed (5 s in, the rate window is 3 s), the rates shown are the feed's.
@@ -238,7 +239,7 @@ def test_garbage_on_the_topics_is_counted_and_the_page_keeps_working(
     frames, dets = live.topics["frames"], live.topics["detections"]
     before = live.received()
     skipped_before = live.figures()["skipped"]
-    whole = __import__("view_harness").make_frame(1)
+    whole = make_frame(1)
     garbage_frames = [
         b"definitely not an image",
         whole[: len(whole) // 2],  # a cut-off JPEG
@@ -274,3 +275,136 @@ def test_garbage_on_the_topics_is_counted_and_the_page_keeps_working(
     )
     _shot(live.page, tmp_path, "view-after-garbage.png")
     assert not live.errors
+
+
+class _Instance:
+    """What the test's deploy function returns: an instance that only reports heartbeats."""
+
+    def __init__(self, observer: Any) -> None:
+        self.observer = observer
+
+    def alive(self) -> bool:
+        return True
+
+    async def stop(self) -> None:
+        await self.observer.close()
+
+
+def test_a_scale_out_by_the_master_appears_with_its_reason(live: Live, tmp_path: Path) -> None:
+    from fogverse.autoscale import AutoScaleComponent, DeployScripts, Observer, Worker
+
+    control, bootstrap = live.topics["control"], live.bootstrap
+    src, out = f"{live.topics['frames']}-as-in", f"{live.topics['frames']}-as-out"
+    stage_name = f"{src} → {out}"
+
+    def observer(instance_id: str) -> Any:
+        conf = {
+            "kafka_server": bootstrap,
+            "producer_topic": control,
+            "heartbeat_interval": 0.25,
+            "instance_id": instance_id,
+        }
+        obs = Observer(conf)  # type: ignore[arg-type]
+        obs.source_topic, obs.target_topic, obs.group_id = src, out, "as-stage"
+        return obs
+
+    deployed: list[str] = []
+
+    async def deploy(log: Any, config: dict[str, Any]) -> _Instance:
+        # A real deploy starts a process; this one starts the new instance's heartbeats.
+        deployed.append(config["instance_id"])
+        obs = observer(config["instance_id"])
+        await obs.start()
+        return _Instance(obs)
+
+    scripts = DeployScripts()
+    scripts.set_deploy_functions("TEST", deploy)
+    master = AutoScaleComponent().master_auto_scaler(
+        {
+            "consumer_topic": control,
+            "consumer_server": bootstrap,
+            "consumer_group_id": "view-test-master",
+            "auto_deployer_config": {
+                "deploy_delay": 1,
+                "after_heartbeat_delay": 0,
+                "tick": 0.25,
+                "stop_instances_on_exit": True,
+            },
+            "included_worker": [Worker.AUTO_DEPLOYER, Worker.INPUT_OUTPUT_WORKER],
+            "input_output_worker_config": {
+                "refresh_rate_second": 0.5,
+                "input_output_ratio_threshold": 0.9,
+                "window_seconds": 2,
+            },
+            "lookback_seconds": 30,
+        },
+        scripts,
+    )
+    first, upstream = observer("stage-first"), observer("camera")
+    upstream.source_topic, upstream.target_topic = None, src
+
+    behind = {"now": False}
+
+    async def traffic() -> None:
+        # The camera sends 40 messages/s to the stage, which keeps up until the test makes
+        # it fall behind (10/s out): then the master's io-ratio signal wants one more.
+        await first.start()
+        await upstream.start()
+        first.send_auto_scale_request(
+            src, out, {"provider": "TEST", "service_name": "det", "max_instance": 2}
+        )
+        while True:
+            upstream.send_heartbeat(src, 4)
+            first.send_heartbeat(out, 1 if behind["now"] and not deployed else 4)
+            await asyncio.sleep(0.1)
+
+    async def start() -> Any:
+        run = asyncio.create_task(master.run())
+        await until(master.ready.is_set, 30, "the master to catch up", interval=0.05)
+        return run, asyncio.create_task(traffic())
+
+    run, feeding = live.lt.call(start())
+    row = f'tr[data-as-stage="{stage_name}"]'
+    try:
+        wait_until(
+            lambda: (
+                live.page.locator(row).count() == 1
+                and live.text(f'{row} [data-figure="instances"]') == "1"
+            ),
+            20,
+            lambda: f"the stage's first instance on the page: {live.figures()['autoscale']}",
+            interval=0.1,
+        )
+        assert not deployed
+        behind["now"] = True
+        wait_until(
+            lambda: live.page.locator('tr[data-decision="scale-out"]').count() == 1,
+            30,
+            "the master's scale-out on the page",
+            interval=0.1,
+        )
+        decision = live.text('tr[data-decision="scale-out"]')
+        assert deployed and deployed[0] in decision
+        assert "input_output wants 2" in decision and "has 1" in decision, decision
+        wait_until(
+            lambda: live.text(f'{row} [data-figure="instances"]') == "2",
+            20,
+            "the new instance's heartbeats on the page",
+            interval=0.1,
+        )
+        record = master.deployer.records[0]
+        assert record.action == "deploy" and record.instance_id == deployed[0]
+        assert live.page.locator('tr[data-decision="scale-out"]').count() == 1
+        live.page.locator("#autoscale").scroll_into_view_if_needed()
+        _shot(live.page, tmp_path, "view-autoscale.png")
+        assert not live.errors
+    finally:
+
+        async def stop() -> None:
+            feeding.cancel()
+            master.stop()
+            await asyncio.wait_for(run, 30)
+            await first.close()
+            await upstream.close()
+
+        live.lt.call(stop(), 60)
