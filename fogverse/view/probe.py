@@ -20,10 +20,9 @@ class OffsetProbe:
     def __init__(
         self, servers: str, conf: Mapping[str, Any] | None = None, timeout: float = 5.0
     ) -> None:
-        from confluent_kafka.admin import AdminClient
-
-        self.admin = AdminClient({"bootstrap.servers": servers, **(conf or {})})
+        self.conf = {"bootstrap.servers": servers, **(conf or {})}
         self.timeout = timeout
+        self._admin: Any = None
 
     async def read(
         self, topics: Iterable[str], groups: Mapping[str, Iterable[str]]
@@ -38,10 +37,12 @@ class OffsetProbe:
         self, topics: list[str], groups: dict[str, list[str]]
     ) -> tuple[Offsets, dict[str, Offsets]]:
         from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-        from confluent_kafka.admin import OffsetSpec
+        from confluent_kafka.admin import AdminClient, OffsetSpec
 
+        if self._admin is None:  # made on first use: a view that is never started has none
+            self._admin = AdminClient(self.conf)
         # All topics' metadata: asking for one by name could auto-create it on some brokers.
-        meta = self.admin.list_topics(timeout=self.timeout)
+        meta = self._admin.list_topics(timeout=self.timeout)
         parts: dict[str, list[int]] = {}
         for name in topics:
             info = meta.topics.get(name)
@@ -52,7 +53,7 @@ class OffsetProbe:
             request = {
                 TopicPartition(t, p): OffsetSpec.latest() for t, ps in parts.items() for p in ps
             }
-            futures = self.admin.list_offsets(request, request_timeout=self.timeout)
+            futures = self._admin.list_offsets(request, request_timeout=self.timeout)
             for tp, fut in futures.items():
                 ends.setdefault(tp.topic, {})[tp.partition] = fut.result(self.timeout).offset
         committed: dict[str, Offsets] = {}
@@ -60,7 +61,7 @@ class OffsetProbe:
             tps = [TopicPartition(t, p) for t in inputs for p in parts.get(t, ())]
             if not tps:
                 continue
-            res = self.admin.list_consumer_group_offsets(
+            res = self._admin.list_consumer_group_offsets(
                 [ConsumerGroupTopicPartitions(group, tps)], request_timeout=self.timeout
             )
             offsets: Offsets = {}
