@@ -66,6 +66,7 @@ from make_video import DEFAULT_VIDEO, OUTPUT_DIR, make_video
 
 from fogverse import Processor, Producer, Record, run
 from fogverse.codec import JPEGCodec
+from fogverse.view import open_view
 from processors import (
     Compose,
     DecodeImage,
@@ -346,6 +347,15 @@ async def run_pipeline(args: argparse.Namespace, bootstrap: str) -> Summary:
         group_id=f"{prefix}.sink",
         consumer_conf=consumer_conf,
     )
+    # The live page reads the frames (and the letterboxed JPEGs) with no consumer group.
+    shown = [frames_topic] + ([tensors_topic] if args.wire == "jpeg" else [])
+    view = (
+        await open_view(bootstrap, frames=shown, nodes=[camera, preprocess, sink])
+        if args.view
+        else None
+    )
+    if view is not None:
+        logger.info("live view of the pipeline: %s", view.url)
     logger.info(
         "streaming %s at %s frames/s through %s (%d worker processes, wire=%s)",
         source,
@@ -365,6 +375,8 @@ async def run_pipeline(args: argparse.Namespace, bootstrap: str) -> Summary:
             idle_timeout=args.idle_timeout,
         )
     finally:
+        if view is not None:
+            await view.close()
         if not args.topic_prefix and not args.keep_topics:
             await delete_topics(bootstrap, [frames_topic, tensors_topic])
     settings = {
@@ -438,6 +450,12 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="stop waiting for missing frames after this many quiet seconds",
+    )
+    p.add_argument(
+        "--view",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve a live page of the pipeline (fogverse view) and print its URL",
     )
     p.add_argument("--log-level", default="info")
     return p

@@ -87,7 +87,7 @@ class ViewConfig:
     """How much of each chart's past the server keeps (and a new page shows)."""
     max_frame_bytes: int = 16 * 1024 * 1024
     consumer_conf: dict[str, Any] = field(default_factory=dict)
-    admin_conf: dict[str, Any] = field(default_factory=dict)
+    """Extra aiokafka keywords for the view's clients (SASL/SSL settings go here)."""
 
     def watch(self, *nodes: Any) -> ViewConfig:
         """Add each node's stage (consumers) and output topic (every node); returns self."""

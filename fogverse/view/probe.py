@@ -1,13 +1,15 @@
 """Offsets through the admin API: every viewed topic's partitions and end offsets, and each
 stage's committed offsets (for rates and lag). Read-only: nothing is created or committed.
 
-The calls block (confluent-kafka's admin client), so :meth:`OffsetProbe.read` runs them in a
-thread; one read is a metadata request, one ListOffsets and one OffsetFetch per group.
+aiokafka's clients, not confluent-kafka's: librdkafka's admin ListConsumerGroupOffsets
+dereferences a NULL consumer-group handle when the broker answers "coordinator loading" or
+"not coordinator" (librdkafka issue 5040, still in 2.16) and takes the whole process down,
+the pipeline with it; a freshly started broker answers exactly that for a few seconds.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -17,55 +19,63 @@ __all__ = ["OffsetProbe"]
 
 
 class OffsetProbe:
-    def __init__(
-        self, servers: str, conf: Mapping[str, Any] | None = None, timeout: float = 5.0
-    ) -> None:
-        self.conf = {"bootstrap.servers": servers, **(conf or {})}
-        self.timeout = timeout
+    def __init__(self, servers: str, conf: Mapping[str, Any] | None = None) -> None:
+        self.conf = {"bootstrap_servers": servers, **(conf or {})}
         self._admin: Any = None
+        self._offsets: Any = None
+
+    async def _start(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        try:
+            # A consumer outside any group, only to ask for end offsets.
+            self._offsets = AIOKafkaConsumer(
+                group_id=None, client_id="fogverse-view-offsets", **self.conf
+            )
+            await self._offsets.start()
+            admin = AIOKafkaAdminClient(client_id="fogverse-view-admin", **self.conf)
+            await admin.start()
+            self._admin = admin
+        except BaseException:
+            await self.close()  # the next read starts afresh
+            raise
+
+    async def close(self) -> None:
+        admin, offsets, self._admin, self._offsets = self._admin, self._offsets, None, None
+        for client in (offsets, admin):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await (client.close() if client is admin else client.stop())
 
     async def read(
         self, topics: Iterable[str], groups: Mapping[str, Iterable[str]]
     ) -> tuple[Offsets, dict[str, Offsets]]:
         """``(end offsets per topic, committed offsets per group)``; topics that do not exist
         (yet) are left out. ``groups`` maps each group to the topics it reads."""
-        return await asyncio.to_thread(
-            self._read, list(topics), {g: list(t) for g, t in groups.items()}
-        )
+        from aiokafka import TopicPartition
 
-    def _read(
-        self, topics: list[str], groups: dict[str, list[str]]
-    ) -> tuple[Offsets, dict[str, Offsets]]:
-        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-        from confluent_kafka.admin import AdminClient, OffsetSpec
-
-        if self._admin is None:  # made on first use: a view that is never started has none
-            self._admin = AdminClient(self.conf)
-        # All topics' metadata: asking for one by name could auto-create it on some brokers.
-        meta = self._admin.list_topics(timeout=self.timeout)
+        if self._admin is None:
+            await self._start()
+        # Every topic's metadata: asking for one by name could auto-create it.
+        wanted = set(topics)
         parts: dict[str, list[int]] = {}
-        for name in topics:
-            info = meta.topics.get(name)
-            if info is not None and info.error is None and info.partitions:
-                parts[name] = sorted(info.partitions)
+        for t in await self._admin.describe_topics():
+            if t["topic"] in wanted and not t["error_code"] and t["partitions"]:
+                parts[t["topic"]] = sorted(p["partition"] for p in t["partitions"])
         ends: Offsets = {}
-        if parts:
-            request = {
-                TopicPartition(t, p): OffsetSpec.latest() for t, ps in parts.items() for p in ps
-            }
-            futures = self._admin.list_offsets(request, request_timeout=self.timeout)
-            for tp, fut in futures.items():
-                ends.setdefault(tp.topic, {})[tp.partition] = fut.result(self.timeout).offset
+        tps = [TopicPartition(t, p) for t, ps in parts.items() for p in ps]
+        if tps:
+            for tp, end in (await self._offsets.end_offsets(tps)).items():
+                ends.setdefault(tp.topic, {})[tp.partition] = end
         committed: dict[str, Offsets] = {}
         for group, inputs in groups.items():
-            tps = [TopicPartition(t, p) for t in inputs for p in parts.get(t, ())]
-            if not tps:
+            mine = [TopicPartition(t, p) for t in inputs for p in parts.get(t, ())]
+            if not mine:
                 continue
-            res = self._admin.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(group, tps)], request_timeout=self.timeout
-            )
+            found = await self._admin.list_consumer_group_offsets(group, partitions=mine)
             offsets: Offsets = {}
-            for tp in res[group].result(self.timeout).topic_partitions:
-                offsets.setdefault(tp.topic, {})[tp.partition] = tp.offset
+            for tp, meta in found.items():
+                offsets.setdefault(tp.topic, {})[tp.partition] = meta.offset
             committed[group] = offsets
         return ends, committed

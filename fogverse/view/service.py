@@ -50,7 +50,7 @@ class View:
             max_frame_bytes=config.max_frame_bytes,
             conf=config.consumer_conf,
         )
-        self.probe = OffsetProbe(config.servers, config.admin_conf)
+        self.probe = OffsetProbe(config.servers, config.consumer_conf)
         self.port: int | None = None
         self._runner: Any = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -94,7 +94,10 @@ class View:
         return f"http://{shown}:{self.port}/{token}"
 
     async def start(self) -> View:
-        from aiohttp import web
+        try:
+            from aiohttp import web
+        except ImportError as exc:
+            raise ImportError("the live view needs aiohttp: pip install 'fogverse[view]'") from exc
 
         from fogverse.view.server import make_app
 
@@ -108,7 +111,7 @@ class View:
             asyncio.create_task(self._poll_loop(), name="view-poll"),
             asyncio.create_task(self.reader.run(), name="view-read"),
         ]
-        logger.info("live view on %s", self.url)
+        logger.debug("live view on %s", self.url)
         return self
 
     async def close(self) -> None:
@@ -122,6 +125,7 @@ class View:
             await self._runner.cleanup()
             self._runner = None
         await self.reader.stop()
+        await self.probe.close()
 
     async def __aenter__(self) -> View:
         return await self.start()
