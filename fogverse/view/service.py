@@ -47,6 +47,8 @@ class View:
             [*config.frames, *([config.detections] if config.detections else [])],
             self._on_record,
             control_topic=config.control_topic,
+            sampled=config.frames,
+            max_fps=config.max_fps,
             max_frame_bytes=config.max_frame_bytes,
             conf=config.consumer_conf,
         )
