@@ -153,12 +153,7 @@ class TopicReader:
             del self._resume_at[tp]
         assigned = self._consumer.assignment()
         due = [tp for tp in due if tp in assigned]
-        # The high watermark of the last fetch costs no request; it may be a few frames old,
-        # which only means reading those few (the newest of them is kept).
-        ends = {tp: self._consumer.highwater(tp) for tp in due}
-        unknown = [tp for tp, end in ends.items() if end is None]
-        if unknown:
-            ends.update(await self._consumer.end_offsets(unknown))
+        ends = await self._consumer.end_offsets(due) if due else {}
         for tp in due:
             end = ends.get(tp)
             if end is not None and end - 1 > await self._consumer.position(tp):
