@@ -7,7 +7,8 @@ demo, and times first send -> last frame at the sink. With the view open, the vi
 same event loop (``open_view``, as the demo does) reading both topics and the stage's offsets,
 and a client in another process watches it the way the page does: both frame streams over
 WebSockets plus ``/api/figures`` every second (``--client browser``: a real headless Chromium
-page instead, whose rendering then competes for the same cores).
+page instead, whose rendering then competes for the same cores). "idle": the view runs with
+nobody watching (its reading and polling alone).
 
     .venv/bin/python benchmarks/view_overhead.py --reps 5
     .venv/bin/python benchmarks/view_overhead.py --reps 3 --client browser
@@ -89,7 +90,7 @@ class _Sink(_Stage):
 
 
 async def _one_run(
-    bootstrap: str, src: str, out: str, frames: list[bytes], n: int, view_on: bool, client: str
+    bootstrap: str, src: str, out: str, frames: list[bytes], n: int, mode: str, client: str
 ) -> float:
     from aiokafka import AIOKafkaProducer
 
@@ -103,9 +104,10 @@ async def _one_run(
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4 << 20)
     try:
         await asyncio.wait_for(asyncio.gather(stage.assigned.wait(), sink.assigned.wait()), 60)
-        if view_on:
+        if mode != "closed":
             view = await open_view(bootstrap, frames=[src, out], nodes=[stage, sink])
             await asyncio.wait_for(view.ready.wait(), 30)
+        if view is not None and mode == "open":
             code, extra = (_BROWSER_CLIENT, []) if client == "browser" else (_WS_CLIENT, [src, out])
             watcher = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", code, view.url, *extra, stdin=PIPE, stdout=PIPE
@@ -144,17 +146,18 @@ def main() -> None:
     parser.add_argument("--client", choices=("websocket", "browser"), default="websocket")
     args = parser.parse_args()
     frames = make_frames(8).jpeg
-    rates: dict[str, list[float]] = {"closed": [], "open": []}
+    modes = ["closed", "idle", "open"]
+    rates: dict[str, list[float]] = {m: [] for m in modes}
     with broker() as bootstrap, _own_node_settings():
         admin = _admin(bootstrap)
         # One untimed run first: the first topics and groups of a broker are slow to set up.
-        plan = [(-1, "closed"), *interleaved(["closed", "open"], args.reps)]
+        plan = [(-1, "closed"), *interleaved(modes, args.reps)]
         for rep, mode in plan:
             src, out = create_topic(admin, "vov-src"), create_topic(admin, "vov-out")
             try:
                 rate = run_async(
                     lambda src=src, out=out, mode=mode: _one_run(
-                        bootstrap, src, out, frames, args.frames, mode == "open", args.client
+                        bootstrap, src, out, frames, args.frames, mode, args.client
                     )
                 )
             finally:
@@ -169,8 +172,8 @@ def main() -> None:
                 "frames_per_run": args.frames,
                 "frame_kib": round(sum(map(len, frames)) / len(frames) / 1024, 1),
                 "client": args.client,
-                "closed": summarize(rates["closed"], 1),
-                "open": summarize(rates["open"], 1),
+                **{m: summarize(rates[m], 1) for m in modes},
+                "idle_over_closed": round(median_ratio(rates["idle"], rates["closed"]), 3),
                 "open_over_closed": round(ratio, 3),
             },
             indent=2,

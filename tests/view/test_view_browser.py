@@ -32,10 +32,7 @@ from view_harness import (
     square_at,
 )
 
-pytest.importorskip("aiohttp", reason="the view extra (aiohttp) is part of the test extra")
-playwright_api = pytest.importorskip("playwright.sync_api")
-
-from fogverse.view import open_view  # noqa: E402
+from fogverse.view import open_view
 
 RATE = 15.0
 
@@ -55,7 +52,10 @@ def browser() -> Iterator[Any]:
     exe = chromium_path()
     if exe is None:
         pytest.fail("chromium is not installed: `make setup` installs Debian's package")
-    with playwright_api.sync_playwright() as pw:
+    # The test extra installs playwright; it drives Debian's Chromium, never a download.
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
         try:
             yield b

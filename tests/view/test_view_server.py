@@ -9,14 +9,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
-from view_harness import make_frame
-
-pytest.importorskip("aiohttp")
-
-import aiohttp
 from aiohttp import web
+from view_harness import make_frame
 
 from fogverse.codec import NDArrayCodec
 from fogverse.view import View, ViewConfig
