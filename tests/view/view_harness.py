@@ -8,7 +8,10 @@ import asyncio
 import base64
 import concurrent.futures
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Coroutine
@@ -26,6 +29,7 @@ __all__ = [
     "canvas_pixels",
     "chromium_path",
     "make_frame",
+    "send_bad_header_key",
     "send_frames",
 ]
 
@@ -62,6 +66,39 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+# Kafka header keys are strings on the wire, but a producer can write bytes that are not
+# UTF-8 (aiokafka's consumer then fails the whole fetch). aiokafka's pure-Python record
+# builder writes what a str subclass's encode() returns.
+_BAD_HEADER_PRODUCER = """
+import asyncio, sys
+from aiokafka import AIOKafkaProducer
+
+class RawKey(str):
+    def encode(self, *args, **kwargs):
+        return b"\\xff\\xfecam"
+
+async def main(bootstrap, topic):
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"x", key=b"bad", headers=[(RawKey("cam"), b"1")])
+    finally:
+        await producer.stop()
+
+asyncio.run(main(*sys.argv[1:3]))
+"""
+
+
+def send_bad_header_key(bootstrap: str, topic: str) -> None:
+    """One record whose header key is not UTF-8."""
+    subprocess.run(
+        [sys.executable, "-c", _BAD_HEADER_PRODUCER, bootstrap, topic],
+        env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"},
+        check=True,
+        timeout=60,
+    )
 
 
 def square_at(index: int) -> tuple[int, int]:
