@@ -152,7 +152,8 @@ class View:
             except Exception as exc:
                 # The broker may be restarting: keep the page up, say so on it, try again.
                 error = f"{type(exc).__name__}: {exc}"
-                logger.warning("view: reading offsets failed: %s", error)
+                if error != self.figures.poll_error:  # once, not every second
+                    logger.warning("view: reading offsets failed: %s", error)
             self.figures.on_offsets(time.time(), ends, committed, error)
             if not error and all(t in ends for t in self.reader.topics):
                 self.ready.set()
