@@ -10,11 +10,14 @@ BIN    := $(VENV)/bin
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench,metrics,onnx,demo]'
+	$(BIN)/pip install --quiet -e '.[test,bench,metrics,onnx,demo,view]'
 	touch $@
 
+# The live view's browser tests drive Debian's headless Chromium (no browser download).
 setup: $(VENV)/.installed
 	$(BIN)/python -c "from fogverse.broker.launcher import resolve_jars; resolve_jars()"
+	command -v chromium >/dev/null || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
 # `make demo` runs the packaged face detector; `make demo MODEL=yolov8n.onnx` a YOLO model.
 MODEL ?=

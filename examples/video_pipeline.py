@@ -78,6 +78,7 @@ from photo_camera import PhotoCamera
 
 from fogverse import Processor, Producer, Record, run
 from fogverse.codec import JPEGCodec
+from fogverse.view import open_view
 from processors import (
     Compose,
     DecodeImage,
@@ -448,6 +449,21 @@ async def run_pipeline(args: argparse.Namespace, bootstrap: str) -> Summary:
         else preprocessor(args.wire, args.quality)
     )
     video = "packaged photo (skimage astronaut)" if args.video is None else str(source)
+    # The live page reads the frames (and the detections, or the letterboxed JPEGs) with no
+    # consumer group, so it never moves the pipeline's offsets.
+    shown = [frames_topic] + ([middle_topic] if not detecting and args.wire == "jpeg" else [])
+    view = (
+        await open_view(
+            bootstrap,
+            frames=shown,
+            detections=middle_topic if detecting else None,
+            nodes=[camera, stage2, sink],
+        )
+        if args.view
+        else None
+    )
+    if view is not None:
+        logger.info("live view of the pipeline: %s", view.url)
     logger.info(
         "streaming %s at %s frames/s through %s (%d worker processes running %r)",
         video,
@@ -467,6 +483,8 @@ async def run_pipeline(args: argparse.Namespace, bootstrap: str) -> Summary:
             idle_timeout=args.idle_timeout,
         )
     finally:
+        if view is not None:
+            await view.close()
         if not args.topic_prefix and not args.keep_topics:
             await delete_topics(bootstrap, [frames_topic, middle_topic])
     settings = {
@@ -548,6 +566,12 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="stop waiting for missing frames after this many quiet seconds",
+    )
+    p.add_argument(
+        "--view",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve a live page of the pipeline (fogverse view) and print its URL",
     )
     p.add_argument("--log-level", default="info")
     return p

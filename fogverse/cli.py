@@ -1,4 +1,4 @@
-"""The ``fogverse`` command: ``run``, ``broker``, ``master``."""
+"""The ``fogverse`` command: ``run``, ``broker``, ``master``, ``view``."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ def _build_parser() -> argparse.ArgumentParser:
     from fogverse.autoscale.cli import register as register_master
     from fogverse.broker.cli import register as register_broker
     from fogverse.runner_cli import register as register_run
+    from fogverse.view.cli import register as register_view
 
     register_run(sub)
     register_broker(sub)
     register_master(sub)
+    register_view(sub)
     return parser
 
 

@@ -222,7 +222,8 @@ class AutoScaleRequest(ControlMessage):
 
 @dataclass(frozen=True)
 class DeployEvent(ControlMessage):
-    """The master started (``action="deploy"``) or stopped (``"stop"``) ``instance_id``."""
+    """The master started (``action="deploy"``) or stopped (``"stop"``) ``instance_id``;
+    ``reason`` says why, for people and dashboards (``fogverse view``)."""
 
     TYPE: ClassVar[str] = "deploy"
 
@@ -231,6 +232,7 @@ class DeployEvent(ControlMessage):
     action: str = "deploy"
     provider: str | None = None
     service_name: str | None = None
+    reason: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], instance_id: str, ts: float) -> DeployEvent:
@@ -247,6 +249,7 @@ class DeployEvent(ControlMessage):
             action,
             _str(d, "provider", optional=True),
             _str(d, "service_name", optional=True),
+            _str(d, "reason", optional=True),
         )
 
     @property

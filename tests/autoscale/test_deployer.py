@@ -137,6 +137,8 @@ def test_deploys_when_a_signal_wants_more_and_passes_the_stage_details() -> None
         assert call["source_topic"] == "src" and call["target_topic"] == "out"
         assert call["group_id"] == "g" and call["current_instances"] == 1
         assert rig.deployer.counts(STAGE) == (1, 1)  # the new one is starting
+        # Why, for people and the live view: the signals' wishes against the count.
+        assert rig.deployer.records[0].detail == "test wants 2; has 1"
         await rig.tick()
         assert len(rig.calls) == 1, "wanted 2, has 1 + 1 starting: no second deploy"
 

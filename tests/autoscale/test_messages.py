@@ -54,6 +54,7 @@ def _heartbeat(**overrides: object) -> bytes:
         ),
         Announce("n-1", NOW, "in", "out", "g", 0.5, "host", 123),
         DeployEvent("svc-1", NOW, "in", "out", "deploy", "LOCAL", "svc"),
+        DeployEvent("svc-2", NOW, "in", "out", "stop", reason="lag wants 1; has 2"),
     ],
 )
 def test_messages_round_trip_with_version_instance_id_and_utc_epoch(message: object) -> None:

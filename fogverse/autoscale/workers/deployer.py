@@ -41,6 +41,9 @@ __all__ = ["AutoDeployer", "DeployRecord", "StageStatus", "Veto"]
 
 logger = logging.getLogger(__name__)
 
+# A DeployEvent's string fields are at most 512 characters.
+_MAX_REASON = 500
+
 Veto = Callable[[Stage], str | None]
 """Returns a reason to hold a scale-out of the stage back, or ``None``."""
 
@@ -236,7 +239,8 @@ class AutoDeployer(PeriodicWorker):
             if want > effective:
                 reason = self._hold_out(key, stage, st, effective, current)
                 if reason is None:
-                    st.task = asyncio.create_task(self._deploy(stage, st, effective, current))
+                    why = self._why(st, effective, current)
+                    st.task = asyncio.create_task(self._deploy(stage, st, effective, current, why))
                 elif reason != st.blocked:
                     logger.info(
                         "stage %s -> %s wants %d instances (has %d): waiting: %s",
@@ -303,6 +307,17 @@ class AutoDeployer(PeriodicWorker):
                 return reason
         return None
 
+    @staticmethod
+    def _why(st: StageStatus, effective: int, current: float) -> str:
+        """The fresh recommendations behind a scale-out, as the deploy's ``reason``."""
+        fresh = sorted(
+            (source, d)
+            for source, (ts, d, ttl) in st.recommendations.items()
+            if current - ts <= ttl
+        )
+        wants = ", ".join(f"{source} wants {d}" for source, d in fresh)
+        return f"{wants}; has {effective}"[:_MAX_REASON]
+
     def _failed(self, st: StageStatus, current: float) -> None:
         st.failures += 1
         backoff = min(
@@ -312,7 +327,9 @@ class AutoDeployer(PeriodicWorker):
 
     # ---- acting --------------------------------------------------------------------------
 
-    async def _deploy(self, stage: Stage, st: StageStatus, effective: int, current: float) -> None:
+    async def _deploy(
+        self, stage: Stage, st: StageStatus, effective: int, current: float, reason: str = ""
+    ) -> None:
         spec = stage.spec
         instance_id = f"{spec.service_name}-{uuid.uuid4().hex[:10]}"
         config: DeployConfig = {
@@ -378,7 +395,9 @@ class AutoDeployer(PeriodicWorker):
         assert self.state is not None
         if instance_id not in self.state.instances:
             st.pending[instance_id] = finished + self.settings.startup_timeout
-        self.records.append(DeployRecord(current, stage.key, "deploy", instance_id, effective))
+        self.records.append(
+            DeployRecord(current, stage.key, "deploy", instance_id, effective, reason)
+        )
         if self._master is not None:
             await self._master.publish(
                 DeployEvent(
@@ -389,6 +408,7 @@ class AutoDeployer(PeriodicWorker):
                     "deploy",
                     spec.provider,
                     spec.service_name,
+                    reason or None,
                 )
             )
 
@@ -412,7 +432,13 @@ class AutoDeployer(PeriodicWorker):
         st.stopping.add(victim.instance_id)
         st.owned.remove(victim)
         st.last_action = current
-        self.records.append(DeployRecord(current, key, "scale-in", victim.instance_id, effective))
+        reason = (
+            f"every recommendation over {s.stabilisation_window:g} s was at most {target}; "
+            f"has {effective}"
+        )
+        self.records.append(
+            DeployRecord(current, key, "scale-in", victim.instance_id, effective, reason)
+        )
         logger.info(
             "scaling %s -> %s in: stopping %s (%d -> %d wanted)",
             key[0],
@@ -421,13 +447,15 @@ class AutoDeployer(PeriodicWorker):
             effective,
             target,
         )
-        st.task = asyncio.create_task(self._scale_in(key, victim, current))
+        st.task = asyncio.create_task(self._scale_in(key, victim, current, reason))
 
-    async def _scale_in(self, key: StageKey, victim: _Owned, current: float) -> None:
+    async def _scale_in(self, key: StageKey, victim: _Owned, current: float, reason: str) -> None:
         await self._stop_quietly(victim)
         if self._master is not None:
             await self._master.publish(
-                DeployEvent(victim.instance_id, current, key[0], key[1], "stop")
+                DeployEvent(
+                    victim.instance_id, current, key[0], key[1], "stop", reason=reason[:_MAX_REASON]
+                )
             )
 
     async def _stop_quietly(self, owned: _Owned) -> None:

@@ -1,0 +1,231 @@
+"""The view's server and frame store without Kafka: safe defaults (token, Host check,
+read-only), dropping frames for a slow browser, and the checks on what the topics carry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp import web
+from view_harness import make_frame
+
+from fogverse.codec import NDArrayCodec
+from fogverse.view import View, ViewConfig
+from fogverse.view.frames import (
+    PAIR_DETECTIONS,
+    PAIR_FRAMES,
+    FrameStore,
+    image_kind,
+    parse_detections,
+)
+from fogverse.view.server import make_app
+
+FRAMES = "cam.frames"
+
+
+@asynccontextmanager
+async def serving(**options: Any) -> AsyncIterator[tuple[View, str]]:
+    """The view's web app on a free port; no Kafka client is started."""
+    view = View(ViewConfig("127.0.0.1:1", frames=[FRAMES], port=0, **options))
+    runner = web.AppRunner(make_app(view), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield view, f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 30))
+
+
+def test_a_token_guards_every_request_but_the_static_code() -> None:
+    async def test() -> None:
+        async with serving(token="s3cret") as (_, base), aiohttp.ClientSession() as http:
+            for path in ("/", "/api/figures", f"/ws?topic={FRAMES}"):
+                async with http.get(base + path) as r:
+                    assert r.status == 401, path
+                async with http.get(base + path + ("&" if "?" in path else "?") + "token=no") as r:
+                    assert r.status == 401, path
+            async with http.get(base + "/api/figures?token=s3cret") as r:
+                assert r.status == 200
+            async with http.get(
+                base + "/api/figures", headers={"Authorization": "Bearer s3cret"}
+            ) as r:
+                assert r.status == 200
+            async with http.get(base + "/static/view.js") as r:
+                assert r.status == 200 and "fogverseView" in await r.text()
+            async with http.get(base + "/static/service.py") as r:
+                assert r.status == 404  # only the page's own files
+
+    run(test)
+
+
+def test_without_a_token_only_loopback_host_names_are_served() -> None:
+    async def test() -> None:
+        async with serving() as (_, base), aiohttp.ClientSession() as http:
+            async with http.get(base + "/api/figures") as r:
+                assert r.status == 200
+            # A DNS-rebinding page would send its own host name.
+            async with http.get(base + "/", headers={"Host": "evil.example:8765"}) as r:
+                assert r.status == 403
+
+    run(test)
+
+
+def test_the_server_is_read_only() -> None:
+    async def test() -> None:
+        async with serving() as (_, base), aiohttp.ClientSession() as http:
+            for method in ("POST", "PUT", "DELETE", "PATCH"):
+                async with http.request(method, base + "/api/figures", data=b"{}") as r:
+                    assert r.status == 405, method
+            async with http.get(base + "/ws?topic=someone.elses.topic") as r:
+                assert r.status == 404
+            async with http.get(base + "/") as r:
+                assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+                assert r.headers["Referrer-Policy"] == "no-referrer"
+
+    run(test)
+
+
+def test_figures_json_has_the_documented_shape() -> None:
+    async def test() -> None:
+        async with serving() as (view, base), aiohttp.ClientSession() as http:
+            view.frames.add_frame(FRAMES, b"1", [("timestamp", b"1800000000.0")], make_frame(1))
+            view.frames.add_frame(FRAMES, b"2", [], b"junk")
+            async with http.get(base + "/api/figures") as r:
+                snap = await r.json()
+            assert snap["v"] == 1
+            assert {"time", "started", "topics", "stages", "frames", "autoscale", "history"} <= set(
+                snap
+            )
+            topic = snap["topics"][FRAMES]
+            assert topic["skipped"] == {"not an image": 1}
+            assert snap["skipped"] == 1
+            assert snap["frames"][FRAMES]["frames"] == 1
+            async with http.get(base + f"/api/frame/{FRAMES}") as r:
+                assert r.content_type == "image/jpeg" and await r.read() == make_frame(1)
+
+    run(test)
+
+
+def test_a_browser_gets_the_newest_frame_not_a_queue() -> None:
+    async def test() -> None:
+        async with (
+            serving(max_fps=0) as (view, base),
+            aiohttp.ClientSession() as http,
+            http.ws_connect(base + f"/ws?topic={FRAMES}") as ws,
+        ):
+            frame = make_frame(3)
+            view.frames.add_frame(FRAMES, b"0", [("cam", b"c")], frame)
+            first = await ws.receive_bytes(timeout=5)
+            # 500 frames (~10 MB) arrive, the server getting a turn every 50: each time it
+            # sends the newest frame, never the ones it missed meanwhile.
+            for i in range(1, 501):
+                view.frames.add_frame(FRAMES, str(i).encode(), [("cam", b"c")], frame)
+                if i % 50 == 0:
+                    await asyncio.sleep(0.01)
+            keys = [json.loads(_header(first))["key"]]
+            while keys[-1] != "500":
+                keys.append(json.loads(_header(await ws.receive_bytes(timeout=5)))["key"])
+            assert keys == [str(i) for i in range(0, 501, 50)], keys
+            assert view.frames.topics[FRAMES].seq == 501
+
+    run(test)
+
+
+def _header(message: bytes) -> bytes:
+    n = int.from_bytes(message[:4], "big")
+    return message[4 : 4 + n]
+
+
+def _store(pairing: bool = True) -> tuple[FrameStore, list[tuple[str, str]]]:
+    skipped: list[tuple[str, str]] = []
+    store = FrameStore(
+        [FRAMES],
+        pairing=pairing,
+        max_frame_bytes=1 << 20,
+        on_skip=lambda t, why: skipped.append((t, why)),
+    )
+    return store, skipped
+
+
+def test_frames_wait_for_their_detections_and_memory_stays_bounded() -> None:
+    store, skipped = _store()
+    jpeg = make_frame(0)
+    store.add_frame(FRAMES, b"7", [("cam", b"a")], jpeg)
+    assert store.topics[FRAMES].shown is None  # waiting for its detections
+    boxes = {"boxes": [[1, 2, 30, 40]], "scores": [0.5], "class_ids": [2], "names": ["car"]}
+    store.add_detections("dets", b"7", [("cam", b"b")], json.dumps(boxes).encode())
+    assert store.topics[FRAMES].shown is None  # another camera's frame 7
+    store.add_detections("dets", b"7", [("cam", b"a")], json.dumps(boxes).encode())
+    shown = store.topics[FRAMES].shown
+    assert shown is not None and shown.frame.key == b"7"
+    assert shown.detections is not None and shown.detections.labels == ["car"]
+    for i in range(5000):
+        store.add_frame(FRAMES, str(i).encode(), [("cam", b"x")], jpeg)
+        store.add_detections("dets", str(-i).encode(), [], b'{"boxes": []}')
+    assert len(store.topics[FRAMES].waiting) == PAIR_FRAMES
+    assert len(store._detections) == PAIR_DETECTIONS
+    assert not skipped
+
+
+def test_hostile_payloads_are_refused_with_a_reason() -> None:
+    jpeg = make_frame(0)
+    assert image_kind(jpeg, 1 << 20) == "jpeg"
+    for payload, why in [
+        (jpeg[: len(jpeg) // 2], "broken image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "broken image"),
+        (b"hello", "not an image"),
+        (jpeg, "too large"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            image_kind(payload, 1000 if why == "too large" else 1 << 20)
+    store, skipped = _store(pairing=False)
+    ndarray = NDArrayCodec().encode(np.zeros((4, 4), "complex64"))
+    store.add_frame(FRAMES, b"1", [], ndarray)  # passes the cheap check...
+    shown = store.topics[FRAMES].shown
+    assert shown is not None
+    assert asyncio.run(store.payload(shown)) is None  # ...and is refused when converted
+    assert skipped == [(FRAMES, "ndarray is not an image")]
+
+
+@pytest.mark.parametrize(
+    ("record", "labels"),
+    [
+        ({"boxes": [[0, 0, 1, 1]], "names": ["person"]}, ["person"]),
+        ({"boxes": [[0, 0, 1, 1]], "class_ids": [1], "names": ["bg", "dog"]}, ["dog"]),
+        ({"boxes": [[0, 0, 1, 1]], "class_ids": [3], "names": {"3": "cat"}}, ["cat"]),
+        ({"boxes": [[0, 0, 1, 1]], "class_ids": [5]}, ["5"]),
+        ({"boxes": []}, []),
+    ],
+)
+def test_detections_in_the_detection_helpers_shapes(record: dict, labels: list[str]) -> None:
+    assert parse_detections(json.dumps(record).encode()).labels == labels
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{nope",
+        b"[]",
+        b'{"boxes": "all"}',
+        b'{"boxes": [[1, 2, 3]]}',
+        b'{"boxes": [[1, 2, 3, NaN]]}',
+        b'{"boxes": [[true, 2, 3, 4]]}',
+        json.dumps({"boxes": [[0, 0, 1, 1]] * 1001}).encode(),
+        b"[" * 100_000,
+    ],
+)
+def test_malformed_detections_are_refused(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_detections(raw)
