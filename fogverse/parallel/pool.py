@@ -369,6 +369,7 @@ class WorkerPool:
         self._completed = 0
         self._context: Any = None
         self._depth = _PREFETCH
+        self._short = 0  # wire.TASK_SHORT while tasks are short: their replies may be batched
         self._deep_depth = max(_PREFETCH, -(-max_running_task // process_number))
         self._service = -1.0  # a worker's time per task (EWMA of busy reply intervals), seconds
         self._unsent: list[_Worker] = []
@@ -615,10 +616,11 @@ class WorkerPool:
                     assert self._loop is not None
                     self._loop.call_soon(self._flush)
             w.wbuf += _TASK_PACK(
-                _TASK_BODY, wire.MSG_TASK, task._id, slot.index, slot.generation, 0
+                _TASK_BODY, wire.MSG_TASK, task._id, slot.index, slot.generation, self._short
             )
             return
-        frame = _TASK_PACK(_TASK_BODY, wire.MSG_TASK, task._id, slot.index, slot.generation, 1)
+        flags = wire.TASK_FD | self._short
+        frame = _TASK_PACK(_TASK_BODY, wire.MSG_TASK, task._id, slot.index, slot.generation, flags)
         try:
             if w.wbuf:  # frames queued before this one go first: the worker reads in order
                 frame = bytes(w.wbuf) + frame
@@ -742,7 +744,9 @@ class WorkerPool:
             service = self._service
             service = interval if service < 0 else 0.9 * service + 0.1 * interval
             self._service = service
-            self._depth = self._deep_depth if service < _SHORT_TASK else _PREFETCH
+            short = service < _SHORT_TASK
+            self._depth = self._deep_depth if short else _PREFETCH
+            self._short = wire.TASK_SHORT if short else 0
         w.last_reply = now if w.outstanding else 0.0
         # Refill the worker before anything else so it never waits on the parent.
         if self._pending and w.live and w.ready.done():
