@@ -125,10 +125,7 @@ def settings_for(quick: bool) -> KafkaSettings:
     profiled = default_transport()
     if quick:
         return KafkaSettings(
-            scenarios=(
-                Scenario("30fps-1cam", 1, 30.0, 60),
-                Scenario("30fps-4cam", 4, 30.0, 120),
-            ),
+            scenarios=(Scenario("30fps-1cam", 1, 30.0, 60),),
             processes=cores,
             max_running_task=4,
             pipeline_transport=default_transport(),

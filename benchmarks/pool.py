@@ -106,7 +106,7 @@ def settings_for(quick: bool) -> PoolSettings:
             run_seconds=0.05,
             min_inputs=8,
             max_running_tasks=(1, 8),
-            process_numbers=tuple(sorted({1, cores})),
+            process_numbers=(cores,),
             warmup=8,
         )
     return PoolSettings(
