@@ -177,6 +177,10 @@ def plot_scaling(doc: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("peak RSS (MB)")
     ax.set_title("memory (parent: all three nodes; workers: summed)", fontsize=9)
     ax.legend(fontsize=8)
+    for ax in axes[:2]:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(n)
+        ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
     tasks = doc["metrics"]["max_running_task"]
     ax = axes[2]
     m = [r["max_running_task"] for r in tasks]
