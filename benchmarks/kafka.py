@@ -141,7 +141,7 @@ def settings_for(quick: bool) -> KafkaSettings:
             max_rate_frames=40,
             scaling_cameras=(2,),
             scaling_seconds=1.0,
-            scaling_max_running_tasks=(8,),
+            scaling_max_running_tasks=(),  # the same code path as the camera row
             scaling_frames=30,
         )
     return KafkaSettings(
