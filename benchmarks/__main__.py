@@ -95,10 +95,11 @@ def run(
         for doc in bench_pool(quick, show_progress=show_progress):
             keep(doc)
     if "kafka" in suites:
-        from benchmarks.kafka import bench_passthrough, bench_pipeline, broker
+        from benchmarks.kafka import bench_passthrough, bench_pipeline, bench_scaling, broker
 
         with broker(bootstrap) as servers:
             keep(bench_pipeline(servers, quick, show_progress=show_progress))
+            keep(bench_scaling(servers, quick, show_progress=show_progress))
             keep(bench_passthrough(servers, quick, show_progress=show_progress))
 
     summary = _summarize(docs, quick, suites, machine, started, time.perf_counter() - t0)

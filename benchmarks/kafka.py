@@ -58,6 +58,7 @@ __all__ = [
     "available_transports",
     "bench_passthrough",
     "bench_pipeline",
+    "bench_scaling",
     "broker",
     "default_transport",
     "plain_loop",
@@ -83,6 +84,11 @@ class Scenario:
     """Frames per second per camera; ``None``: as fast as the source can send."""
     frames: int
     """Measured frames, all cameras together."""
+    reduced_decode: bool = True
+    """Decode each JPEG at the smallest DCT scale covering the letterbox (False: full size,
+    the path before reduced decoding, measured beside it)."""
+    max_running_task: int | None = None
+    """None: the settings' value."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,16 @@ class KafkaSettings:
     drain_timeout: float = 60.0
     jpeg_quality: int = 90
     cprofile_top: int = 15
+    max_rate_reps: int = 3
+    """Interleaved repetitions of each max-rate pair (reduced decode, full-size decode)."""
+    max_rate_cameras: tuple[int, ...] = (1, 4)
+    max_rate_frames: int = 600
+    scaling_cameras: tuple[int, ...] = (1, 2, 4, 8)
+    scaling_seconds: float = 10.0
+    """Seconds of 30 frames/s video per camera in each camera-scaling row."""
+    scaling_max_running_tasks: tuple[int, ...] = (1, 2, 4, 8, 16)
+    scaling_frames: int = 400
+    """Frames of each max_running_task row (one camera, as fast as the source can send)."""
 
 
 def settings_for(quick: bool) -> KafkaSettings:
@@ -109,11 +125,7 @@ def settings_for(quick: bool) -> KafkaSettings:
     profiled = default_transport()
     if quick:
         return KafkaSettings(
-            scenarios=(
-                Scenario("30fps-1cam", 1, 30.0, 60),
-                Scenario("30fps-4cam", 4, 30.0, 120),
-                Scenario("max-rate-1cam", 1, None, 40),
-            ),
+            scenarios=(Scenario("30fps-1cam", 1, 30.0, 60),),
             processes=cores,
             max_running_task=4,
             pipeline_transport=default_transport(),
@@ -124,12 +136,18 @@ def settings_for(quick: bool) -> KafkaSettings:
             lag_interval=0.2,
             warmup_frames=2,
             drain_timeout=30.0,
+            max_rate_reps=1,
+            max_rate_cameras=(1,),
+            max_rate_frames=40,
+            scaling_cameras=(2,),
+            scaling_seconds=1.0,
+            scaling_max_running_tasks=(),  # the same code path as the camera row
+            scaling_frames=30,
         )
     return KafkaSettings(
         scenarios=(
             Scenario("30fps-1cam", 1, 30.0, 1800),
             Scenario("30fps-4cam", 4, 30.0, 1800),
-            Scenario("max-rate-1cam", 1, None, 600),
         ),
         processes=cores,
         max_running_task=4,
@@ -438,10 +456,23 @@ class LagMonitor:
             client.close()
 
 
-def _preprocessor(quality: int) -> Any:
+def _rss_mb(node: ParallelConsumer) -> dict[str, float]:
+    """Resident memory now: this process (all three nodes) and the pool's workers."""
+    import psutil
+
+    workers = 0
+    for pid in node.pool.worker_pids if node.pool is not None else ():
+        with contextlib.suppress(psutil.Error):
+            workers += psutil.Process(pid).memory_info().rss
+    parent = psutil.Process().memory_info().rss
+    return {"rss_parent_mb": round(parent / 2**20, 1), "rss_workers_mb": round(workers / 2**20, 1)}
+
+
+def _preprocessor(quality: int, reduced_decode: bool = True) -> Any:
     from processors import Compose, DecodeImage, EncodeJPEG, Letterbox
 
-    return Compose(DecodeImage(), Letterbox(_MODEL_SIZE), EncodeJPEG(quality))
+    decode = DecodeImage(fit=_MODEL_SIZE) if reduced_decode else DecodeImage()
+    return Compose(decode, Letterbox(_MODEL_SIZE), EncodeJPEG(quality))
 
 
 # ---- pipeline: one scenario ---------------------------------------------------------------
@@ -483,14 +514,16 @@ async def run_scenario(
             "lag_pre": (groups["pre"], src, scenario.cameras),
             "lag_sink": (groups["sink"], out, scenario.cameras),
         },
-        lambda: {"sent": source.measured, "arrived": len(sink.seen)},
+        lambda: {"sent": source.measured, "arrived": len(sink.seen), **_rss_mb(pre)},
         settings.lag_interval,
     )
     tasks = [
         asyncio.create_task(sink.run(), name="sink"),
         asyncio.create_task(
             pre.run(
-                settings.processes, settings.max_running_task, _preprocessor(settings.jpeg_quality)
+                settings.processes,
+                scenario.max_running_task or settings.max_running_task,
+                _preprocessor(settings.jpeg_quality, scenario.reduced_decode),
             ),
             name="preprocess",
         ),
@@ -590,6 +623,10 @@ def _scenario_metrics(
             ],
             "max_lag_pre": max((s.get("lag_pre", 0) for s in monitor.samples), default=0),
         },
+        "memory_mb": {
+            key: max((s.get(f"rss_{key}_mb", 0.0) for s in monitor.samples), default=0.0)
+            for key in ("parent", "workers")
+        },
         "preprocess_profile": _profile_ms(profile) if profile else None,
     }
 
@@ -608,6 +645,94 @@ def _profile_ms(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _run(
+    bootstrap: str, scenario: Scenario, settings: KafkaSettings, frames: Frames
+) -> dict[str, Any]:
+    return {
+        "scenario": asdict(scenario),
+        **run_async(lambda: run_scenario(bootstrap, scenario, settings, frames)),
+    }
+
+
+def _max_rate_pairs(settings: KafkaSettings) -> list[tuple[Scenario, Scenario]]:
+    """``(reduced decode, full-size decode)`` scenarios at the top rate, per camera count."""
+    return [
+        (
+            Scenario(f"max-rate-{n}cam", n, None, settings.max_rate_frames),
+            Scenario(f"max-rate-{n}cam-fullsize", n, None, settings.max_rate_frames, False),
+        )
+        for n in settings.max_rate_cameras
+    ]
+
+
+def bench_scaling(
+    bootstrap: str,
+    quick: bool,
+    *,
+    settings: KafkaSettings | None = None,
+    show_progress: bool | None = None,
+) -> dict[str, Any]:
+    """How cost grows: 1, 2, 4, 8 cameras at 30 frames/s each into one ParallelConsumer, and
+    the top rate of one camera against max_running_task."""
+    settings = settings or settings_for(quick)
+    started, t0 = now_iso(), time.perf_counter()
+    frames = make_frames(4 if quick else 8, settings.jpeg_quality)
+    load_before = os.getloadavg()
+    bar = progress(
+        len(settings.scaling_cameras) + len(settings.scaling_max_running_tasks),
+        "kafka scaling",
+        show_progress,
+    )
+
+    def row(m: dict[str, Any]) -> dict[str, Any]:
+        lat = m["latency_ms"] or {}
+        return {
+            "offered_fps": m["offered_fps"],
+            "delivered_fps": m["delivered_fps"],
+            "frames_sent": m["frames_sent"],
+            "lost": m["lost"],
+            "latency_ms": {k: lat.get(k) for k in ("p50", "p99", "max")},
+            "max_lag_pre": m["lag"]["max_lag_pre"],
+            "memory_mb": m["memory_mb"],
+        }
+
+    cameras, tasks = [], []
+    with _own_node_settings(), contextlib.closing(bar):
+        for n in settings.scaling_cameras:
+            frames_n = max(1, round(30 * n * settings.scaling_seconds))
+            scenario = Scenario(f"scale-{n}cam", n, 30.0, frames_n)
+            cameras.append({"cameras": n, **row(_run(bootstrap, scenario, settings, frames))})
+            bar.update()
+        for m in settings.scaling_max_running_tasks:
+            scenario = Scenario(f"max-rate-m{m}", 1, None, settings.scaling_frames, True, m)
+            measured = _run(bootstrap, scenario, settings, frames)
+            tasks.append({"max_running_task": m, **row(measured)})
+            bar.update()
+    params = {
+        "processor": "Compose(DecodeImage(fit=640), Letterbox(640), EncodeJPEG(90))",
+        "processes": settings.processes,
+        "max_running_task": settings.max_running_task,
+        "transport": settings.pipeline_transport,
+        "cameras_fps_each": 30.0,
+        "seconds_of_video": settings.scaling_seconds,
+        "max_running_task_frames": settings.scaling_frames,
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
+    return result(
+        "kafka.scaling",
+        mode="quick" if quick else "full",
+        description="how cost grows: cameras at 30 frames/s each into one ParallelConsumer "
+        "(frames/s, latency, memory), and one camera's top rate against max_running_task",
+        params=params,
+        metrics={"cameras": cameras, "max_running_task": tasks},
+        baselines={},
+        machine=machine_info(),
+        started=started,
+        duration_s=time.perf_counter() - t0,
+    )
+
+
 def bench_pipeline(
     bootstrap: str,
     quick: bool,
@@ -621,24 +746,52 @@ def bench_pipeline(
     frames = make_frames(4 if quick else 8, settings.jpeg_quality)
     load_before = os.getloadavg()
     scenarios: dict[str, Any] = {}
-    bar = progress(len(settings.scenarios), "kafka pipeline", show_progress)
+    pairs = _max_rate_pairs(settings)
+    bar = progress(
+        len(settings.scenarios) + 2 * len(pairs) * settings.max_rate_reps,
+        "kafka pipeline",
+        show_progress,
+    )
+    runs: dict[str, list[float]] = {}
     with _own_node_settings(), contextlib.closing(bar):
         for scenario in settings.scenarios:
             logger.info("pipeline scenario %s", scenario.name)
-            scenarios[scenario.name] = {
-                "scenario": asdict(scenario),
-                **run_async(lambda s=scenario: run_scenario(bootstrap, s, settings, frames)),
-            }
+            scenarios[scenario.name] = _run(bootstrap, scenario, settings, frames)
             bar.update()
+        # Reduced vs full-size decode at the top rate: interleaved pairs, paired ratios.
+        for rep in range(settings.max_rate_reps):
+            for pair in pairs:
+                for scenario in pair if rep % 2 == 0 else pair[::-1]:
+                    logger.info("pipeline scenario %s (%d)", scenario.name, rep + 1)
+                    m = _run(bootstrap, scenario, settings, frames)
+                    runs.setdefault(scenario.name, []).append(m["delivered_fps"])
+                    m["delivered_fps_runs"] = runs[scenario.name]
+                    scenarios[scenario.name] = m  # the last run's details
+                    bar.update()
+    max_rate = {
+        reduced.name: {
+            "fullsize": full.name,
+            "delivered_fps": summarize(runs[reduced.name], 2),
+            "fullsize_delivered_fps": summarize(runs[full.name], 2),
+            "vs_fullsize": round(median_ratio(runs[reduced.name], runs[full.name]), 3),
+            "vs_fullsize_runs": [
+                round(a / b, 3) for a, b in zip(runs[reduced.name], runs[full.name], strict=True)
+            ],
+        }
+        for reduced, full in pairs
+    }
     params = {
-        "processor": "Compose(DecodeImage(), Letterbox(640), EncodeJPEG(90))",
+        "processor": "Compose(DecodeImage(fit=640), Letterbox(640), EncodeJPEG(90)); "
+        "*-fullsize scenarios: DecodeImage() (full-size decode)",
         "processes": settings.processes,
         "max_running_task": settings.max_running_task,
         "transport": settings.pipeline_transport,
         "frame": {"shape": list(frames.raw[0].shape), "jpeg_kib_mean": frames.jpeg_kib},
         "warmup_frames_per_camera": settings.warmup_frames,
         "lag_interval_s": settings.lag_interval,
-        "scenarios": [asdict(s) for s in settings.scenarios],
+        "scenarios": [asdict(s) for s in settings.scenarios]
+        + [asdict(s) for pair in pairs for s in pair],
+        "max_rate_reps": settings.max_rate_reps,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
@@ -648,7 +801,7 @@ def bench_pipeline(
         description="source -> topic -> ParallelConsumer (decode, letterbox, re-encode) -> "
         "topic -> sink, on a real broker: frames/s, end-to-end latency, consumer lag",
         params=params,
-        metrics={"scenarios": scenarios},
+        metrics={"scenarios": scenarios, "max_rate": max_rate},
         baselines={},
         machine=machine_info(),
         started=started,
@@ -969,6 +1122,7 @@ def _passthrough_doc(
             "rate": summarize(rates, 1),
             "cpu_us_per_msg": round(statistics.median(r["cpu_us_per_msg"] for r in runs[label]), 2),
             "vs_loop": round(median_ratio(rates, loop_rates), 3),
+            "vs_loop_runs": [round(a / b, 3) for a, b in zip(rates, loop_rates, strict=True)],
         }
 
     nodes = {label: entry(label) for label, transport, _ in variants if transport is not None}

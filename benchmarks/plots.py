@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_all", "plot_passthrough", "plot_pipeline", "plot_pool"]
+__all__ = ["plot_all", "plot_passthrough", "plot_pipeline", "plot_pool", "plot_scaling"]
 
 
 def _plt() -> Any:
@@ -48,15 +48,17 @@ def plot_pool(doc: dict[str, Any], path: Path) -> Path:
             ax.fill_between(ms, lows, highs, alpha=0.15)
     styles = {
         "serial": (":", "black"),
+        "serial (full-size decode)": (":", "tab:brown"),
         "Pool.imap": ("--", "grey"),
         "ProcessPoolExecutor.map": ("-.", "grey"),
         "arroyo.RunTaskWithMultiprocessing": ("--", "tab:red"),
     }
     for name, entries in doc["baselines"].items():
         for e in entries:
-            if name != "serial" and e["process_number"] != ps[-1]:
+            serial = name.startswith("serial")
+            if not serial and e["process_number"] != ps[-1]:
                 continue
-            label = name if name == "serial" else f"{name}, {e['process_number']} processes"
+            label = name if serial else f"{name}, {e['process_number']} processes"
             style, color = styles.get(name, ("--", "grey"))
             ax.axhline(value(e), linestyle=style, color=color, label=label)
     ax.set_xscale("log", base=2)
@@ -150,6 +152,58 @@ def plot_passthrough(doc: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def plot_scaling(doc: dict[str, Any], path: Path) -> Path:
+    """Cameras into one ParallelConsumer (frames/s, p99, memory) and one camera's top rate
+    against max_running_task."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    cams = doc["metrics"]["cameras"]
+    n = [r["cameras"] for r in cams]
+    ax = axes[0]
+    ax.plot(n, [r["offered_fps"] for r in cams], linestyle="--", color="grey", label="offered")
+    ax.plot(n, [r["delivered_fps"] for r in cams], marker="o", label="delivered")
+    ax.set_xlabel("cameras (30 frames/s each)")
+    ax.set_ylabel("frames/s")
+    ax.legend(fontsize=8)
+    twin = ax.twinx()
+    twin.plot(n, [r["latency_ms"]["p99"] or 0 for r in cams], marker="s", color="tab:red")
+    twin.set_yscale("log")
+    twin.set_ylabel("p99 latency (ms, red)")
+    ax.set_title("cameras into one ParallelConsumer", fontsize=9)
+    ax = axes[1]
+    for key in ("parent", "workers"):
+        ax.plot(n, [r["memory_mb"][key] for r in cams], marker="o", label=key)
+    ax.set_xlabel("cameras")
+    ax.set_ylabel("peak RSS (MB)")
+    ax.set_title("memory (parent: all three nodes; workers: summed)", fontsize=9)
+    ax.legend(fontsize=8)
+    for ax in axes[:2]:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(n)
+        ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+    tasks = doc["metrics"]["max_running_task"]
+    ax = axes[2]
+    m = [r["max_running_task"] for r in tasks]
+    ax.plot(m, [r["delivered_fps"] for r in tasks], marker="o")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(m)
+    ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("max_running_task")
+    ax.set_ylabel("frames/s delivered (one camera, top rate)")
+    twin = ax.twinx()
+    twin.plot(m, [r["latency_ms"]["p99"] or 0 for r in tasks], marker="s", color="tab:red")
+    twin.set_ylabel("p99 latency (ms, red)")
+    processes = doc["params"]["processes"]
+    ax.set_title(f"top rate vs max_running_task ({processes} processes)", fontsize=9)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"kafka.scaling · {_subtitle(doc)}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_all(docs: list[dict[str, Any]], out: Path) -> list[Path]:
     """One PNG per result document, named after its benchmark."""
     paths = []
@@ -162,4 +216,6 @@ def plot_all(docs: list[dict[str, Any]], out: Path) -> list[Path]:
             paths.append(plot_pipeline(doc, target))
         elif name == "kafka.passthrough":
             paths.append(plot_passthrough(doc, target))
+        elif name == "kafka.scaling":
+            paths.append(plot_scaling(doc, target))
     return paths

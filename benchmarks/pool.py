@@ -3,6 +3,8 @@
 For each workload, every variant runs the same function on the same inputs:
 
 * ``serial``: the function called in this process, one input after another;
+* ``serial (full-size decode)`` (``jpeg`` only): the same with the JPEG decoded at full size
+  (``YoloPreprocess(decode=True, reduced_decode=False)``), the path before reduced decoding;
 * ``Pool.imap``: ``multiprocessing.Pool(p).imap(fn, inputs)`` (chunksize 1);
 * ``ProcessPoolExecutor.map``: ``concurrent.futures.ProcessPoolExecutor(p).map(fn, inputs)``;
 * ``arroyo.RunTaskWithMultiprocessing`` (only when ``sentry-arroyo`` is installed): the
@@ -60,6 +62,7 @@ __all__ = ["WORKLOADS", "PoolSettings", "bench_pool", "bench_workload", "setting
 logger = logging.getLogger(__name__)
 
 SERIAL = "serial"
+SERIAL_FULL = "serial (full-size decode)"
 IMAP = "Pool.imap"
 EXECUTOR = "ProcessPoolExecutor.map"
 FOGVERSE = "fogverse"
@@ -103,7 +106,7 @@ def settings_for(quick: bool) -> PoolSettings:
             run_seconds=0.05,
             min_inputs=8,
             max_running_tasks=(1, 8),
-            process_numbers=tuple(sorted({1, cores})),
+            process_numbers=(cores,),
             warmup=8,
         )
     return PoolSettings(
@@ -220,6 +223,12 @@ def _workload(name: str, frames: Frames) -> tuple[Callable[[Any], Any], list[Any
     raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
 
 
+def _fullsize_jpeg() -> Callable[[Any], Any]:
+    from processors import YoloPreprocess
+
+    return YoloPreprocess(640, decode=True, reduced_decode=False).process
+
+
 def _touch(value: Any) -> None:
     # Read the result, as a consumer of it would; a lazy variant gains nothing.
     flat = getattr(value, "flat", None)
@@ -245,8 +254,8 @@ class Variant:
 
     @property
     def label(self) -> str:
-        if self.kind == SERIAL:
-            return SERIAL
+        if self.kind in (SERIAL, SERIAL_FULL):
+            return self.kind
         if self.kind == FOGVERSE:
             return f"fogverse p={self.process_number} m={self.max_running_task}"
         return f"{self.kind} p={self.process_number}"
@@ -335,9 +344,10 @@ async def _run_once(v: Variant, fn: Callable[[Any], Any], inputs: Sequence[Any],
     start = time.perf_counter()
     if strategy is not None:
         _run_arroyo(strategy, inputs, n)
-    elif v.kind == SERIAL:
+    elif v.kind in (SERIAL, SERIAL_FULL):
+        call = _fullsize_jpeg() if v.kind == SERIAL_FULL else fn
         for i in range(n):
-            _touch(fn(inputs[i % len(inputs)]))
+            _touch(call(inputs[i % len(inputs)]))
     elif v.kind == IMAP:
         for value in v.pool.imap(fn, cycle(), chunksize=1):
             _touch(value)
@@ -393,6 +403,8 @@ async def bench_workload(
     fn, inputs = _workload(workload, frames)
     scale = 20 if workload == "trivial" else 1
     variants = [Variant(SERIAL, 1)]
+    if workload == "jpeg":
+        variants.append(Variant(SERIAL_FULL, 1))
     for p in settings.process_numbers:
         variants += [Variant(IMAP, p), Variant(EXECUTOR, p)]
         if settings.arroyo and arroyo_available():
@@ -491,6 +503,7 @@ def _entry(v: Variant, serial: Variant, per_task: bool) -> dict[str, Any]:
 
 def _tabulate(variants: list[Variant], per_task: bool) -> tuple[dict, dict]:
     serial = next(v for v in variants if v.kind == SERIAL)
+    serial_full = next((v for v in variants if v.kind == SERIAL_FULL), None)
     by_key = {(v.kind, v.process_number): v for v in variants if v.kind not in (SERIAL, FOGVERSE)}
     baselines: dict[str, list[dict[str, Any]]] = {}
     for v in variants:
@@ -514,6 +527,8 @@ def _tabulate(variants: list[Variant], per_task: bool) -> tuple[dict, dict]:
             if base is None:
                 continue
             entry[key] = round(median_ratio(rates, _rates(base)), 3)
+        if serial_full is not None:
+            entry["vs_serial_fullsize"] = round(median_ratio(rates, _rates(serial_full)), 3)
         grid.append(entry)
     best: dict[str, Any] = {}
     for p in sorted({e["process_number"] for e in grid}):
@@ -529,6 +544,7 @@ def _tabulate(variants: list[Variant], per_task: bool) -> tuple[dict, dict]:
                 "vs_pool_imap",
                 "vs_executor_map",
                 "vs_arroyo",
+                "vs_serial_fullsize",
             )
             if k in top
         }

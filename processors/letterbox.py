@@ -21,6 +21,7 @@ __all__ = [
     "Letterbox",
     "LetterboxParams",
     "Shape",
+    "fitted_hw",
     "letterbox_boxes",
     "letterbox_params",
     "scale_boxes",
@@ -106,6 +107,15 @@ def letterbox_params(
         out_hw=(out_h, out_w),
         src_hw=(h, w),
     )
+
+
+def fitted_hw(
+    src_hw: tuple[int, int], new_shape: Shape = 640, *, scaleup: bool = True
+) -> tuple[int, int]:
+    """``(height, width)`` a ``src_hw`` frame is resized to when letterboxed into
+    ``new_shape`` (before padding): what a reduced-size decode must still cover."""
+    unpad_w, unpad_h = letterbox_params(src_hw, new_shape, scaleup=scaleup).new_unpad_wh
+    return unpad_h, unpad_w
 
 
 def _axis_scales(params: LetterboxParams) -> tuple[float, float]:

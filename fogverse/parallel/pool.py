@@ -23,6 +23,7 @@ import pickle
 import resource
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Callable, Generator
 from typing import Any, Literal
@@ -48,7 +49,10 @@ StartMethod = Literal["forkserver", "spawn"]
 
 # Tasks queued on one worker's socket. Two keeps a worker busy while the parent reads its last
 # result; more would strand tasks behind a slow one instead of giving them to an idle worker.
+# Tasks shorter than _SHORT_TASK cost less than the round trip that feeds them, so for them a
+# worker may hold its share of the window: the parent then sends and reads them in batches.
 _PREFETCH = 2
+_SHORT_TASK = 200e-6
 _RECV_SIZE = 1 << 16
 _STARTUP_FAILURE_LIMIT = 3
 _RESTART_BACKOFF = 0.1
@@ -57,6 +61,8 @@ _KILL_GRACE = 5.0
 
 _NEW, _STARTING, _RUNNING, _CLOSING, _STOPPING, _CLOSED, _BROKEN = range(7)
 _TASK_REPLIES = frozenset((wire.MSG_RESULT, wire.MSG_INBAND, wire.MSG_ERROR))
+_TASK_PACK = wire.TASK.pack
+_TASK_BODY = wire.TASK.size - 4
 
 
 class _Slot:
@@ -74,6 +80,7 @@ class _Worker:
         "fd",
         "index",
         "known",
+        "last_reply",
         "live",
         "outstanding",
         "pid",
@@ -85,6 +92,7 @@ class _Worker:
         "rview",
         "setup_error",
         "sock",
+        "wbuf",
     )
 
     def __init__(
@@ -105,6 +113,9 @@ class _Worker:
         self.rbuf = bytearray(_RECV_SIZE)
         self.rview = memoryview(self.rbuf)
         self.rend = 0
+        self.last_reply = 0.0
+        # TASK frames not yet sent: a loop iteration's frames for one worker go in one send.
+        self.wbuf = bytearray()
 
 
 class TaskHandle:
@@ -357,6 +368,12 @@ class WorkerPool:
         self._submitted = 0
         self._completed = 0
         self._context: Any = None
+        self._depth = _PREFETCH
+        self._short = 0  # wire.TASK_SHORT while tasks are short: their replies may be batched
+        self._deep_depth = max(_PREFETCH, -(-max_running_task // process_number))
+        self._service = -1.0  # a worker's time per task (EWMA of busy reply intervals), seconds
+        self._unsent: list[_Worker] = []
+        self._flush_scheduled = False
         self._finalizer = weakref.finalize(self, _kill_all, self._workers)
 
     # ------------------------------------------------------------------ public API
@@ -383,7 +400,8 @@ class WorkerPool:
     @property
     def stats(self) -> dict[str, int]:
         """Counters: submitted, completed, failed, crashed, retried, restarts, inband_results,
-        slot_grows."""
+        slot_grows, task_sends (socket writes that carried TASK frames without a descriptor:
+        short tasks are sent several to a write)."""
         return {**self._stats, "submitted": self._submitted, "completed": self._completed}
 
     async def start(self) -> None:
@@ -571,7 +589,7 @@ class WorkerPool:
 
     def _least_loaded(self) -> _Worker | None:
         best: _Worker | None = None
-        load = _PREFETCH
+        load = self._depth
         for w in self._ready:
             n = len(w.outstanding)
             if n < load:
@@ -588,22 +606,44 @@ class WorkerPool:
     def _send_task(self, w: _Worker, task: TaskHandle) -> None:
         slot = task._slot
         w.outstanding.append(task)
+        if w.known[slot.index] == slot.generation:
+            # Buffered: the syscall (and the worker's wake-up) is paid once per loop iteration
+            # and worker rather than once per task, which is most of a small task's cost.
+            if not w.wbuf:
+                self._unsent.append(w)
+                if not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    assert self._loop is not None
+                    self._loop.call_soon(self._flush)
+            w.wbuf += _TASK_PACK(
+                _TASK_BODY, wire.MSG_TASK, task._id, slot.index, slot.generation, self._short
+            )
+            return
+        flags = wire.TASK_FD | self._short
+        frame = _TASK_PACK(_TASK_BODY, wire.MSG_TASK, task._id, slot.index, slot.generation, flags)
         try:
-            if w.known[slot.index] == slot.generation:
-                w.sock.send(
-                    wire.TASK.pack(
-                        wire.TASK.size - 4, wire.MSG_TASK, task._id, slot.index, slot.generation, 0
-                    )
-                )
-            else:
-                frame = wire.TASK.pack(
-                    wire.TASK.size - 4, wire.MSG_TASK, task._id, slot.index, slot.generation, 1
-                )
-                w.sock.sendmsg([frame], [_fd_message(slot.region.fd)])
-                w.known[slot.index] = slot.generation
+            if w.wbuf:  # frames queued before this one go first: the worker reads in order
+                frame = bytes(w.wbuf) + frame
+                w.wbuf.clear()
+            w.sock.sendmsg([frame], [_fd_message(slot.region.fd)])
+            w.known[slot.index] = slot.generation
         except OSError:
             # The worker is dying; its sentinel will requeue what it held.
             self._mark_unusable(w)
+
+    def _flush(self) -> None:
+        """Send every worker's buffered TASK frames, one send each."""
+        self._flush_scheduled = False
+        unsent, self._unsent = self._unsent, []
+        for w in unsent:
+            if not w.wbuf:
+                continue
+            self._stats["task_sends"] += 1
+            try:
+                w.sock.sendall(w.wbuf)
+            except OSError:
+                self._mark_unusable(w)  # dying; its sentinel requeues what it held
+            w.wbuf.clear()
 
     def _mark_unusable(self, w: _Worker) -> None:
         if w.live:
@@ -636,6 +676,8 @@ class WorkerPool:
                 break
             self._on_frame(w, view[pos:stop])
             pos = stop
+        if self._unsent:
+            self._flush()  # the tasks these replies made room for, in one send per worker
         if pos == end:
             w.rend = 0
             if len(buf) > _RECV_SIZE:
@@ -695,6 +737,17 @@ class WorkerPool:
         task = w.outstanding.popleft()
         if task._id != task_id:
             raise RuntimeError(f"worker {w.index} answered task {task_id}, expected {task._id}")
+        now = time.monotonic()
+        if w.last_reply:
+            # The worker was busy since its last reply: the interval is one task's service.
+            interval = now - w.last_reply
+            service = self._service
+            service = interval if service < 0 else 0.9 * service + 0.1 * interval
+            self._service = service
+            short = service < _SHORT_TASK
+            self._depth = self._deep_depth if short else _PREFETCH
+            self._short = wire.TASK_SHORT if short else 0
+        w.last_reply = now if w.outstanding else 0.0
         # Refill the worker before anything else so it never waits on the parent.
         if self._pending and w.live and w.ready.done():
             self._send_task(w, self._pending.popleft())
@@ -706,7 +759,7 @@ class WorkerPool:
             w.ready.set_result(None)
         if self._state in (_STARTING, _RUNNING, _CLOSING) and w.live:
             self._ready.append(w)
-            while self._pending and len(w.outstanding) < _PREFETCH and w.live:
+            while self._pending and len(w.outstanding) < self._depth and w.live:
                 self._send_task(w, self._pending.popleft())
 
     def _on_eof(self, w: _Worker) -> None:
@@ -902,6 +955,7 @@ class WorkerPool:
         workers = list(self._workers.values())
         stop = wire.STOP.pack(wire.STOP.size - 4, wire.MSG_STOP)
         for w in workers:
+            w.wbuf.clear()  # tasks not yet sent were failed above
             with contextlib.suppress(OSError):
                 w.sock.send(stop)
         exits = [w.exited for w in workers]

@@ -5,7 +5,9 @@ length followed by a type byte and its fields). Descriptors travel with ``SCM_RI
 frame that first needs them: the pickled processor's region with ``HELLO``, a slot's region
 with the first ``TASK`` that uses that slot (or that slot's new generation after it grew).
 
-parent -> worker: ``HELLO`` (blob size) | ``TASK`` (task id, slot, generation, has fd) | ``STOP``
+parent -> worker: ``HELLO`` (blob size) | ``TASK`` (task id, slot, generation, flags: 1 = a
+descriptor comes with it, 2 = short task: its reply may wait for the next queued task's) |
+``STOP``
 worker -> parent: ``READY`` (pid) | ``SETUP_FAILED`` (traceback text) | ``RESULT`` (task id,
 offset of the result in the slot) | ``INBAND`` (task id, size needed, payload laid out as in a
 slot) | ``ERROR`` (task id, pickled ``(type, message, traceback)``)
@@ -51,6 +53,9 @@ RESULT = struct.Struct("<IBIQ")
 INBAND = struct.Struct("<IBIQ")
 ERROR = struct.Struct("<IBI")
 SETUP_FAILED = struct.Struct("<IB")
+
+TASK_FD = 1
+TASK_SHORT = 2
 
 MSG_HELLO = 1
 MSG_TASK = 2
@@ -125,6 +130,11 @@ class _Inbox:
             if not data:
                 return None
             buf += data
+
+    def has_frame(self) -> bool:
+        """Whether a whole frame is already buffered (next() would not block)."""
+        buf = self._buf
+        return len(buf) >= 4 and len(buf) >= 4 + LEN.unpack_from(buf)[0]
 
     def take_fd(self) -> int:
         return self._fds.popleft()
@@ -268,12 +278,18 @@ def _serve(sock: socket.socket, inbox: _Inbox, processor: Any) -> None:
     slots: dict[int, tuple[int, shm.SharedRegion]] = {}
     process = processor.process
     result_frame = RESULT.pack
+    # Replies of short tasks held back while the next task is already here: one write (and
+    # one wake-up of the parent) for several. Never held while this worker would wait.
+    held = bytearray()
     while True:
+        if held and not inbox.has_frame():
+            sock.sendall(held)
+            held.clear()
         frame = inbox.next()
         if frame is None or frame[4] == MSG_STOP:
             return
-        _, _, task_id, slot_index, generation, has_fd = TASK.unpack(frame)
-        if has_fd:
+        _, _, task_id, slot_index, generation, flags = TASK.unpack(frame)
+        if flags & TASK_FD:
             # Replacing the previous generation drops our mapping of it; views that user code
             # kept keep theirs alive.
             slots[slot_index] = (generation, shm.SharedRegion.attach(inbox.take_fd()))
@@ -292,12 +308,18 @@ def _serve(sock: socket.socket, inbox: _Inbox, processor: Any) -> None:
             enc = shm.encode(result)
             end = shm.write(view, out_at, enc, region.address, out_at)
         except Exception as exc:
-            sock.sendall(_error_frame(task_id, exc))
+            held += _error_frame(task_id, exc)
+            if not flags & TASK_SHORT:
+                sock.sendall(held)
+                held.clear()
             continue
         finally:
             result = None
         if end <= region.size:
-            sock.sendall(result_frame(RESULT.size - 4, MSG_RESULT, task_id, out_at))
+            held += result_frame(RESULT.size - 4, MSG_RESULT, task_id, out_at)
+            if not flags & TASK_SHORT:
+                sock.sendall(held)
+                held.clear()
             continue
         # Too big for the slot: send it over the socket this once; the parent grows its slots.
         needed = end - shm.align(in_end)  # output arrays included: all must fit next time
@@ -306,8 +328,11 @@ def _serve(sock: socket.socket, inbox: _Inbox, processor: Any) -> None:
         try:
             shm.write(memoryview(body)[INBAND.size :], 0, enc)
         except Exception as exc:
-            sock.sendall(_error_frame(task_id, exc))
+            held += _error_frame(task_id, exc)
+            sock.sendall(held)
+            held.clear()
             continue
         finally:
             enc = None
-        sock.sendall(body)
+        sock.sendall(held + body if held else body)
+        held.clear()

@@ -31,6 +31,7 @@ _EXPECTED = {
     "pool.trivial.json",
     "kafka.pipeline.json",
     "kafka.passthrough.json",
+    "kafka.scaling.json",
 }
 
 
@@ -84,7 +85,7 @@ def test_quick_run_writes_well_formed_results(kafka_bootstrap: str, tmp_path: Pa
         assert doc["mode"] == "quick"
 
     # Every target was measured by this run (met or not: speed is not checked here).
-    assert len(summary["targets"]) == 6
+    assert len(summary["targets"]) == 9
     for target in summary["targets"]:
         assert isinstance(target["measured"], int | float), target["id"]
         assert math.isfinite(target["measured"])
@@ -95,7 +96,13 @@ def test_quick_run_writes_well_formed_results(kafka_bootstrap: str, tmp_path: Pa
     ps, ms = jpeg["params"]["process_numbers"], jpeg["params"]["max_running_tasks"]
     grid = {(e["process_number"], e["max_running_task"]) for e in jpeg["metrics"]["grid"]}
     assert grid == {(p, m) for p in ps for m in ms}
-    assert set(jpeg["baselines"]) == {"serial", "Pool.imap", "ProcessPoolExecutor.map"}
+    assert set(jpeg["baselines"]) == {
+        "serial",
+        "serial (full-size decode)",
+        "Pool.imap",
+        "ProcessPoolExecutor.map",
+        "arroyo.RunTaskWithMultiprocessing",  # the bench extra installs sentry-arroyo
+    }
     for entry in jpeg["metrics"]["grid"]:
         assert len(entry["rate"]["runs"]) == jpeg["params"]["reps"]
         assert entry["rate"]["min"] <= entry["rate"]["median"] <= entry["rate"]["max"]
@@ -107,6 +114,11 @@ def test_quick_run_writes_well_formed_results(kafka_bootstrap: str, tmp_path: Pa
         assert scenario["frames_arrived"] == scenario["scenario"]["frames"], name
         assert set(scenario["latency_ms"]) >= {"p50", "p95", "p99"}
         assert scenario["lag"]["rows"], name
+    assert set(pipeline["metrics"]["max_rate"]) == {"max-rate-1cam"}
+    scaling = json.loads((tmp_path / "kafka.scaling.json").read_text())
+    for row in scaling["metrics"]["cameras"] + scaling["metrics"]["max_running_task"]:
+        assert row["lost"] == 0, row
+        assert row["memory_mb"]["workers"] > 0, row
     passthrough = json.loads((tmp_path / "kafka.passthrough.json").read_text())
     assert passthrough["metrics"]["profile"]["messages"] > 0
     assert passthrough["metrics"]["cpu_profile"]["top"]

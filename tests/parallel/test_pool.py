@@ -902,3 +902,30 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path, start_method):
             parent.wait(10)
         if parent.stdout:
             parent.stdout.close()
+
+
+class Pause(Processor):
+    """Takes ``seconds`` of (sleeping) work per task."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def process(self, data: Any) -> Any:
+        time.sleep(self.seconds)
+        return data
+
+
+def test_short_tasks_are_sent_in_batches_long_ones_two_per_worker():
+    async def main() -> None:
+        n = 3000
+        async with WorkerPool(Echo(), 2, 16) as pool:
+            assert await map_through(pool, list(range(n))) == list(range(n))
+            # One write per task unbatched, about one per two at two tasks a worker (measured
+            # 0.5 n); holding its share of the window, a worker gets them 8 to a write (0.15 n).
+            assert pool.stats["task_sends"] < 0.35 * n, pool.stats
+        async with WorkerPool(Pause(0.003), 2, 16) as pool:
+            assert await map_through(pool, list(range(60))) == list(range(60))
+            # Tasks longer than a round trip are not stranded behind a busy worker.
+            assert pool._depth == 2
+
+    run(main())

@@ -79,9 +79,14 @@ def test_batch_dim(frame_720p: np.ndarray) -> None:
 
 
 def test_decode_path(frame_720p: np.ndarray, jpeg_720p: bytes) -> None:
-    fused = YoloPreprocess(decode=True).process(jpeg_720p)
+    fused = YoloPreprocess(decode=True, reduced_decode=False).process(jpeg_720p)
     composed = _composed(decode=True).process(jpeg_720p)
     np.testing.assert_array_equal(fused, composed)
+    # With the reduced decode (the default), the same as the composed steps decoding at the
+    # size the letterbox needs.
+    reduced = YoloPreprocess(decode=True).process(jpeg_720p)
+    steps = _composed().steps
+    np.testing.assert_array_equal(reduced, Compose(DecodeImage(fit=640), *steps).process(jpeg_720p))
     with pytest.raises(ValueError):
         YoloPreprocess(decode=True).process(jpeg_720p[:1000])
 
