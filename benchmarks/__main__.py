@@ -29,7 +29,7 @@ from benchmarks.common import (
 logger = logging.getLogger("benchmarks")
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SUITES = ("pool", "kafka")
+SUITES = ("pool", "detect", "kafka")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only",
         default=",".join(SUITES),
-        help="comma-separated suites to run: pool, kafka (default: both)",
+        help="comma-separated suites to run: pool, detect, kafka (default: all)",
     )
     p.add_argument("--out", type=Path, help="results directory (default: benchmarks/results/)")
     p.add_argument("--bootstrap", help="Kafka host:port (default: FOGVERSE_BOOTSTRAP or local)")
@@ -93,6 +93,11 @@ def run(
         from benchmarks.pool import bench_pool
 
         for doc in bench_pool(quick, show_progress=show_progress):
+            keep(doc)
+    if "detect" in suites:
+        from benchmarks.detect import bench_detect
+
+        for doc in bench_detect(quick, show_progress=show_progress):
             keep(doc)
     if "kafka" in suites:
         from benchmarks.kafka import bench_passthrough, bench_pipeline, bench_scaling, broker

@@ -210,7 +210,7 @@ def plot_all(docs: list[dict[str, Any]], out: Path) -> list[Path]:
     for doc in docs:
         name = doc["benchmark"]
         target = out / f"{name.replace('.', '_')}.png"
-        if name.startswith("pool."):
+        if name.startswith("pool.") or name == "detect.fused":
             paths.append(plot_pool(doc, target))
         elif name == "kafka.pipeline":
             paths.append(plot_pipeline(doc, target))

@@ -58,6 +58,15 @@ def targets(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "x",
         ),
         Target(
+            "detect.fused.speedup",
+            "720p JPEG -> detections (YoloDetect, stand-in ONNX model), process_number=2: "
+            "frames/s over serial (best max_running_task)",
+            "detect.fused",
+            ">=",
+            1.7,
+            "x",
+        ),
+        Target(
             "pool.raw.vs_imap",
             "raw 720p ndarray frames, process_number=2: frames/s over multiprocessing.Pool.imap "
             "(best max_running_task)",
@@ -134,6 +143,18 @@ def targets(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 f"; serial {serials[1]['rate']['median']:.0f} frames/s reduced decode, "
                 f"{full[0]['rate']['median']:.0f} full-size"
             )
+    doc = _find(docs, "detect.fused")
+    if doc is not None:
+        p = _pick_p(doc)
+        best = doc["metrics"]["best"][str(p)]
+        t = by_id["detect.fused.speedup"]
+        t.measured = best["speedup_vs_serial"]
+        t.detail = f"p={p}, best m={best['max_running_task']}; all m: " + _grid_note(
+            _rows(doc, p), "speedup_vs_serial", ".2f"
+        )
+        p1 = _rows(doc, 1)
+        if p1:
+            t.detail += "; p=1: " + _grid_note(p1, "speedup_vs_serial", ".2f")
     doc = _find(docs, "pool.raw")
     if doc is not None:
         p = _pick_p(doc)

@@ -29,6 +29,8 @@ _EXPECTED = {
     "pool.jpeg.json",
     "pool.raw.json",
     "pool.trivial.json",
+    "detect.fused.json",
+    "detect.breakdown.json",
     "kafka.pipeline.json",
     "kafka.passthrough.json",
     "kafka.scaling.json",
@@ -85,7 +87,7 @@ def test_quick_run_writes_well_formed_results(kafka_bootstrap: str, tmp_path: Pa
         assert doc["mode"] == "quick"
 
     # Every target was measured by this run (met or not: speed is not checked here).
-    assert len(summary["targets"]) == 9
+    assert len(summary["targets"]) == 10
     for target in summary["targets"]:
         assert isinstance(target["measured"], int | float), target["id"]
         assert math.isfinite(target["measured"])
