@@ -398,7 +398,7 @@ async def run_pipeline(args: argparse.Namespace, bootstrap: str) -> Summary:
     detecting = args.detector in ("face", "yolo")  # else: preprocessing, sink-side detector
     source: str | int | PhotoCamera
     if args.video is None:
-        source = PhotoCamera(frames=args.frames or 60)
+        source = PhotoCamera(frames=args.frames or 300)
         video_fps = args.fps or source.fps
     else:
         source = int(args.video) if str(args.video).isdigit() else str(args.video)
