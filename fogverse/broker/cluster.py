@@ -284,6 +284,34 @@ class LocalKafkaCluster:
         """Start a node stopped by :meth:`kill`; returns once it serves."""
         self.node(node_id).start()
 
+    def wait_in_sync(self, timeout: float = 120.0) -> None:
+        """Wait until every partition of every topic has all its replicas in sync (what a
+        rolling restart waits for before taking the next node down)."""
+        from confluent_kafka.admin import AdminClient
+
+        deadline = time.monotonic() + timeout
+        behind: list[str] = []
+        while True:
+            node = next((n for n in self.nodes if n.is_running()), None)
+            if node is None:
+                raise BrokerError("no node is running")
+            admin = AdminClient({"bootstrap.servers": node.bootstrap, "log_level": 3})
+            try:
+                meta = admin.list_topics(timeout=5)
+                behind = [
+                    f"{name}[{p}]"
+                    for name, info in meta.topics.items()
+                    for p, part in info.partitions.items()
+                    if set(part.isrs) != set(part.replicas) or part.leader < 0
+                ]
+                if not behind and meta.topics:
+                    return
+            except Exception as exc:
+                behind = [repr(exc)]
+            if time.monotonic() >= deadline:
+                raise BrokerError(f"replicas still out of sync after {timeout:.0f} s: {behind}")
+            time.sleep(0.2)
+
     def leader(
         self, topic: str, partition: int = 0, *, timeout: float = 30.0, not_on: int | None = None
     ) -> int:

@@ -360,8 +360,11 @@ class KafkaAdmin:
                 raise
 
     async def create_topic(
-        self, name: str, partitions: int = 1, replication: int = 1, config: dict | None = None
+        self, name: str, partitions: int = 1, replication: int = -1, config: dict | None = None
     ) -> None:
+        """Create ``name`` (an existing one is fine). ``replication=-1``: the cluster's
+        ``default.replication.factor``, so a replicated cluster replicates FogVerse's topics
+        (the auto-scaling master's control topic) as it does its users'."""
         from confluent_kafka.admin import NewTopic
 
         topic = NewTopic(

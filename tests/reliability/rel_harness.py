@@ -188,11 +188,6 @@ until = functools.partial(polling.until, interval=0.1)
 SEND_DEADLINE = 120.0
 
 
-# An ack that has not come in this long is given up on and the message sent again (it may
-# then be written twice): aiokafka never settles a batch its dead sender was sending.
-ACK_DEADLINE = 30.0
-
-
 class Feeder:
     """Sends numbered messages; an id counts as sent once the broker acknowledged it.
 
@@ -277,12 +272,16 @@ class Feeder:
                     self.topic, value, key=key, headers=headers, partition=partition
                 )
                 # A dying sender never settles what it was sending: stop waiting at once.
+                # Otherwise wait as long as it takes: aiokafka retries by itself, and sending
+                # again meanwhile would only write the message twice.
                 sender = producer._sender.sender_task
                 await asyncio.wait(
-                    {fut, sender}, timeout=ACK_DEADLINE, return_when=asyncio.FIRST_COMPLETED
+                    {fut, sender},
+                    timeout=max(0.0, deadline - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
                 if not fut.done():
-                    raise TimeoutError("no acknowledgement (the sender died, or it is slow)")
+                    raise TimeoutError("no acknowledgement (the sender died, or the deadline)")
                 fut.result()
                 self.tally.sent.add(i)
                 return
