@@ -22,7 +22,13 @@ from fogverse.transport.base import RebalanceCallback
 from fogverse.transport.kafka_batch import Batcher
 from fogverse.transport.kafka_fetch import SafeFetch, UnparsedRecord
 
-__all__ = ["KafkaAdmin", "KafkaConsumerTransport", "KafkaProducerTransport", "SenderDied"]
+__all__ = [
+    "KafkaAdmin",
+    "KafkaConsumerTransport",
+    "KafkaProducerTransport",
+    "SenderDied",
+    "sender_died",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +49,17 @@ _UNBATCHED = ("key_serializer", "value_serializer", "transactional_id")
 _MIN_SENDER_LIFE = 10.0
 # How long a restart keeps trying to reach the cluster before the producer gives up.
 _RESTART_DEADLINE = 120.0
+
+
+def sender_died(producer: AIOKafkaProducer | None) -> bool:
+    """Whether a started aiokafka producer lost its background sender task to an error: it
+    then fails every send and will never settle what it was sending (aio-libs/aiokafka#907).
+    Such a client must be replaced."""
+    sender = getattr(producer, "_sender", None)
+    task = getattr(sender, "sender_task", None)
+    if task is None or not task.done() or task.cancelled():
+        return False
+    return task.exception() is not None
 
 
 class SenderDied(KafkaError):
