@@ -418,6 +418,15 @@ class LocalKafka:
             with _live_lock:
                 _live.discard(self)
 
+    def wait_ready(self) -> None:
+        """Wait (``start_timeout``) until a broker spawned by ``start(wait=False)`` serves."""
+        with self._lock:
+            try:
+                self._wait_ready(time.monotonic() + self.start_timeout)
+            except BaseException:
+                self.stop(0, keep_data=True)
+                raise
+
     def restart(self, *, kill: bool = False) -> LocalKafka:
         """Stop and start again on the same ports with the same data.
 
@@ -442,15 +451,6 @@ class LocalKafka:
         self.stop()
 
     # -- internals -----------------------------------------------------------------------------
-
-    def wait_ready(self) -> None:
-        """Wait (``start_timeout``) until a broker spawned by ``start(wait=False)`` serves."""
-        with self._lock:
-            try:
-                self._wait_ready(time.monotonic() + self.start_timeout)
-            except BaseException:
-                self.stop(0, keep_data=True)
-                raise
 
     def _start_locked(self, java: str, jars: Path, wait: bool = True) -> None:
         started = time.monotonic()
