@@ -230,11 +230,6 @@ class LocalKafkaCluster:
                 node.stop(timeout, keep_data=True)
             except Exception as exc:
                 errors.append(exc)
-        from fogverse.broker import launcher
-
-        with launcher._live_lock:
-            for node in self.nodes:
-                launcher._live.discard(node)
         if self.owns_data_dir and self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

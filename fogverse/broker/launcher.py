@@ -411,6 +411,10 @@ class LocalKafka:
         with self._lock:
             self._terminate(self.stop_timeout if timeout is None else timeout)
             if keep_data:
+                if not self.owns_data_dir:
+                    # Nothing of ours is left to clean up at exit (a cluster's nodes).
+                    with _live_lock:
+                        _live.discard(self)
                 return
             if self.owns_data_dir and self._data_dir is not None:
                 shutil.rmtree(self._data_dir, ignore_errors=True)
