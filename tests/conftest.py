@@ -18,11 +18,13 @@ from typing import Any
 import pytest
 from backends import backend  # noqa: F401  (the memory/kafka parametrized fixture)
 
-from fogverse.broker import BrokerUnavailable, LocalKafka, stop_all
+from fogverse.broker import BrokerUnavailable, LocalKafka, LocalKafkaCluster, stop_all
 
 logger = logging.getLogger(__name__)
 
-_KAFKA_FIXTURES = frozenset({"kafka_bootstrap", "kafka_admin", "local_kafka", "new_topic"})
+_KAFKA_FIXTURES = frozenset(
+    {"kafka_bootstrap", "kafka_admin", "local_kafka", "new_topic", "kafka_cluster"}
+)
 _TOPIC_READY_TIMEOUT = 30.0
 
 
@@ -81,6 +83,27 @@ def local_kafka(_session_kafka: LocalKafka | None) -> LocalKafka:
     if _session_kafka is None:
         pytest.skip("FOGVERSE_BOOTSTRAP points at an external cluster; it cannot be restarted")
     return _session_kafka
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster() -> Iterator[LocalKafkaCluster]:
+    """A 3-node replicated KRaft cluster (RF 3, min ISR 2) shared by one test module.
+
+    Module-scoped: its three JVMs live only while that module's tests run. A test that
+    kills, freezes or stops a node must bring it back (``start_node``/``thaw``) before it
+    ends; the fixture checks that every node runs again and stops them all at the end.
+    """
+    if _external_bootstrap():
+        pytest.skip("FOGVERSE_BOOTSTRAP points at an external cluster; the cluster tests start one")
+    cluster = LocalKafkaCluster(3)
+    try:
+        cluster.start()
+    except BrokerUnavailable as exc:
+        pytest.fail(f"no local Kafka: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop(0)
 
 
 @pytest.fixture(scope="session")

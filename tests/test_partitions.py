@@ -913,13 +913,25 @@ def test_an_instance_the_local_provider_starts_joins_and_gets_work(
             )
             sent = {f"m{i}".encode() for i in range(before + after)}
             echoed: list[bytes] = []
+            more = [before + after]
 
             async def everything() -> bool:
                 echoed[:] = [r.value for r in await read_kafka(kafka_bootstrap, out, 1, 0.5)]
-                return sent <= set(first.received) | set(echoed)
+                if not echoed and sent <= set(first.received):
+                    # c1 got it all while the instance was still slow to fetch (a loaded
+                    # machine): send more, until the instance has had some work too.
+                    batch = [(None, f"m{i}".encode(), []) for i in range(more[0], more[0] + 20)]
+                    await produce_kafka(kafka_bootstrap, topic, batch)
+                    sent.update(value for _, value, _ in batch)
+                    more[0] += len(batch)
+                    return False
+                return bool(echoed) and sent <= set(first.received) | set(echoed)
 
             await until(
-                everything, 90, "every message consumed by c1 or the instance", interval=0.05
+                everything,
+                90,
+                "every message consumed by c1 or the instance, and some by the instance",
+                interval=0.2,
             )
         finally:
             status = await asyncio.to_thread(handle.stop) if handle is not None else None

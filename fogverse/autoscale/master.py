@@ -25,6 +25,7 @@ from fogverse.autoscale.messages import (
     parse_message,
 )
 from fogverse.autoscale.state import ControlState
+from fogverse.transport.kafka import sender_died
 from fogverse.transport.kafka_fetch import SafeFetch, UnparsedRecord
 
 __all__ = ["Master", "MasterObserver", "Service"]
@@ -192,14 +193,17 @@ class Master:
         self._fetch = SafeFetch(self._consumer)
         await self._consumer.start()
         if self.publish_enabled:
-            self._producer = AIOKafkaProducer(
-                bootstrap_servers=servers,
-                acks="all",
-                client_id=f"{self.consumer_group_id}-master",
-                **self.producer_conf,
-            )
+            self._producer = AIOKafkaProducer(**self._producer_config(servers))
             await self._producer.start()
         await self._assign(initial=True)
+
+    def _producer_config(self, servers: str) -> dict[str, Any]:
+        return {
+            "bootstrap_servers": servers,
+            "acks": "all",
+            "client_id": f"{self.consumer_group_id}-master",
+            **self.producer_conf,
+        }
 
     async def _partitions(self) -> set[int]:
         assert self._consumer is not None and self.consumer_topic is not None
@@ -333,6 +337,25 @@ class Master:
         """Record a message of the master's own on the control topic (not awaiting the ack)."""
         if self._producer is None or self.consumer_topic is None:
             return
+        if sender_died(self._producer):
+            # aiokafka's sender task died (aio-libs/aiokafka#907): every send would fail.
+            logger.warning("the master's producer lost its sender; starting a new one")
+            dead, self._producer = self._producer, None
+            with contextlib.suppress(Exception):
+                await dead.stop()
+            from aiokafka import AIOKafkaProducer
+
+            servers = self.consumer_servers or "localhost:9092"
+            producer = AIOKafkaProducer(**self._producer_config(servers))
+            try:
+                await producer.start()
+            except Exception as exc:
+                logger.warning("could not publish %s: %s", message.TYPE, exc)
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                self._producer = dead  # replaced again at the next publish
+                return
+            self._producer = producer
         try:
             ack = await self._producer.send(
                 self.consumer_topic, encode_message(message), key=message.instance_id.encode()

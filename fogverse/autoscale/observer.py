@@ -306,6 +306,8 @@ class Observer:
             return
 
     async def _run(self) -> None:
+        from fogverse.transport.kafka import sender_died
+
         await self._connect()
         await self._send(
             Announce(
@@ -324,6 +326,14 @@ class Observer:
         next_requests = loop.time()
         assert self._wake is not None
         while True:
+            if sender_died(self._producer):
+                # aiokafka's sender task died (aio-libs/aiokafka#907): every heartbeat would
+                # fail from now on, and the master would take this instance for dead.
+                logger.warning("observer %s: its producer's sender died", self.instance_id)
+                dead, self._producer = self._producer, None
+                with contextlib.suppress(Exception):
+                    await dead.stop()
+                await self._connect()
             if self._requests_due or loop.time() >= next_requests:
                 await self._send_requests()
                 next_requests = loop.time() + self.request_refresh_interval

@@ -1,5 +1,6 @@
-"""A local Apache Kafka broker for tests, demos and benchmarks (``fogverse broker``)."""
+"""A local Apache Kafka broker or cluster for tests, demos and benchmarks (``fogverse broker``)."""
 
+from fogverse.broker.cluster import CLUSTER_HEAP, LocalKafkaCluster, replication_defaults
 from fogverse.broker.launcher import (
     DEFAULT_KAFKA_VERSION,
     INSTALL_HINT,
@@ -14,13 +15,16 @@ from fogverse.broker.launcher import (
 )
 
 __all__ = [
+    "CLUSTER_HEAP",
     "DEFAULT_KAFKA_VERSION",
     "INSTALL_HINT",
     "BrokerError",
     "BrokerUnavailable",
     "LocalKafka",
+    "LocalKafkaCluster",
     "cache_root",
     "pid_alive",
+    "replication_defaults",
     "resolve_jars",
     "stop_all",
     "terminate_pid",

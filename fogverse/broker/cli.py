@@ -1,5 +1,8 @@
 """``fogverse broker start|stop|status``: a detached local Kafka broker for demos and benchmarks.
 
+``start --brokers 3`` starts a replicated cluster instead (see :mod:`fogverse.broker.cluster`):
+the bootstrap address then lists every node.
+
 ``start`` writes the bootstrap address to stdout, so ``export FOGVERSE_BOOTSTRAP=$(fogverse broker
 start)`` works. The broker's pid, ports and data directory are kept in ``broker.json`` under
 ``$FOGVERSE_STATE_DIR`` (default: the FogVerse cache directory, ``~/.cache/fogverse``).
@@ -20,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fogverse.broker.cluster import CLUSTER_HEAP, LocalKafkaCluster
 from fogverse.broker.launcher import (
     DEFAULT_KAFKA_VERSION,
     BrokerError,
@@ -57,7 +61,12 @@ def register(subparsers: Any) -> None:
     start.add_argument("--port", type=int, help="client port (default: a free one)")
     start.add_argument("--controller-port", type=int, help="KRaft controller port")
     start.add_argument("--data-dir", type=Path, help="keep the data here (default: temporary)")
-    start.add_argument("--heap", default="256m", help="JVM heap, e.g. 512m (default: %(default)s)")
+    start.add_argument(
+        "--brokers", type=int, default=1, help="nodes: 3 gives a replicated cluster (default: 1)"
+    )
+    start.add_argument(
+        "--heap", help=f"JVM heap per node, e.g. 512m (default: 256m, {CLUSTER_HEAP} in a cluster)"
+    )
     start.add_argument("--version", default=DEFAULT_KAFKA_VERSION, help="Apache Kafka version")
     start.add_argument("--timeout", type=float, default=120.0, help="start-up deadline, seconds")
     start.set_defaults(func=_start)
@@ -93,7 +102,17 @@ def _read(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _nodes(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The recorded JVMs: a cluster's nodes, or the one broker."""
+    return state.get("nodes") or [state]
+
+
 def _alive(state: dict[str, Any]) -> bool:
+    """Whether any recorded JVM still runs."""
+    return any(_node_alive(node) for node in _nodes(state))
+
+
+def _node_alive(state: dict[str, Any]) -> bool:
     pid = int(state["pid"])
     if not pid_alive(pid):
         return False
@@ -108,7 +127,7 @@ def _alive(state: dict[str, Any]) -> bool:
 
 def _forget(path: Path, state: dict[str, Any]) -> None:
     if state.get("owns_data_dir"):
-        shutil.rmtree(state["data_dir"], ignore_errors=True)
+        shutil.rmtree(state.get("cluster_dir") or state["data_dir"], ignore_errors=True)
     path.unlink(missing_ok=True)
 
 
@@ -124,12 +143,14 @@ def _start(args: argparse.Namespace) -> int:
                 return 0
             logger.info("Removing the record of a broker that is gone (pid %s)", state["pid"])
             _forget(path, state)
+        if args.brokers > 1:
+            return _start_cluster(args, path)
         broker = LocalKafka(
             port=args.port,
             controller_port=args.controller_port,
             data_dir=args.data_dir,
             version=args.version,
-            heap=args.heap,
+            heap=args.heap or "256m",
             start_timeout=args.timeout,
             detached=True,
         )
@@ -150,12 +171,60 @@ def _start(args: argparse.Namespace) -> int:
             "version": broker.version,
             "started_at": time.time(),
         }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(path)
+        _write(path, state)
         logger.info("Broker %s (pid %s), log %s", broker.bootstrap, broker.pid, broker.log_path)
         sys.stdout.write(f"{broker.bootstrap}\n")
         return 0
+
+
+def _start_cluster(args: argparse.Namespace, path: Path) -> int:
+    if args.port or args.controller_port:
+        logger.error("--port and --controller-port name one broker; a cluster picks free ports")
+        return 2
+    cluster = LocalKafkaCluster(
+        args.brokers,
+        data_dir=args.data_dir,
+        version=args.version,
+        heap=args.heap or CLUSTER_HEAP,
+        start_timeout=args.timeout,
+        detached=True,
+    )
+    try:
+        cluster.start()
+    except BrokerError as exc:
+        logger.error("%s", exc)
+        return 1
+    assert cluster.data_dir is not None
+    nodes = [
+        {
+            "pid": node.pid,
+            "bootstrap": node.bootstrap,
+            "port": node.port,
+            "controller_port": node.controller_port,
+            "data_dir": str(node.data_dir),
+            "log": str(node.log_path),
+        }
+        for node in cluster.nodes
+    ]
+    state = {
+        **nodes[0],
+        "bootstrap": cluster.bootstrap,
+        "nodes": nodes,
+        "cluster_dir": str(cluster.data_dir),
+        "owns_data_dir": cluster.owns_data_dir,
+        "version": cluster.version,
+        "started_at": time.time(),
+    }
+    _write(path, state)
+    logger.info("Cluster of %d at %s, data %s", args.brokers, cluster.bootstrap, cluster.data_dir)
+    sys.stdout.write(f"{cluster.bootstrap}\n")
+    return 0
+
+
+def _write(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(path)
 
 
 def _stop(args: argparse.Namespace) -> int:
@@ -166,7 +235,9 @@ def _stop(args: argparse.Namespace) -> int:
             return 0
         if _alive(state):
             try:
-                terminate_pid(int(state["pid"]), timeout=args.timeout)
+                for node in _nodes(state):
+                    if _node_alive(node):
+                        terminate_pid(int(node["pid"]), timeout=args.timeout)
             except BrokerError as exc:
                 logger.error("%s", exc)
                 return 1
@@ -180,9 +251,10 @@ def _status(args: argparse.Namespace) -> int:
     with _locked_state() as path:
         state = _read(path)
         if state is not None and _alive(state):
-            sys.stdout.write(
-                f"running {state['bootstrap']} pid={state['pid']} data={state['data_dir']}\n"
-            )
+            nodes = _nodes(state)
+            pids = ",".join(str(n["pid"]) if _node_alive(n) else "down" for n in nodes)
+            data = state.get("cluster_dir") or state["data_dir"]
+            sys.stdout.write(f"running {state['bootstrap']} pid={pids} data={data}\n")
             return 0
         sys.stdout.write("stopped\n")
         return EXIT_NOT_RUNNING

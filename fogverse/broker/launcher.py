@@ -301,6 +301,9 @@ class LocalKafka:
         stop_timeout: float = 5.0,
         cache_dir: str | os.PathLike[str] | None = None,
         detached: bool = False,
+        node_id: int = 1,
+        voters: str | None = None,
+        cluster_id: str | None = None,
     ) -> None:
         self.version = version
         self.heap = heap
@@ -309,6 +312,11 @@ class LocalKafka:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.detached = detached
+        # A node of a cluster (see fogverse.broker.cluster): its id, the static controller
+        # quorum (``id@host:port,...``) and the cluster id every node is formatted with.
+        self.node_id = node_id
+        self.voters = voters
+        self.cluster_id = cluster_id
         self._cache_root = Path(cache_dir) if cache_dir is not None else None
         self._user_data_dir = Path(data_dir).resolve() if data_dir is not None else None
         self._data_dir: Path | None = self._user_data_dir
@@ -362,8 +370,11 @@ class LocalKafka:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def start(self) -> LocalKafka:
-        """Start the broker and return once it answers metadata requests (no-op if running)."""
+    def start(self, *, wait: bool = True) -> LocalKafka:
+        """Start the broker and return once it answers metadata requests (no-op if running).
+
+        ``wait=False`` returns once the JVM is spawned: the nodes of a cluster can serve only
+        once a quorum of them runs, so they are all spawned first, then :meth:`wait_ready`."""
         with self._lock:
             if self.is_running():
                 return self
@@ -385,7 +396,7 @@ class LocalKafka:
                 with _live_lock:
                     _live.add(self)
             try:
-                self._start_locked(java, jars)
+                self._start_locked(java, jars, wait)
             except BaseException:
                 self.stop()
                 raise
@@ -400,12 +411,25 @@ class LocalKafka:
         with self._lock:
             self._terminate(self.stop_timeout if timeout is None else timeout)
             if keep_data:
+                if not self.owns_data_dir:
+                    # Nothing of ours is left to clean up at exit (a cluster's nodes).
+                    with _live_lock:
+                        _live.discard(self)
                 return
             if self.owns_data_dir and self._data_dir is not None:
                 shutil.rmtree(self._data_dir, ignore_errors=True)
                 self._data_dir = None
             with _live_lock:
                 _live.discard(self)
+
+    def wait_ready(self) -> None:
+        """Wait (``start_timeout``) until a broker spawned by ``start(wait=False)`` serves."""
+        with self._lock:
+            try:
+                self._wait_ready(time.monotonic() + self.start_timeout)
+            except BaseException:
+                self.stop(0, keep_data=True)
+                raise
 
     def restart(self, *, kill: bool = False) -> LocalKafka:
         """Stop and start again on the same ports with the same data.
@@ -432,7 +456,7 @@ class LocalKafka:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _start_locked(self, java: str, jars: Path) -> None:
+    def _start_locked(self, java: str, jars: Path, wait: bool = True) -> None:
         started = time.monotonic()
         data_dir = self._prepare_data_dir()
         fresh = not (data_dir / "logs" / "meta.properties").exists()
@@ -448,6 +472,8 @@ class LocalKafka:
             if not (data_dir / "logs" / "meta.properties").exists():
                 self._format(java, jars, data_dir)
             self._spawn(java, jars, data_dir)
+            if not wait:
+                return
             try:
                 self._wait_ready(time.monotonic() + self.start_timeout)
             except BrokerError as exc:
@@ -494,11 +520,15 @@ class LocalKafka:
         port, cport = self._port, self._controller_port
         props: dict[str, Any] = {
             "process.roles": "broker,controller",
-            "node.id": 1,
+            "node.id": self.node_id,
             "listeners": f"PLAINTEXT://{_HOST}:{port},CONTROLLER://{_HOST}:{cport}",
             "advertised.listeners": f"PLAINTEXT://{_HOST}:{port}",
             "controller.listener.names": "CONTROLLER",
-            "controller.quorum.bootstrap.servers": f"{_HOST}:{cport}",
+            **(
+                {"controller.quorum.voters": self.voters}
+                if self.voters
+                else {"controller.quorum.bootstrap.servers": f"{_HOST}:{cport}"}
+            ),
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "inter.broker.listener.name": "PLAINTEXT",
             "log.dirs": str(data_dir / "logs"),
@@ -546,7 +576,7 @@ class LocalKafka:
         ]
 
     def _format(self, java: str, jars: Path, data_dir: Path) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = self.cluster_id or new_cluster_id()
         cmd = [
             java,
             *self._jvm_args(data_dir),
@@ -555,7 +585,9 @@ class LocalKafka:
             f"{jars}/*",
             "kafka.tools.StorageTool",
             "format",
-            "--standalone",
+            # A static quorum (controller.quorum.voters) is formatted as it is; one node
+            # alone bootstraps a dynamic quorum of itself.
+            *(() if self.voters else ("--standalone",)),
             # One id in 64 starts with "-": as a separate argument it would read as an option.
             f"--cluster-id={cluster_id}",
             "-c",
@@ -663,6 +695,11 @@ class LocalKafka:
         if self._out is not None:
             self._out.close()
             self._out = None
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, base64url without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
 
 
 def _prop_value(value: Any) -> str:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
+import functools
 import inspect
 import logging
 from collections.abc import Iterable, Mapping
@@ -10,6 +13,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from fogverse.record import Headers, Record, UnreadableRecord
@@ -18,7 +22,13 @@ from fogverse.transport.base import RebalanceCallback
 from fogverse.transport.kafka_batch import Batcher
 from fogverse.transport.kafka_fetch import SafeFetch, UnparsedRecord
 
-__all__ = ["KafkaAdmin", "KafkaConsumerTransport", "KafkaProducerTransport"]
+__all__ = [
+    "KafkaAdmin",
+    "KafkaConsumerTransport",
+    "KafkaProducerTransport",
+    "SenderDied",
+    "sender_died",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +45,26 @@ _DEFAULTS = {
 _BATCH_SIZE = 64 * 1024
 # Settings under which records go through aiokafka's own send(), record by record.
 _UNBATCHED = ("key_serializer", "value_serializer", "transactional_id")
+# A sender that dies again this soon after a restart dies of something a restart won't fix.
+_MIN_SENDER_LIFE = 10.0
+# How long a restart keeps trying to reach the cluster before the producer gives up.
+_RESTART_DEADLINE = 120.0
+
+
+def sender_died(producer: AIOKafkaProducer | None) -> bool:
+    """Whether a started aiokafka producer lost its background sender task to an error: it
+    then fails every send and will never settle what it was sending (aio-libs/aiokafka#907).
+    Such a client must be replaced."""
+    sender = getattr(producer, "_sender", None)
+    task = getattr(sender, "sender_task", None)
+    if task is None or not task.done() or task.cancelled():
+        return False
+    return task.exception() is not None
+
+
+class SenderDied(KafkaError):
+    """aiokafka's producer lost its sender task and this transport could not replace it:
+    the record was not delivered, and nothing more will be (its ``__cause__`` says why)."""
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -151,6 +181,14 @@ class KafkaProducerTransport:
     aiokafka's 16 KiB: fewer, larger requests. A producer with key/value serializers or a
     ``transactional_id`` sends through aiokafka's ``send()`` instead.
 
+    If aiokafka's sender task dies (an error it does not expect, such as the KeyError of
+    aio-libs/aiokafka#907 during a broker crash), a new client takes over and every
+    unacknowledged record is sent again, in order per partition (a record the old client
+    had written may then appear twice). Where that is impossible (records sent through
+    ``send()``, a replacement that dies within 10 s, no client could start for 2 minutes)
+    every unsettled record and every later send fails with :class:`SenderDied`: nothing waits
+    for an ack that cannot come.
+
     Idempotence stays off by default: at-least-once needs acks, not exactly-once retries,
     and aiokafka's idempotent producer fails every later batch of a partition
     (OutOfOrderSequenceNumber) once the broker refused one record as too large — a single
@@ -176,10 +214,13 @@ class KafkaProducerTransport:
         self.config = conf
         self.producer: AIOKafkaProducer | None = None
         self.batcher: Batcher | None = None
+        self._stopping = False
+        self._dead: SenderDied | None = None
+        self._restarting: asyncio.Task[None] | None = None
+        self._unacked: set[asyncio.Future[Any]] = set()
 
     async def start(self) -> None:
-        self.producer = AIOKafkaProducer(**self.config)
-        await self.producer.start()
+        self.producer = await self._new_client(replacement=False)
         conf = self.config
         if not any(conf.get(k) is not None for k in _UNBATCHED):
             # None: aiokafka's default partitioner, which the batcher applies itself.
@@ -195,9 +236,97 @@ class KafkaProducerTransport:
                 partitioner=partitioner,
             )
 
+    async def _new_client(self, *, replacement: bool) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(**self.config)
+        try:
+            await producer.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
+        # aiokafka's sender task can die of an error it does not expect (a KeyError in its
+        # client during a broker crash: aio-libs/aiokafka#907). It then fails what its
+        # accumulator holds, but the batches it was sending are never settled and every
+        # later send fails: a node would wait for acks that cannot come. Watch it.
+        born = asyncio.get_running_loop().time() if replacement else None
+        task = producer._sender.sender_task
+        if task is not None:  # None: a client that never started (a test's stand-in)
+            task.add_done_callback(functools.partial(self._sender_done, producer, born))
+        return producer
+
+    def _sender_done(
+        self, producer: AIOKafkaProducer, born: float | None, task: asyncio.Task[None]
+    ) -> None:
+        if task.cancelled() or self._stopping or producer is not self.producer:
+            return
+        cause = task.exception()
+        if cause is None:
+            return
+        if self.batcher is None:
+            # Records sent one by one (serializers, transactions) are not kept to be sent
+            # again: they fail.
+            self._give_up(cause, "")
+            return
+        lived = None if born is None else asyncio.get_running_loop().time() - born
+        if lived is not None and lived < _MIN_SENDER_LIFE:
+            # A replacement that dies this soon died of something a new client won't fix.
+            self._give_up(cause, f" again {lived:.1f} s after a restart")
+            return
+        logger.error(
+            "aiokafka's producer sender died (%r); sending every unacknowledged record again "
+            "through a new client",
+            cause,
+        )
+        self.batcher.pause()
+        self._restarting = asyncio.get_running_loop().create_task(self._restart())
+
+    async def _restart(self) -> None:
+        old = self.producer
+        with contextlib.suppress(Exception):
+            await old.stop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _RESTART_DEADLINE
+        while True:
+            try:
+                producer = await self._new_client(replacement=True)
+                break
+            except Exception as exc:
+                if loop.time() >= deadline or self._stopping:
+                    self._give_up(exc, f" and no new client started in {_RESTART_DEADLINE:.0f} s")
+                    return
+                logger.warning("a new producer client could not start yet: %s", exc)
+                await asyncio.sleep(1.0)
+        self.producer = producer
+        assert self.batcher is not None
+        self.batcher.rebind(producer)
+        logger.warning("the producer carries on with a new client")
+
+    def _give_up(self, cause: BaseException, detail: str) -> None:
+        dead = SenderDied(
+            f"aiokafka's producer sender died ({cause!r}){detail}; this producer can deliver "
+            "nothing more: restart it"
+        )
+        dead.__cause__ = cause
+        logger.error("%s", dead)
+        self._dead = dead
+        if self.batcher is not None:
+            self.batcher.fail_all(dead)
+        for fut in list(self._unacked):
+            if not fut.done():
+                fut.set_exception(copy.copy(dead))
+        self._unacked.clear()
+
     async def stop(self) -> None:
         if self.producer is None:
             return
+        self._stopping = True
+        restarting = self._restarting
+        if restarting is not None and not restarting.done():
+            restarting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await restarting
+            if self.batcher is not None and self._dead is None:
+                self._give_up(RuntimeError("stopped"), " while it was being replaced")
         try:
             if self.batcher is not None:
                 await self.batcher.close()
@@ -211,9 +340,14 @@ class KafkaProducerTransport:
         key: bytes | None = None,
         headers: Headers | None = None,
     ) -> asyncio.Future[Any]:
+        if self._dead is not None:
+            raise copy.copy(self._dead)
         batcher = self.batcher
         if batcher is None:
-            return await self.producer.send(topic, value=value, key=key, headers=headers or None)
+            fut = await self.producer.send(topic, value=value, key=key, headers=headers or None)
+            self._unacked.add(fut)
+            fut.add_done_callback(self._unacked.discard)
+            return fut
         ack = batcher.send_nowait(topic, value, key, headers)
         if ack is None:
             ack = await batcher.send(topic, value, key, headers)
@@ -244,8 +378,11 @@ class KafkaAdmin:
                 raise
 
     async def create_topic(
-        self, name: str, partitions: int = 1, replication: int = 1, config: dict | None = None
+        self, name: str, partitions: int = 1, replication: int = -1, config: dict | None = None
     ) -> None:
+        """Create ``name`` (an existing one is fine). ``replication=-1``: the cluster's
+        ``default.replication.factor``, so a replicated cluster replicates FogVerse's topics
+        (the auto-scaling master's control topic) as it does its users'."""
         from confluent_kafka.admin import NewTopic
 
         topic = NewTopic(

@@ -30,6 +30,11 @@ What aiokafka's ``send()`` guarantees still holds:
 
 Batches linger ``linger_ms`` after their first record (as aiokafka's do), unless they fill
 up first; while a partition's previous batch is unacknowledged, the next keeps filling.
+
+**A new client.** Records stay in their batch until acknowledged, so when aiokafka's
+producer can send nothing more (its sender task died), :meth:`Batcher.pause` holds every
+batch back and :meth:`Batcher.rebind` hands all unacknowledged ones, in order, to a new
+producer; :meth:`Batcher.fail_all` fails them instead when there is none.
 """
 
 from __future__ import annotations
@@ -137,6 +142,8 @@ class Batcher:
         self._hashes: dict[bytes, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._blocked: _Partition | None = None
+        self._paused = False
+        self._failed: BaseException | None = None
         self.closed = False
 
     # ---- sending ----------------------------------------------------------------------------
@@ -148,6 +155,8 @@ class Batcher:
         known yet, or no room): then :meth:`send` it instead. Raises what aiokafka's
         ``send()`` raises before queueing a record (``MessageSizeTooLargeError`` over
         ``max_request_size``, ``ProducerClosed``)."""
+        if self._failed is not None:
+            raise copy.copy(self._failed)
         if self.closed:
             raise ProducerClosed()
         if value is None and key is None:
@@ -279,13 +288,15 @@ class Batcher:
             batch.timer.cancel()
             batch.timer = None
         batch.builder.close()
-        if part.in_flight is None and not part.queue:
+        if part.in_flight is None and not part.queue and not self._paused:
             self._hand_over(part, batch)
         else:
             part.queue.append(batch)
 
     def _next(self, part: _Partition) -> None:
         """The partition's batch at aiokafka is settled: hand over the next one, if due."""
+        if self._paused:
+            return
         if part.queue:
             self._hand_over(part, part.queue.popleft())
             space = part.space
@@ -325,6 +336,9 @@ class Batcher:
     def _settled(
         self, part: _Partition, batch: _Batch, result: Any, exc: BaseException | None
     ) -> None:
+        if part.in_flight is not batch:
+            # Taken back from a client that can no longer send it (rebind or fail_all).
+            return
         part.in_flight = None
         try:
             if exc is not None and refused_for_size(exc) and len(batch.entries) > 1:
@@ -372,6 +386,63 @@ class Batcher:
             piece.builder.close()
         part.queue.extendleft(reversed(pieces))
         _when_all(batch.done, [p.done for p in pieces])
+
+    # ---- a new client -----------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Take every batch back from the current producer (its sender is gone: what it
+        holds may never be settled) and hand nothing more to it. Records still queue up,
+        with the usual backpressure, until :meth:`rebind` or :meth:`fail_all`."""
+        self._paused = True
+        for part in list(self._partitions.values()):
+            batch = part.in_flight
+            if batch is not None:
+                # Settled late by the old client (or never), it is ignored: it is no longer
+                # the partition's batch in flight.
+                part.in_flight = None
+                part.queue.appendleft(self._rebuilt(batch))
+
+    def rebind(self, producer: AIOKafkaProducer) -> None:
+        """Carry on with ``producer``: every batch taken back by :meth:`pause` goes again, in
+        order. A batch the old client may have written is written again: at least once."""
+        self._cluster.remove_listener(self._metadata_changed)
+        self._producer = producer
+        self._cluster = producer.client.cluster
+        self._cluster.add_listener(self._metadata_changed)
+        self._topics.clear()
+        self._paused = False
+        for part in list(self._partitions.values()):
+            self._next(part)
+
+    def fail_all(self, exc: BaseException) -> None:
+        """Fail every unsettled record with ``exc``, and every record sent from now on."""
+        self._failed = exc
+        self._paused = True
+        for part in list(self._partitions.values()):
+            batches = [b for b in (part.in_flight, *part.queue, part.filling) if b is not None]
+            part.in_flight = part.filling = None
+            part.queue.clear()
+            for batch in batches:
+                if batch.timer is not None:
+                    batch.timer.cancel()
+                _fail(batch, exc)
+            if part.space is not None and not part.space.done():
+                part.space.set_result(None)
+
+    def _rebuilt(self, batch: _Batch) -> _Batch:
+        """A copy of ``batch`` built afresh from its records; the old one is done with it."""
+        fresh = _Batch(self._producer.create_batch(), batch.cap, self._loop.create_future())
+        for fut, meta, key, value, headers in batch.entries:
+            again = fresh.builder.append(
+                timestamp=meta.timestamp, key=key, value=value, headers=headers
+            )
+            # The same records in the same order fit a builder of the same size.
+            assert again is not None, "a rebuilt batch must hold the records it held"
+            fresh.entries.append((fut, again, key, value, headers))
+        fresh.builder.close()
+        batch.entries.clear()
+        _when_all(batch.done, [fresh.done])
+        return fresh
 
     # ---- flush and close --------------------------------------------------------------------
 

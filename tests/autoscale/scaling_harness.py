@@ -9,6 +9,7 @@ import contextlib
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,10 +66,21 @@ def start_first_instance(
 
 
 async def feed(
-    bootstrap: str, topic: str, partitions: int, control: str, rate: float, seconds: float
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    control: str,
+    rate: float,
+    seconds: float,
+    *,
+    longer_while: Callable[[], bool] | None = None,
+    at_most: float | None = None,
 ) -> int:
     """Send ``rate`` messages/s for ``seconds`` (round-robin over partitions), reporting them
-    with an observer like an upstream stage would. Returns how many were sent."""
+    with an observer like an upstream stage would. Returns how many were sent.
+
+    ``longer_while``: go on past ``seconds`` while it holds, up to ``at_most`` seconds (what
+    a loaded machine needs: its instances start slower)."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
@@ -85,20 +97,23 @@ async def feed(
     loop = asyncio.get_running_loop()
     start = loop.time()
     total = round(rate * seconds)
+    limit = round(rate * max(seconds, at_most or seconds))
     acks = []
+    i = 0
     try:
-        for i in range(total):
+        while i < total or (i < limit and longer_while is not None and longer_while()):
             due = start + i / rate
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             acks.append(await producer.send(topic, f"m{i}".encode(), partition=i % partitions))
             observer.send_heartbeat(topic, 1)
+            i += 1
         await asyncio.gather(*acks)
     finally:
         await observer.close()
         await producer.stop()
-    return total
+    return i
 
 
 class OutputCollector:

@@ -193,6 +193,8 @@ class Feeder:
 
     Not idempotent and retrying on its own: it must outlive a broker restart, and a message
     whose acknowledgement was lost may be written twice (the tests count ids, not records).
+    If aiokafka's sender task dies (the KeyError of aio-libs/aiokafka#907 during a broker
+    crash), every later send fails at once: the feeder replaces the client and goes on.
     """
 
     def __init__(self, bootstrap: str, topic: str, tally: Tally, partitions: int = 1) -> None:
@@ -205,11 +207,13 @@ class Feeder:
             partitions,
         )
         self.next_id = 0
+        self.replaced = 0
+        self._old: list[Any] = []
 
-    async def __aenter__(self) -> Feeder:
+    async def _client(self) -> Any:
         from aiokafka import AIOKafkaProducer
 
-        self._producer = AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             acks="all",
             linger_ms=5,
@@ -217,11 +221,41 @@ class Feeder:
             retry_backoff_ms=200,
             metadata_max_age_ms=2000,
         )
-        await self._producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    async def __aenter__(self) -> Feeder:
+        self._producer = await self._client()
+        self._replacing: asyncio.Task[None] | None = None
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._producer.stop()
+        if self._replacing is not None:
+            with contextlib.suppress(Exception):
+                await self._replacing
+        for producer in (*self._old, self._producer):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 30)
+
+    async def _replace(self) -> None:
+        dead = self._producer
+        logger.warning("feeder: aiokafka's sender died; replacing the client")
+        self._producer = await self._client()
+        self._old.append(dead)
+        self.replaced += 1
+
+    async def _live_producer(self) -> Any:
+        """The client, replaced first if its sender task has died."""
+        if self._producer._sender.sender_task.done():
+            # One replacement for every sender waiting on the same dead client.
+            if self._replacing is None or self._replacing.done():
+                self._replacing = asyncio.create_task(self._replace())
+            await asyncio.shield(self._replacing)
+        return self._producer
 
     async def _send_one(self, i: int) -> None:
         key, value, headers = message(i, self.partitions or None)
@@ -233,14 +267,26 @@ class Feeder:
         while loop.time() < deadline:
             attempt += 1
             try:
-                fut = await self._producer.send(
+                producer = await self._live_producer()
+                fut = await producer.send(
                     self.topic, value, key=key, headers=headers, partition=partition
                 )
-                await fut
+                # A dying sender never settles what it was sending: stop waiting at once.
+                # Otherwise wait as long as it takes: aiokafka retries by itself, and sending
+                # again meanwhile would only write the message twice.
+                sender = producer._sender.sender_task
+                await asyncio.wait(
+                    {fut, sender},
+                    timeout=max(0.0, deadline - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not fut.done():
+                    raise TimeoutError("no acknowledgement (the sender died, or the deadline)")
+                fut.result()
                 self.tally.sent.add(i)
                 return
             except Exception as exc:  # the broker is away: retry, as a camera would
-                logger.debug("feeder: message %d attempt %d failed: %s", i, attempt, exc)
+                logger.debug("feeder: message %d attempt %d failed: %r", i, attempt, exc)
                 await asyncio.sleep(0.5)
         raise AssertionError(f"feeder could not deliver message {i} in {SEND_DEADLINE:.0f} s")
 

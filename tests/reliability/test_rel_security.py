@@ -42,7 +42,7 @@ def _has(kwargs: dict[str, Any], expected: dict[str, Any]) -> bool:
     return all(kwargs.get(k) is v or kwargs.get(k) == v for k, v in expected.items())
 
 
-_SET_UP_READS = {"client"}
+_SET_UP_READS = {"client", "_sender"}
 
 
 class Made:

@@ -274,8 +274,11 @@ def test_sync_client(lock_server: Any) -> None:
         SyncLockClient(HOST, lock_server.port) as other,
     ):
         assert client.ping() >= 0
-        with client.lock("s", lease=0.3, timeout=5) as grant:
-            time.sleep(0.9)  # renewed in the background meanwhile
+        # A lease long enough for a loaded machine's stalls (renewed every third of it), and
+        # a wait until its first term has surely ended: it must have been renewed meanwhile.
+        with client.lock("s", lease=2.0, timeout=5) as grant:
+            first_end = grant.expires_at
+            wait_until(lambda: time.monotonic() > first_end + 0.2, 30, "the first term to end")
             with pytest.raises(LockTimeout):
                 other.acquire("s", timeout=0)
             assert not grant.lost

@@ -271,7 +271,9 @@ def test_killed_holder_loses_the_lock_at_once(
 def test_frozen_holder_loses_the_lock_when_its_lease_expires(
     lock_server: Any, python: str, child_env: dict[str, str]
 ) -> None:
-    lease = 1.0
+    # The holder renews every third of its lease: at 2 s a loaded machine's stall of more
+    # than a second does not lose it the lock while it is meant to hold it.
+    lease = 2.0
     margin = 2.5
 
     async def scenario() -> None:
@@ -291,7 +293,10 @@ def test_frozen_holder_loses_the_lock_when_its_lease_expires(
                 proc.send_signal(signal.SIGCONT)
                 # Its next renewal is refused: the holder learns it lost the lock.
                 lost = await _line(proc)
-                assert lost.startswith("lost:") and "not held" in lost, lost
+                # The server's "not held", or, when its reply is more than a second late on a
+                # loaded machine, the holder's own verdict: the lease ran out.
+                assert lost.startswith("lost:"), lost
+                assert "not held" in lost or "lease ran out" in lost, lost
                 assert await _line(proc) == "renew raised LockLost"
                 assert await _line(proc) == "block raised LockLost"
                 async with asyncio.timeout(30):
