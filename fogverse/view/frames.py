@@ -1,15 +1,21 @@
 """The newest frame of each viewed image topic, paired with its detections, ready to send.
 
 Memory is bounded whatever the topics' rates: one shown frame per topic, plus (when a
-detections topic is viewed) the last :data:`PAIR_FRAMES` frames of each topic waiting for
-their detections and the last :data:`PAIR_DETECTIONS` detections waiting for their frames.
+detections topic is viewed) the last :data:`PAIR_FRAMES` frames (at most :data:`PAIR_BYTES`)
+of each topic waiting for their detections and the last :data:`PAIR_DETECTIONS` detections
+waiting for their frames.
 Browsers are handed the newest frame when they are ready for one; frames that arrive in
 between replace it, so a slow browser sees fewer frames, never a queue.
 
 A frame and its detections are tied by the frame's identity: the ``cam`` header and the
-record key (or, without a key, the ``frame`` header). A frame is shown once its detections
-arrived; when none arrive for :data:`PAIR_WAIT` seconds (no detector running, or it is
-behind), the newest frames are shown bare.
+record key (or, without a key, the ``frame`` header). With a detections topic, what is shown
+is the newest frame *that has its detections*: a detector that lags the camera by seconds (a
+slow fog node) still gets its boxes drawn, on a frame as old as the detector is behind. The
+waiting frames are the ones the reader sampled (every frame the detector handles gets its
+detections, so a sampled frame is paired once the detector reaches it); the ring of them
+covers ``PAIR_FRAMES / max_fps`` seconds of lag. When no frame was paired for
+:data:`PAIR_WAIT` seconds (no detector running, or it is further behind than the ring), the
+newest frames are shown bare, marked as waiting, with how far behind the detector is.
 
 Every payload is checked before anyone sees it; what fails is counted by reason and skipped.
 """
@@ -31,6 +37,7 @@ import numpy as np
 from fogverse.codec import DecodeError, JPEGCodec, NDArrayCodec, PNGCodec
 
 __all__ = [
+    "PAIR_BYTES",
     "PAIR_DETECTIONS",
     "PAIR_FRAMES",
     "PAIR_WAIT",
@@ -42,9 +49,10 @@ __all__ = [
     "timestamp_of",
 ]
 
-PAIR_FRAMES = 64
+PAIR_FRAMES = 256
+PAIR_BYTES = 64 * 1024 * 1024
 PAIR_DETECTIONS = 512
-PAIR_WAIT = 1.0
+PAIR_WAIT = 5.0
 MAX_BOXES = 1000
 MAX_DETECTION_BYTES = 1024 * 1024
 MAX_PIXELS = 4096 * 4096
@@ -165,6 +173,11 @@ class Shown:
     frame: Frame
     detections: Detections | None
     version: int
+    waiting: bool = False
+    """Shown bare although detections are viewed: none came for this frame in time."""
+    behind: float | None = None
+    """Then, how many seconds the newest detection's frame is older than now (``None``:
+    no detection seen yet)."""
     payload: bytes | None = None
     failed: bool = False
 
@@ -174,9 +187,12 @@ class _Topic:
     seq: int = 0
     version: int = 0
     shown: Shown | None = None
-    shown_at: float = 0.0
+    paired_seq: int = 0
+    """The newest frame shown with its detections: older ones are no use any more."""
+    paired_at: float = 0.0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     waiting: OrderedDict[FrameId, Frame] = field(default_factory=OrderedDict)
+    waiting_bytes: int = 0
     sent: int = 0
 
 
@@ -235,6 +251,8 @@ class FrameStore:
         self.on_skip = on_skip
         self.clock = clock
         self._detections: OrderedDict[FrameId, Detections] = OrderedDict()
+        self._detected_ts: float | None = None
+        """Capture time of the newest frame a detection was read for."""
 
     # ---- input ---------------------------------------------------------------------------
 
@@ -248,7 +266,7 @@ class FrameStore:
         t.seq += 1
         now = self.clock()
         if t.seq == 1:
-            t.shown_at = now  # the first frame too waits (a little) for its detections
+            t.paired_at = now  # the first frames too wait (a while) for their detections
         ident = frame_id(key, headers)
         frame = Frame(topic, t.seq, ident, key, timestamp_of(headers), now, value, kind)
         if not self.pairing or ident is None:
@@ -256,13 +274,20 @@ class FrameStore:
             return
         found = self._detections.get(ident)
         if found is not None:
-            self._show(t, frame, found)
+            self._pair(t, frame, found)
             return
+        again = t.waiting.pop(ident, None)  # the same frame sent again: keep the newest copy
+        if again is not None:
+            t.waiting_bytes -= len(again.data)
         t.waiting[ident] = frame
-        while len(t.waiting) > PAIR_FRAMES:
-            t.waiting.popitem(last=False)
-        if now - t.shown_at > PAIR_WAIT:
-            self._show(t, frame, None)  # nothing paired for a while: show frames bare
+        t.waiting_bytes += len(value)
+        while len(t.waiting) > PAIR_FRAMES or t.waiting_bytes > PAIR_BYTES:
+            self._forget_oldest(t)
+        if now - t.paired_at > PAIR_WAIT:
+            # Nothing paired for a while (no detector, or it is beyond the ring): show the
+            # camera bare rather than a frozen picture, and say why.
+            behind = None if self._detected_ts is None else max(0.0, now - self._detected_ts)
+            self._show(t, frame, None, waiting=True, behind=behind)
 
     def add_detections(
         self, topic: str, key: bytes | None, headers: Headers, value: bytes | None
@@ -279,15 +304,40 @@ class FrameStore:
         self._detections[ident] = found
         while len(self._detections) > PAIR_DETECTIONS:
             self._detections.popitem(last=False)
+        ts = timestamp_of(headers)
+        if ts is not None and (self._detected_ts is None or ts > self._detected_ts):
+            self._detected_ts = ts
         for t in self.topics.values():
-            frame = t.waiting.pop(ident, None)
-            if frame is not None and (t.shown is None or frame.seq >= t.shown.frame.seq):
-                self._show(t, frame, found)
+            frame = t.waiting.get(ident)
+            if frame is not None and frame.seq > t.paired_seq:
+                # Even when a newer frame is shown bare: boxes late beat no boxes.
+                self._pair(t, frame, found)
 
-    def _show(self, t: _Topic, frame: Frame, detections: Detections | None) -> None:
+    def _pair(self, t: _Topic, frame: Frame, detections: Detections) -> None:
+        t.paired_seq, t.paired_at = frame.seq, self.clock()
+        if frame.ts is not None and (self._detected_ts is None or frame.ts > self._detected_ts):
+            self._detected_ts = frame.ts
+        # Frames up to this one can no longer be shown: free them now.
+        while t.waiting and next(iter(t.waiting.values())).seq <= frame.seq:
+            self._forget_oldest(t)
+        self._show(t, frame, detections)
+
+    @staticmethod
+    def _forget_oldest(t: _Topic) -> None:
+        _, old = t.waiting.popitem(last=False)
+        t.waiting_bytes -= len(old.data)
+
+    def _show(
+        self,
+        t: _Topic,
+        frame: Frame,
+        detections: Detections | None,
+        *,
+        waiting: bool = False,
+        behind: float | None = None,
+    ) -> None:
         t.version += 1
-        t.shown = Shown(frame, detections, t.version)
-        t.shown_at = self.clock()
+        t.shown = Shown(frame, detections, t.version, waiting, behind)
         # Waking every waiting browser at once: each takes the newest when it is ready.
         t.changed.set()
         t.changed = asyncio.Event()
@@ -335,6 +385,8 @@ class FrameStore:
             "boxes": det.boxes if det else None,
             "scores": [None if math.isnan(s) else s for s in det.scores] if det else None,
             "labels": det.labels if det else None,
+            "waiting": shown.waiting,
+            "behind_s": round(shown.behind, 1) if shown.behind is not None else None,
         }
         header = json.dumps(meta, separators=(",", ":")).encode()
         shown.payload = len(header).to_bytes(4, "big") + header + image
@@ -356,6 +408,8 @@ class FrameStore:
                 "shown_version": t.version,
                 "payloads_built": t.sent,
                 "with_detections": bool(t.shown and t.shown.detections is not None),
+                "waiting_frames": len(t.waiting),
+                "waiting_bytes": t.waiting_bytes,
             }
             for name, t in self.topics.items()
         }

@@ -20,6 +20,7 @@ from fogverse.view import View, ViewConfig
 from fogverse.view.frames import (
     PAIR_DETECTIONS,
     PAIR_FRAMES,
+    PAIR_WAIT,
     FrameStore,
     image_kind,
     parse_detections,
@@ -148,15 +149,91 @@ def _header(message: bytes) -> bytes:
     return message[4 : 4 + n]
 
 
-def _store(pairing: bool = True) -> tuple[FrameStore, list[tuple[str, str]]]:
+def _store(
+    pairing: bool = True, clock: Callable[[], float] | None = None
+) -> tuple[FrameStore, list[tuple[str, str]]]:
     skipped: list[tuple[str, str]] = []
     store = FrameStore(
         [FRAMES],
         pairing=pairing,
         max_frame_bytes=1 << 20,
         on_skip=lambda t, why: skipped.append((t, why)),
+        **({"clock": clock} if clock else {}),
     )
     return store, skipped
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _camera_with_detector(
+    store: FrameStore, clock: _Clock, frames: int, lag: int | None, fps: float = 10.0
+) -> list[tuple[int, bool, bool]]:
+    """Frames 0.. at ``fps``; the detection of frame i is read with frame i + ``lag``
+    (``None``: no detector). Returns (shown frame, with boxes, marked waiting) after each."""
+    jpeg = make_frame(0)
+    seen = []
+    for i in range(frames):
+        clock.now += 1 / fps
+        headers = [("cam", b"c"), ("timestamp", f"{clock.now:.6f}".encode())]
+        store.add_frame(FRAMES, str(i).encode(), headers, jpeg)
+        if lag is not None and i >= lag:
+            done = i - lag
+            found = {"boxes": [[done, 0, done + 5, 5]], "names": ["thing"]}
+            stamp = [("cam", b"c"), ("timestamp", f"{clock.now - lag / fps:.6f}".encode())]
+            store.add_detections("dets", str(done).encode(), stamp, json.dumps(found).encode())
+        shown = store.topics[FRAMES].shown
+        if shown is not None:
+            waiting = getattr(shown, "waiting", False)
+            seen.append((int(shown.frame.key), shown.detections is not None, waiting))
+    return seen
+
+
+def test_a_detector_many_frames_behind_still_gets_its_boxes_shown() -> None:
+    """A slow fog node's detector 100 frames (10 s) behind the camera: the page shows the
+    newest frame that has its detections, boxes drawn, not the newest frame bare."""
+    clock = _Clock()
+    store, skipped = _store(clock=clock)
+    seen = _camera_with_detector(store, clock, frames=300, lag=100)
+    # Once the first detection is read, every frame shown is paired, and it keeps up with
+    # the detector: frame i - 100 with its own box.
+    boxed_at = [n for n, (_, boxed, _) in enumerate(seen) if boxed]
+    assert boxed_at, "no frame was ever shown with its boxes"
+    after = seen[boxed_at[0] :]
+    assert len(after) == 200 and all(boxed and not waiting for _, boxed, waiting in after)
+    assert after[-1][0] == 199
+    shown = store.topics[FRAMES].shown
+    assert shown is not None and shown.detections is not None
+    assert shown.detections.boxes == [[199.0, 0.0, 204.0, 5.0]]  # its own, not another's
+    meta = json.loads(_header(asyncio.run(store.payload(shown)) or b""))
+    assert meta["boxes"] and meta["waiting"] is False and 9_900 < meta["age_ms"] < 10_100
+    # Shown frames leave the ring: what waits is only the 100 frames the detector owes.
+    assert len(store.topics[FRAMES].waiting) == 100
+    assert not skipped
+
+
+def test_without_detections_for_long_frames_show_bare_saying_why() -> None:
+    clock = _Clock()
+    store, _ = _store(clock=clock)
+    seen = _camera_with_detector(store, clock, frames=100, lag=None)
+    first = seen[0][0]
+    assert PAIR_WAIT * 10 - 2 <= first <= PAIR_WAIT * 10 + 2  # bare after PAIR_WAIT s
+    assert seen[-1] == (99, False, True)
+    meta = json.loads(_header(asyncio.run(store.payload(store.topics[FRAMES].shown)) or b""))
+    assert meta["waiting"] is True and meta["behind_s"] is None  # no detection read yet
+    # A detector further behind than the ring holds frames: bare, with how far behind.
+    clock = _Clock()
+    store, _ = _store(clock=clock)
+    seen = _camera_with_detector(store, clock, frames=PAIR_FRAMES + 400, lag=PAIR_FRAMES + 50)
+    assert seen[-1][1:] == (False, True)
+    meta = json.loads(_header(asyncio.run(store.payload(store.topics[FRAMES].shown)) or b""))
+    assert meta["behind_s"] == pytest.approx((PAIR_FRAMES + 50) / 10, abs=0.2)
+    assert len(store.topics[FRAMES].waiting) == PAIR_FRAMES
 
 
 def test_frames_wait_for_their_detections_and_memory_stays_bounded() -> None:

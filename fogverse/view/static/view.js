@@ -163,7 +163,13 @@ function drawFrame(state, bitmap, meta) {
   state.caption.textContent =
     `frame ${meta.key ?? "?"}${meta.cam ? " · " + meta.cam : ""} · ${fmt(fps)} frames/s shown` +
     ` · age ${fmt(meta.age_ms, 0)} ms · ${boxes.length} box(es)` +
-    (meta.boxes === null ? " (no detections)" : "") +
+    (meta.waiting
+      ? meta.behind_s === null
+        ? " · waiting for detections (none read yet)"
+        : ` · waiting for detections: detector ${fmt(meta.behind_s, 0)} s behind`
+      : meta.boxes === null
+        ? " (no detections)"
+        : "") +
     (state.broken ? ` · ${state.broken} undecodable` : "");
   state.caption.setAttribute("data-received", state.received);
 }
