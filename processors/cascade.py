@@ -16,7 +16,7 @@ import numpy as np
 from fogverse.processor import Processor
 
 from .detect import Detections, detections_record, nms
-from .image import decode_image
+from .image import decode_image, decode_image_sized
 
 __all__ = ["FaceCascade"]
 
@@ -29,6 +29,11 @@ class FaceCascade(Processor):
     gives no confidence: every score is 1.0 and every name is ``"face"``. ``min_neighbours``
     is how many overlapping raw hits a face needs (more: fewer false positives); hits left
     overlapping by more than ``iou`` are merged by non-maximum suppression.
+
+    Encoded JPEG frames decode straight at the 1/2, 1/4 or 1/8 DCT scale that still covers
+    the search width (:func:`~processors.image.decode_image_sized`: a 720p frame searched at
+    480 wide decodes at 640x360); ``reduced_decode=False`` forces the full-size decode. The
+    boxes found differ little (``tests/processors/test_reduced_decode.py`` measures them).
     """
 
     def __init__(
@@ -40,6 +45,7 @@ class FaceCascade(Processor):
         scale_factor: float = 1.2,
         min_neighbours: int = 4,
         iou: float = 0.3,
+        reduced_decode: bool = True,
     ) -> None:
         if detect_width < min_size or min_size < 1 or max_size < min_size:
             raise ValueError("need 1 <= min_size <= max_size and min_size <= detect_width")
@@ -50,6 +56,7 @@ class FaceCascade(Processor):
         self.scale_factor = scale_factor
         self.min_neighbours = min_neighbours
         self.iou = iou
+        self.reduced_decode = reduced_decode
         self._cascade: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -66,15 +73,26 @@ class FaceCascade(Processor):
             raise ImportError("FaceCascade needs scikit-image: pip install fogverse[demo]") from exc
         self._cascade = Cascade(data.lbp_frontal_face_cascade_filename())
 
+    def _search_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
+        height, width = hw
+        scale = min(1.0, self.detect_width / width)
+        return round(height * scale), round(width * scale)
+
     def process(self, data: Any) -> Detections:
         if self._cascade is None:
             self.setup()
-        frame = data if isinstance(data, np.ndarray) and data.ndim == 3 else decode_image(data)
-        height, width = frame.shape[:2]
+        if isinstance(data, np.ndarray) and data.ndim == 3:
+            frame, (height, width) = data, data.shape[:2]
+        elif self.reduced_decode:
+            frame, (height, width) = decode_image_sized(data, self._search_hw)
+        else:
+            frame = decode_image(data)
+            height, width = frame.shape[:2]
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        # scale: search size over the ORIGINAL frame's, so boxes map back to its pixels.
         scale = min(1.0, self.detect_width / width)
-        if scale < 1.0:
-            size = (round(width * scale), round(height * scale))
+        size = (round(width * scale), round(height * scale))
+        if gray.shape[:2] != size[::-1]:
             gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         found = self._cascade.detect_multi_scale(
             img=gray,

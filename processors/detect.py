@@ -284,6 +284,7 @@ class YoloDecode(Processor):
         max_det: int = 300,
         names: Sequence[str] | None = None,
         nms_backend: NmsBackend = "opencv",
+        reduced_decode: bool = True,
     ) -> None:
         _check_thresholds(conf, iou, max_det)
         self.size = _as_hw(size, "size")
@@ -328,7 +329,8 @@ class YoloDetect(Processor):
     through shared memory and only the small record comes back: one round trip per frame.
 
     ``size`` defaults to the model's own input size when it is fixed (else 640); ``names``
-    to the model's metadata, else COCO's for an 80-class model.
+    to the model's metadata, else COCO's for an 80-class model. ``reduced_decode=False``
+    forces the full-size JPEG decode (see :class:`~processors.YoloPreprocess`).
     """
 
     def __init__(
@@ -344,6 +346,7 @@ class YoloDetect(Processor):
         threads: int = 1,
         stride: int | None = None,
         nms_backend: NmsBackend = "opencv",
+        reduced_decode: bool = True,
     ) -> None:
         _check_thresholds(conf, iou, max_det)
         self.inference = OnnxInference(model, threads=threads)
@@ -352,6 +355,7 @@ class YoloDetect(Processor):
         self.names = tuple(names) if names is not None else None
         self.stride = stride
         self.nms_backend = nms_backend
+        self.reduced_decode = reduced_decode
         self._pre: YoloPreprocess | None = None
         self._pre_frame: YoloPreprocess | None = None
         self._decode: YoloDecode | None = None
@@ -377,7 +381,13 @@ class YoloDetect(Processor):
         elif None not in model_hw and tuple(size) != model_hw:
             raise ValueError(f"size {size} differs from the model's input {model_hw}")
         names = self.names if self.names is not None else self.inference.class_names()
-        self._pre = YoloPreprocess(size, decode=True, batch_dim=True, stride=self.stride)
+        self._pre = YoloPreprocess(
+            size,
+            decode=True,
+            batch_dim=True,
+            stride=self.stride,
+            reduced_decode=self.reduced_decode,
+        )
         self._pre_frame = YoloPreprocess(size, batch_dim=True, stride=self.stride)
         self._decode = YoloDecode(
             size,

@@ -45,7 +45,8 @@ class YoloPreprocess(Processor):
     geometry (:meth:`process_with_params`) is still the original frame's, so boxes map back
     to its pixels. The values differ slightly from a full decode + resize: 41-44 dB PSNR on
     camera-like 720p frames (``python -m benchmarks.decoders``), i.e. a mean difference
-    well under one grey level, with rare single pixels off by more at sharp edges. Set
+    well under one grey level, with rare single pixels off by more at sharp edges; the boxes a
+    detector finds move by at most a model pixel (``tests/processors/test_reduced_decode.py``). Set
     ``reduced_decode=False`` for the full-size decode.
     """
 

@@ -347,3 +347,25 @@ def test_video_pipeline_stops_cleanly_on_ctrl_c(
     assert 0 < summary["frames_out"] <= summary["frames_in"] < 60 * 30
     rows = _csv_rows(tmp_path / "latency.csv")  # flushed and closed on the way out
     assert [int(r["frame"]) for r in rows] == list(range(summary["frames_out"]))
+
+
+def test_video_pipeline_jpeg_wire_decodes_at_reduced_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    import processors.image as image_module
+
+    seen: list[int] = []
+    real = image_module._imdecode
+
+    def spy(buf: np.ndarray, flags: int) -> np.ndarray:
+        seen.append(flags)
+        return real(buf, flags)
+
+    monkeypatch.setattr(image_module, "_imdecode", spy)
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # the example imports its sibling modules
+    frame = cv2.GaussianBlur(
+        np.random.default_rng(1).integers(0, 256, (720, 1280, 3), np.uint8), (7, 7), 0
+    )
+    jpeg = cv2.imencode(".jpg", frame)[1].tobytes()
+    out = _load("video_pipeline").preprocessor("jpeg").process(jpeg)
+    # A 720p frame bound for 640x640 decodes at half size (640x360), not at full size.
+    assert seen == [cv2.IMREAD_REDUCED_COLOR_2]
+    assert cv2.imdecode(np.frombuffer(out, np.uint8), cv2.IMREAD_COLOR).shape == (640, 640, 3)
