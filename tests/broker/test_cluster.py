@@ -16,6 +16,8 @@ from test_launcher import _kill_jvms_under, needs_tools
 
 from fogverse.broker import pid_alive, replication_defaults
 
+pytestmark = pytest.mark.fault
+
 
 @pytest.mark.parametrize(("brokers", "rf", "min_isr"), [(1, 1, 1), (2, 2, 1), (3, 3, 2), (5, 3, 2)])
 def test_replication_defaults_follow_the_cluster_size(brokers: int, rf: int, min_isr: int) -> None:

@@ -10,6 +10,8 @@ import uuid
 import pytest
 from rel_harness import Feeder, Nodes, Reader, Tally, node_env, until
 
+pytestmark = pytest.mark.fault
+
 
 # Two broker outages, each up to a JVM restart on a loaded machine, plus the catch-up.
 @pytest.mark.timeout(300)

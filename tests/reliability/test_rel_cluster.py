@@ -28,7 +28,7 @@ from rel_harness import Feeder, Nodes, Reader, Tally, node_env, report_row, unti
 
 from fogverse.broker import LocalKafkaCluster
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.fault]
 
 PER_PHASE = 300
 RATE = 100.0

@@ -19,6 +19,8 @@ from fogverse import Consumer
 from fogverse.runnable import FatalDeliveryError
 from fogverse.transport.kafka import KafkaProducerTransport, SenderDied
 
+pytestmark = pytest.mark.fault
+
 N = 300
 
 
