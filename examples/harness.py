@@ -309,11 +309,14 @@ async def supervise(
     try:
         # The cameras start once both consumer groups formed: no frame waits for a join.
         ready = [asyncio.create_task(n.assigned.wait()) for n in (preprocess, sink)]
-        await _until(ready, consumers, "the consumers to join their groups", 60)
+        if not await _until(ready, consumers, "the consumers to join their groups", 60, sink):
+            return {}, True
         producers = {asyncio.create_task(s.run()) for s in sources}
         logger.info("pipeline ready: %d camera(s) streaming", len(sources))
-        await _until(list(producers), consumers, "the cameras", None)
+        interrupted = not await _until(list(producers), consumers, "the cameras", None, sink)
         sent = {s.cam: s.sent for s in sources}  # type: ignore[attr-defined]
+        if interrupted:
+            return sent, True
         sink.expect(sum(sent.values()))
         while not sink.done.is_set():
             sink.progress.clear()
@@ -353,17 +356,22 @@ async def _until(
     nodes: set[asyncio.Task[Any]],
     what: str,
     timeout: float | None,
-) -> None:
-    """Wait for all ``tasks``; a node task that ends first (it crashed, or a signal stopped
-    it) or the timeout aborts the wait."""
+    sink: MeasuringSink,
+) -> bool:
+    """Wait for all ``tasks``: True once they are done, False if a signal stopped the
+    pipeline first (every node is then stopping, and which of them ends first is a race).
+    A node task that ends first on its own (it crashed), or the timeout, raises."""
     pending = set(tasks)
     try:
         async with asyncio.timeout(timeout):
             while pending:
                 done, _ = await asyncio.wait(pending | nodes, return_when=asyncio.FIRST_COMPLETED)
                 if done & nodes:
+                    if sink.stopping:
+                        return False
                     raise RuntimeError(f"a pipeline node stopped while waiting for {what}")
                 pending -= done
+            return True
     except TimeoutError:
         raise TimeoutError(f"timed out after {timeout} s waiting for {what}") from None
     finally:
