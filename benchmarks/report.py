@@ -139,10 +139,12 @@ def targets(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         full = doc["baselines"].get("serial (full-size decode)")
         if full and serials:
             t = by_id["pool.jpeg.vs_fullsize_serial"]
+            reduced_rate, full_rate = serials[1]["rate"]["median"], full[0]["rate"]["median"]
             t.detail += (
-                f"; serial {serials[1]['rate']['median']:.0f} frames/s reduced decode, "
-                f"{full[0]['rate']['median']:.0f} full-size"
+                f"; serial {reduced_rate:.0f} frames/s reduced decode, {full_rate:.0f} "
+                f"full-size; ceiling with p={p} on {p} cores: {p * reduced_rate / full_rate:.2f}x"
             )
+            t.extra["ceiling"] = round(p * reduced_rate / full_rate, 3)
     doc = _find(docs, "detect.fused")
     if doc is not None:
         p = _pick_p(doc)
@@ -205,6 +207,14 @@ def targets(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         t = by_id["kafka.pipeline.max_rate"]
         t.measured = one["vs_fullsize"]
         t.detail = "; ".join(_max_rate_note(name, r) for name, r in rates.items())
+        ceiling = one.get("worker_bound_ceiling")
+        if ceiling:
+            t.extra["ceiling"] = ceiling["ratio"]
+            t.detail += (
+                f"; ceiling {ceiling['ratio']:.2f}x if the workers' processing were the only "
+                f"cost ({ceiling['reduced_ms_per_frame']:.1f} vs "
+                f"{ceiling['fullsize_ms_per_frame']:.1f} ms/frame serial)"
+            )
     if doc is not None:
         scenario = doc["metrics"]["scenarios"].get("30fps-1cam")
         if scenario and scenario["latency_ms"]:
