@@ -768,11 +768,11 @@ def bench_pipeline(
                     m["delivered_fps_runs"] = runs[scenario.name]
                     scenarios[scenario.name] = m  # the last run's details
                     bar.update()
-    ceiling = _worker_ceiling(settings, frames, quick) if pairs else None
+    serial_cost = _serial_cost(settings, frames, quick) if pairs else None
     max_rate = {
         reduced.name: {
             "fullsize": full.name,
-            "worker_bound_ceiling": ceiling,
+            "serial_cost": serial_cost,
             "delivered_fps": summarize(runs[reduced.name], 2),
             "fullsize_delivered_fps": summarize(runs[full.name], 2),
             "vs_fullsize": round(median_ratio(runs[reduced.name], runs[full.name]), 3),
@@ -811,11 +811,11 @@ def bench_pipeline(
     )
 
 
-def _worker_ceiling(settings: KafkaSettings, frames: Frames, quick: bool) -> dict[str, float]:
-    """The most the reduced decode can gain over the full-size one at the top rate: the
-    ratio of the two preprocessors' serial cost per frame, measured here, interleaved. It
-    holds only if the workers' processing were the pipeline's whole cost; the Kafka clients
-    and the broker, which both paths pay alike, pull the real ratio below it."""
+def _serial_cost(settings: KafkaSettings, frames: Frames, quick: bool) -> dict[str, float]:
+    """What the reduced decode saves per frame: the two preprocessors' serial CPU per frame,
+    measured here, interleaved. The top rate's gain follows it: the Kafka clients and the
+    broker, which both paths pay alike, only dilute it, so a gain far beyond this ratio
+    cannot come from the decode."""
     import cv2
 
     cv2.setNumThreads(1)  # as in the workers
