@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fogverse.autoscale import LocalDeployer, LocalService, Observer
-from fogverse.autoscale.workers.lag import measure_lag
+from fogverse.autoscale.workers.lag import GroupOffsets, measure_lag
 
 NODES = str(Path(__file__).with_name("autoscale_nodes.py"))
 SERVICE = "slow"
@@ -169,6 +169,7 @@ class Timeline:
         master: Any,
         stage: tuple[str, str],
         admin: Any,
+        offsets: GroupOffsets,
         group: str,
         t0: float,
         window: float = 2.0,
@@ -180,7 +181,7 @@ class Timeline:
         out_rate = state.rates.rate(stage[1], end - window, end)
         live, starting = master.deployer.counts(stage)
         try:
-            lag, _ = await asyncio.to_thread(measure_lag, admin, group, stage[0], 5.0)
+            lag, _ = await asyncio.to_thread(measure_lag, admin, offsets, group, stage[0], 5.0)
         except Exception:
             lag = None
         self.rows.append((now - t0, live, starting, in_rate, out_rate, lag))

@@ -24,6 +24,7 @@ from scaling_harness import (
 )
 
 from fogverse.autoscale import AutoScaleComponent, ConfigError, DeployScripts, Worker
+from fogverse.autoscale.workers.lag import GroupOffsets
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,11 @@ async def _scenario(
         loop = asyncio.get_running_loop()
         t0 = master.state.clock()
         async with OutputCollector(bootstrap, out) as outputs:
-            sampler = asyncio.create_task(timeline.run(master, stage, admin, group, t0))
+            sampler = asyncio.create_task(
+                timeline.run(
+                    master, stage, admin, GroupOffsets({"bootstrap.servers": bootstrap}), group, t0
+                )
+            )
             feed_start = loop.time()
             sent = await feed(
                 bootstrap,

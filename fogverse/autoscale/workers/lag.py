@@ -1,11 +1,17 @@
 """LAG_WORKER: scale on the consumer group's lag, the way KEDA's Kafka scaler does.
 
 Every ``refresh_rate_second`` seconds, for each stage whose consumer group is known, it reads
-the group's committed offsets and the source topic's end offsets (confluent-kafka's
-AdminClient, in a thread: its calls block) and recommends
-``ceil(total lag / lag_threshold)`` instances, at most one per partition (more would sit idle)
-unless ``allow_beyond_partitions``. A partition the group never committed counts from its
-beginning, because our consumers start there (``auto_offset_reset=earliest``).
+the group's committed offsets and the source topic's end offsets (confluent-kafka, in a
+thread: its calls block) and recommends ``ceil(total lag / lag_threshold)`` instances, at most
+one per partition (more would sit idle) unless ``allow_beyond_partitions``. A partition the
+group never committed counts from its beginning, because our consumers start there
+(``auto_offset_reset=earliest``).
+
+Committed offsets are read by a consumer of the group (never subscribed, so it never joins
+it), not by the admin API: librdkafka's admin ListConsumerGroupOffsets dereferences a NULL
+group handle when the broker answers "not coordinator" or "coordinator load in progress"
+(librdkafka issue 5040, still in 2.16), which a fresh broker, or a cluster moving a group's
+coordinator, does; the master process died of it.
 
 It needs no heartbeats for the signal itself; the group comes from the stage's auto-scale
 request (``group_id``, filled in by an attached observer, or ``extra_configs["group_id"]``).
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +30,7 @@ from fogverse.autoscale.config import LagSettings
 from fogverse.autoscale.state import Stage, StageKey
 from fogverse.autoscale.workers.periodic import PeriodicWorker
 
-__all__ = ["LagSample", "LagWorker", "desired_instances", "measure_lag"]
+__all__ = ["GroupOffsets", "LagSample", "LagWorker", "desired_instances", "measure_lag"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +55,35 @@ def desired_instances(
     return wanted
 
 
-def measure_lag(admin: Any, group_id: str, topic: str, timeout: float = 10.0) -> tuple[int, int]:
+class GroupOffsets:
+    """Reads consumer groups' committed offsets through a short-lived confluent-kafka consumer
+    of the group, made and closed within each call (in the calling thread, so a stop never
+    closes a client another thread is using). The consumer is never subscribed: it neither
+    joins the group nor commits."""
+
+    def __init__(self, conf: Mapping[str, Any]) -> None:
+        self.conf = dict(conf)
+
+    def committed(self, group_id: str, tps: list[Any], timeout: float) -> dict[int, int]:
+        """Partition -> committed offset (negative: none) of ``group_id``; blocking."""
+        from confluent_kafka import Consumer, KafkaException
+
+        consumer = Consumer({**self.conf, "group.id": group_id, "enable.auto.commit": False})
+        try:
+            found = consumer.committed(tps, timeout=timeout)
+        finally:
+            consumer.close()
+        for tp in found:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+        return {tp.partition: tp.offset for tp in found}
+
+
+def measure_lag(
+    admin: Any, offsets: GroupOffsets, group_id: str, topic: str, timeout: float = 10.0
+) -> tuple[int, int]:
     """``(total lag, partition count)`` of ``group_id`` on ``topic``; blocking."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka import TopicPartition
     from confluent_kafka.admin import OffsetSpec
 
     meta = admin.list_topics(topic, timeout=timeout)
@@ -59,11 +92,7 @@ def measure_lag(admin: Any, group_id: str, topic: str, timeout: float = 10.0) ->
         raise LookupError(f"topic {topic!r} not found: {info.error if info else 'no metadata'}")
     parts = sorted(info.partitions)
     tps = [TopicPartition(topic, p) for p in parts]
-    request = ConsumerGroupTopicPartitions(group_id, tps)
-    committed_res = admin.list_consumer_group_offsets([request], request_timeout=timeout)
-    committed = {
-        tp.partition: tp.offset for tp in committed_res[group_id].result(timeout).topic_partitions
-    }
+    committed = offsets.committed(group_id, tps, timeout)
     ends = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=timeout)
     end = {tp.partition: f.result(timeout).offset for tp, f in ends.items()}
     missing = [TopicPartition(topic, p) for p in parts if committed.get(p, -1) < 0]
@@ -94,29 +123,30 @@ class LagWorker(PeriodicWorker):
         deployer: Any = None,
         servers: str | None = None,
         admin: Any = None,
+        offsets: GroupOffsets | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings or LagSettings()
         self.deployer = deployer
         self.servers = servers
         self.admin = admin
+        self.offsets = offsets
         self.last: dict[StageKey, LagSample] = {}
         self._warned: set[StageKey] = set()
 
     async def start(self, master: Any) -> None:
         if self.deployer is None:
             self.deployer = getattr(master, "deployer", None)
+        conf = {
+            **getattr(master, "admin_conf", {}),  # the cluster's SASL/SSL settings
+            "bootstrap.servers": self.servers or master.consumer_servers or "localhost:9092",
+        }
         if self.admin is None:
             from confluent_kafka.admin import AdminClient
 
-            self.admin = AdminClient(
-                {
-                    **getattr(master, "admin_conf", {}),  # the cluster's SASL/SSL settings
-                    "bootstrap.servers": self.servers
-                    or master.consumer_servers
-                    or "localhost:9092",
-                }
-            )
+            self.admin = AdminClient(conf)
+        if self.offsets is None:
+            self.offsets = GroupOffsets(conf)
         await super().start(master)
 
     def _interval(self) -> float:
@@ -146,7 +176,12 @@ class LagWorker(PeriodicWorker):
             what = f"measuring the lag of {group} on {stage.source_topic}"
             try:
                 lag, parts = await asyncio.to_thread(
-                    measure_lag, self.admin, group, stage.source_topic, self.settings.admin_timeout
+                    measure_lag,
+                    self.admin,
+                    self.offsets,
+                    group,
+                    stage.source_topic,
+                    self.settings.admin_timeout,
                 )
             except Exception as exc:
                 # Every stage fails alike while the broker is away: logged once, not per tick.
