@@ -247,21 +247,39 @@ def test_dynamic_partitioning_gives_its_admin_client_the_security_settings(
 def test_the_lag_workers_admin_gets_the_masters_admin_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The LAG_WORKER measures lag with an admin client it makes from the master's servers:
-    it must get the master's ``admin_conf`` too, or lag-based scaling fails on a SASL/SSL
-    cluster."""
+    """The LAG_WORKER measures lag with an admin client and a group-offsets consumer it makes
+    from the master's servers: both must get the master's ``admin_conf`` too, or lag-based
+    scaling fails on a SASL/SSL cluster."""
+    import confluent_kafka
     from confluent_kafka import admin as confluent_admin
 
     from fogverse.autoscale import LagWorker, Master
 
     seen: list[dict[str, Any]] = []
+    consumers: list[dict[str, Any]] = []
+
+    class Consumer:
+        def __init__(self, conf: dict[str, Any]) -> None:
+            consumers.append(conf)
+
+        def committed(self, tps: list[Any], timeout: float) -> list[Any]:
+            return []
+
+        def close(self) -> None:
+            pass
+
     monkeypatch.setattr(confluent_admin, "AdminClient", lambda conf: seen.append(conf))
+    monkeypatch.setattr(confluent_kafka, "Consumer", Consumer)
     master = Master("control", "m", SERVERS, admin_conf=SASL_SSL_RD)
 
-    async def scenario() -> None:
+    async def scenario() -> LagWorker:
         worker = LagWorker()
         await worker.start(master)
         await worker.stop()
+        return worker
 
-    asyncio.run(scenario())
+    worker = asyncio.run(scenario())
     assert _has(seen[0], SASL_SSL_RD)
+    assert worker.offsets is not None
+    worker.offsets.committed("g", [], 1.0)
+    assert _has(consumers[0], SASL_SSL_RD) and consumers[0]["group.id"] == "g"
