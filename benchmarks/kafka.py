@@ -1021,19 +1021,95 @@ async def run_node_passthrough(
     return out_doc
 
 
+async def run_transport_passthrough(
+    bootstrap: str, src: str, out: str, n: int, transport: str
+) -> dict[str, Any]:
+    """The floor under a node on ``transport``: FogVerse's own transport in a bare loop.
+
+    The plain loop's at-least-once work on the node's own clients and settings: a fetched
+    batch is sent, its acks awaited, its offsets committed (not waited for, as the plain loop
+    commits asynchronously), with no decode, process, encode, hooks or per-input tracking.
+    A node on this transport pays all of this and more, so it cannot outrun it.
+    """
+    node = _PassThrough(
+        src,
+        bootstrap,
+        f"bench-transport-{uuid.uuid4().hex[:8]}",
+        producer_topic=out,
+        input_codec="bytes",
+        output_codec="bytes",
+    )
+    use_transport(node, transport)
+    consumer, producer = node.consumer, node.producer
+    assert consumer is not None and producer is not None
+    loop = asyncio.get_running_loop()
+    await producer.start()
+    await consumer.start()
+    done = 0
+    t0 = cpu0 = 0.0
+    committing: asyncio.Future[None] | None = None
+    try:
+        with HighWatermark(bootstrap, out, n) as mark:
+            while done < n:
+                records = await consumer.getmany(0.5, 500)
+                if not records:
+                    continue
+                if not done:
+                    t0, cpu0 = time.perf_counter(), time.process_time()
+                acked = loop.create_future()
+                left = len(records)
+
+                def on_ack(fut: asyncio.Future[Any], acked: asyncio.Future[None] = acked) -> None:
+                    nonlocal left
+                    if acked.done():
+                        return
+                    if fut.exception() is not None:
+                        acked.set_exception(fut.exception())  # type: ignore[arg-type]
+                        return
+                    left -= 1
+                    if left == 0:
+                        acked.set_result(None)
+
+                offsets: dict[Any, int] = {}
+                for r in records:
+                    ack = await producer.send(out, r.value, r.key, r.headers)
+                    ack.add_done_callback(on_ack)
+                    offsets[r.tp] = r.offset + 1  # type: ignore[operator]
+                done += len(records)
+                await acked
+                if committing is not None:
+                    await committing
+                committing = asyncio.ensure_future(consumer.commit(offsets))
+            if committing is not None:
+                await committing
+            await asyncio.to_thread(mark.done.wait, 30)
+            cpu = time.process_time() - cpu0
+            reached = mark.reached
+    finally:
+        try:
+            await consumer.stop()
+        finally:
+            await producer.stop()
+    assert reached is not None
+    return {"rate": n / (reached - t0), "cpu_us_per_msg": cpu / n * 1e6}
+
+
 def _variants(settings: KafkaSettings) -> list[tuple[str, str | None, bool]]:
     """``(label, transport, profile)``; transport ``None`` is the plain loop."""
     out: list[tuple[str, str | None, bool]] = [(LOOP, None, False)]
     for t in settings.passthrough_transports:  # side by side: their ratio is a paired one
         out += [(f"node[{t}]", t, False), (f"node[{t}]+profile", t, True)]
+        out.append((f"transport[{t}]", t, False))
     return out
 
 
 def _passthrough_run(
-    bootstrap: str, src: str, out: str, n: int, transport: str | None, profile: bool
+    bootstrap: str, src: str, out: str, n: int, label: str, transport: str | None, profile: bool
 ) -> dict[str, Any]:
     if transport is None:
         return plain_loop(bootstrap, src, out, n)
+    if label.startswith("transport["):
+        return run_async(lambda: run_transport_passthrough(bootstrap, src, out, n, transport))
     return run_async(
         lambda: run_node_passthrough(bootstrap, src, out, n, transport, profile=profile)
     )
@@ -1062,7 +1138,9 @@ def bench_passthrough(
             for _, (label, transport, profile) in interleaved(variants, settings.passthrough_reps):
                 out = create_topic(admin, "bench-pt-out")
                 try:
-                    runs[label].append(_passthrough_run(bootstrap, src, out, n, transport, profile))
+                    runs[label].append(
+                        _passthrough_run(bootstrap, src, out, n, label, transport, profile)
+                    )
                 finally:
                     delete_topics(admin, [out])
                 bar.update()
@@ -1154,7 +1232,12 @@ def _passthrough_doc(
             "vs_loop_runs": [round(a / b, 3) for a, b in zip(rates, loop_rates, strict=True)],
         }
 
-    nodes = {label: entry(label) for label, transport, _ in variants if transport is not None}
+    nodes = {
+        label: entry(label)
+        for label, transport, _ in variants
+        if transport is not None and label.startswith("node[")
+    }
+    transports = {label: entry(label) for label, _, _ in variants if label.startswith("transport[")}
     by_transport = {
         t: round(
             median_ratio(
@@ -1189,7 +1272,12 @@ def _passthrough_doc(
         description="1 KiB pass-through at least once: FogVerse Consumer node vs a plain "
         "confluent-kafka consume -> produce -> commit loop; profiling overhead",
         params=params,
-        metrics={"nodes": nodes, "profiling_overhead": overhead, "profile": profile},
+        metrics={
+            "nodes": nodes,
+            "transports": transports,
+            "profiling_overhead": overhead,
+            "profile": profile,
+        },
         baselines={
             LOOP: {
                 "rate": summarize(loop_rates, 1),

@@ -13,6 +13,11 @@ For each workload, every variant runs the same function on the same inputs:
   sized for its batches, and its own spawn pool of ``p`` processes;
 * ``fogverse``: ``WorkerPool(processor, p, m)``, inputs submitted as slots free up, each
   result read and its slot released in a done-callback;
+* ``bare round trip`` (``trivial`` only): no pool at all. The parent keeps ``m`` 8-byte tasks
+  in flight over ``p`` processes on socketpairs, sends each worker its share in one write
+  (as the pool batches short tasks), and the workers echo each read in one write. It is what
+  moving a task to another process and back costs on this machine before any bookkeeping:
+  the floor under every pool's per-task figure at that ``m``;
 
 for ``p`` in ``process_numbers`` and ``m`` in ``max_running_tasks``. All pools of a workload
 are started up front and kept alive, and the repetitions are interleaved (every round runs
@@ -34,7 +39,9 @@ import importlib.util
 import logging
 import multiprocessing
 import os
+import socket
 import statistics
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -66,6 +73,7 @@ SERIAL_FULL = "serial (full-size decode)"
 IMAP = "Pool.imap"
 EXECUTOR = "ProcessPoolExecutor.map"
 FOGVERSE = "fogverse"
+ECHO = "bare round trip (socketpair echo, no pool)"
 ARROYO = "arroyo.RunTaskWithMultiprocessing"
 
 WORKLOADS = {
@@ -201,6 +209,98 @@ def _run_arroyo(strategy: Any, inputs: Sequence[Any], n: int) -> None:
     strategy.join(timeout=300)
 
 
+_TASK = struct.Struct("<q")
+
+
+def _echo_worker(sock: socket.socket) -> None:
+    """Send back whatever arrives, one write per read, until the parent hangs up."""
+    with sock:
+        while True:
+            data = sock.recv(1 << 16)
+            if not data:
+                return
+            sock.sendall(data)
+
+
+class EchoPool:
+    """The bare round trip: ``max_running_task`` 8-byte tasks in flight over
+    ``process_number`` echo processes, read with ``loop.add_reader`` as ``WorkerPool`` reads.
+
+    Each worker gets its share of the window in one write; every task that comes back is
+    replaced at once, the replacements for one read going out in one write.
+    """
+
+    def __init__(self, process_number: int, max_running_task: int, ctx: Any) -> None:
+        self._p = process_number
+        self._m = max_running_task
+        self._ctx = ctx
+        self._socks: list[socket.socket] = []
+        self._procs: list[Any] = []
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p.pid is not None]
+
+    async def start(self) -> None:
+        for _ in range(self._p):
+            parent, child = socket.socketpair()
+            proc = self._ctx.Process(target=_echo_worker, args=(child,), daemon=True)
+            proc.start()
+            child.close()
+            parent.setblocking(False)
+            self._socks.append(parent)
+            self._procs.append(proc)
+
+    async def run(self, n: int) -> None:
+        loop = asyncio.get_running_loop()
+        finished = loop.create_future()
+        sent = returned = 0
+        partial = dict.fromkeys(self._socks, b"")
+
+        def send(sock: socket.socket, count: int) -> None:
+            nonlocal sent
+            sock.send(b"".join(_TASK.pack(sent + i) for i in range(count)))
+            sent += count
+
+        def on_readable(sock: socket.socket) -> None:
+            nonlocal returned
+            try:
+                data = partial[sock] + sock.recv(1 << 16)
+            except BlockingIOError:
+                return
+            whole = len(data) - len(data) % _TASK.size
+            partial[sock] = data[whole:]
+            back = whole // _TASK.size
+            returned += back
+            more = min(back, n - sent)
+            if more > 0:
+                send(sock, more)
+            if returned == n and not finished.done():
+                finished.set_result(None)
+
+        shares = [self._m // self._p + (i < self._m % self._p) for i in range(self._p)]
+        try:
+            for sock, share in zip(self._socks, shares, strict=True):
+                loop.add_reader(sock.fileno(), on_readable, sock)
+                if min(share, n - sent) > 0:
+                    send(sock, min(share, n - sent))
+            await finished
+        finally:
+            for sock in self._socks:
+                loop.remove_reader(sock.fileno())
+
+    async def close(self) -> None:
+        for sock in self._socks:
+            sock.close()
+        for proc in self._procs:
+            await asyncio.to_thread(proc.join, 5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        self._socks.clear()
+        self._procs.clear()
+
+
 def _nbytes(x: Any) -> int:
     return int(getattr(x, "nbytes", None) or (len(x) if isinstance(x, bytes) else 64))
 
@@ -256,12 +356,13 @@ class Variant:
     def label(self) -> str:
         if self.kind in (SERIAL, SERIAL_FULL):
             return self.kind
-        if self.kind == FOGVERSE:
-            return f"fogverse p={self.process_number} m={self.max_running_task}"
+        if self.kind in (FOGVERSE, ECHO):
+            name = "fogverse" if self.kind == FOGVERSE else "echo"
+            return f"{name} p={self.process_number} m={self.max_running_task}"
         return f"{self.kind} p={self.process_number}"
 
     def pids(self) -> list[int]:
-        if self.kind == FOGVERSE:
+        if self.kind in (FOGVERSE, ECHO):
             return list(self.pool.worker_pids)
         if self.kind == IMAP:
             return [p.pid for p in self.pool._pool if p.pid is not None]
@@ -288,6 +389,9 @@ async def _start(variants: list[Variant], fn: Callable[[Any], Any], start_method
             )
 
             v.pool = MultiprocessingPool(v.process_number, _one_cv_thread)
+        elif v.kind == ECHO:
+            assert v.max_running_task is not None
+            v.pool = EchoPool(v.process_number, v.max_running_task, ctx)
         elif v.kind == FOGVERSE:
             assert v.max_running_task is not None
             v.pool = WorkerPool(
@@ -296,7 +400,7 @@ async def _start(variants: list[Variant], fn: Callable[[Any], Any], start_method
                 v.max_running_task,
                 start_method=start_method,  # type: ignore[arg-type]
             )
-    await asyncio.gather(*(v.pool.start() for v in variants if v.kind == FOGVERSE))
+    await asyncio.gather(*(v.pool.start() for v in variants if v.kind in (FOGVERSE, ECHO)))
 
 
 async def _stop(variants: list[Variant]) -> None:
@@ -304,7 +408,7 @@ async def _stop(variants: list[Variant]) -> None:
         if v.pool is None:
             continue
         try:
-            if v.kind == FOGVERSE:
+            if v.kind in (FOGVERSE, ECHO):
                 await v.pool.close()
             elif v.kind == IMAP:
                 v.pool.close()
@@ -354,6 +458,8 @@ async def _run_once(v: Variant, fn: Callable[[Any], Any], inputs: Sequence[Any],
     elif v.kind == EXECUTOR:
         for value in v.pool.map(fn, cycle()):
             _touch(value)
+    elif v.kind == ECHO:
+        await v.pool.run(n)
     else:
         await _run_fogverse(v.pool, inputs, n)
     return time.perf_counter() - start
@@ -410,6 +516,8 @@ async def bench_workload(
         if settings.arroyo and arroyo_available():
             variants.append(Variant(ARROYO, p, arroyo_batch=ARROYO_BATCH[workload]))
         variants += [Variant(FOGVERSE, p, m) for m in settings.max_running_tasks]
+        if workload == "trivial":
+            variants += [Variant(ECHO, p, m) for m in settings.max_running_tasks]
     warm = max(settings.warmup, 2 * max(settings.max_running_tasks)) * scale
     bar = progress(len(variants) * (settings.reps + 1), f"pool {workload}", show_progress)
     try:
@@ -504,10 +612,13 @@ def _entry(v: Variant, serial: Variant, per_task: bool) -> dict[str, Any]:
 def _tabulate(variants: list[Variant], per_task: bool) -> tuple[dict, dict]:
     serial = next(v for v in variants if v.kind == SERIAL)
     serial_full = next((v for v in variants if v.kind == SERIAL_FULL), None)
-    by_key = {(v.kind, v.process_number): v for v in variants if v.kind not in (SERIAL, FOGVERSE)}
+    by_key = {
+        (v.kind, v.process_number): v for v in variants if v.kind not in (SERIAL, FOGVERSE, ECHO)
+    }
+    echoes = {(v.process_number, v.max_running_task): v for v in variants if v.kind == ECHO}
     baselines: dict[str, list[dict[str, Any]]] = {}
     for v in variants:
-        if v.kind != FOGVERSE:
+        if v.kind not in (FOGVERSE, ECHO):
             entry = _entry(v, serial, per_task)
             if v.kind == ARROYO:
                 entry["max_batch_size"] = v.arroyo_batch
@@ -529,6 +640,9 @@ def _tabulate(variants: list[Variant], per_task: bool) -> tuple[dict, dict]:
             entry[key] = round(median_ratio(rates, _rates(base)), 3)
         if serial_full is not None:
             entry["vs_serial_fullsize"] = round(median_ratio(rates, _rates(serial_full)), 3)
+        echo = echoes.get((v.process_number, v.max_running_task))
+        if echo is not None:
+            entry["floor_us_per_task"] = round(1e6 / statistics.median(_rates(echo)), 2)
         grid.append(entry)
     best: dict[str, Any] = {}
     for p in sorted({e["process_number"] for e in grid}):
@@ -549,6 +663,8 @@ def _tabulate(variants: list[Variant], per_task: bool) -> tuple[dict, dict]:
             if k in top
         }
     metrics = {"unit": "tasks/s" if per_task else "frames/s", "grid": grid, "best": best}
+    if echoes:
+        metrics["floor"] = [_entry(v, serial, per_task) for v in echoes.values()]
     return metrics, baselines
 
 

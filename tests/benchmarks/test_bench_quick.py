@@ -135,6 +135,24 @@ def test_quick_run_writes_well_formed_results(kafka_bootstrap: str, tmp_path: Pa
     passthrough = json.loads((tmp_path / "kafka.passthrough.json").read_text())
     assert passthrough["metrics"]["profile"]["messages"] > 0
     assert passthrough["metrics"]["cpu_profile"]["top"]
+    # The floors under the two per-message targets are measured in the same run: the bare
+    # round trip under the pool's per-task cost, the transport alone under the node's rate.
+    trivial = json.loads((tmp_path / "pool.trivial.json").read_text())
+    ms = trivial["params"]["max_running_tasks"]
+    floors = {(e["process_number"], e["max_running_task"]) for e in trivial["metrics"]["floor"]}
+    assert floors == {(p, m) for p in trivial["params"]["process_numbers"] for m in ms}
+    for entry in trivial["metrics"]["grid"]:
+        assert entry["floor_us_per_task"] > 0, entry
+    assert by_id["pool.trivial.us_per_task"]["floor_us"] > 0
+    assert "bare round trip" in by_id["pool.trivial.us_per_task"]["detail"]
+    transports = passthrough["params"]["transports"]
+    assert set(passthrough["metrics"]["transports"]) == {f"transport[{t}]" for t in transports}
+    for entry in passthrough["metrics"]["transports"].values():
+        assert entry["rate"]["median"] > 0 and entry["vs_loop"] > 0, entry
+    default = passthrough["params"]["default_transport"]
+    alone = passthrough["metrics"]["transports"][f"transport[{default}]"]["vs_loop"]
+    assert by_id["kafka.passthrough.vs_loop"]["transport_alone"] == alone
+    assert "transport alone" in by_id["kafka.passthrough.vs_loop"]["detail"]
 
     for png in summary["plots"]:
         assert (tmp_path / png).read_bytes()[:8] == _PNG, png
