@@ -164,7 +164,7 @@ async def _fused(
     warm = max(settings.warmup, 2 * max(settings.max_running_tasks))
     bar = progress(len(variants) * (settings.reps + 1), "detect fused", show)
     try:
-        await _start(variants, fn, "forkserver")
+        await _start(variants, fn, jpegs, "forkserver")
         for v in variants:
             seconds = await _run_once(v, fn, jpegs, warm)
             v.inputs_per_run = max(

@@ -13,6 +13,10 @@ For each workload, every variant runs the same function on the same inputs:
   sized for its batches, and its own spawn pool of ``p`` processes;
 * ``fogverse``: ``WorkerPool(processor, p, m)``, inputs submitted as slots free up, each
   result read and its slot released in a done-callback;
+* ``serial, one per process`` (``jpeg`` only, ``p`` >= 2): no pool either. ``p`` processes
+  each hold their own copy of the inputs and run the function on their share of them at the
+  same time; only the share's size goes to them. Their rate over serial is how this machine
+  scales the work itself to ``p`` processes, the most any ``p``-process pool can reach;
 * ``bare round trip`` (``trivial`` only): no pool at all. The parent keeps ``m`` 8-byte tasks
   in flight over ``p`` processes on socketpairs, sends each worker its share in one write
   (as the pool batches short tasks), and the workers echo each read in one write. It is what
@@ -74,6 +78,7 @@ IMAP = "Pool.imap"
 EXECUTOR = "ProcessPoolExecutor.map"
 FOGVERSE = "fogverse"
 ECHO = "bare round trip (socketpair echo, no pool)"
+SPLIT = "serial, one per process (no pool)"
 ARROYO = "arroyo.RunTaskWithMultiprocessing"
 
 WORKLOADS = {
@@ -301,6 +306,22 @@ class EchoPool:
         self._procs.clear()
 
 
+_held: tuple[Callable[[Any], Any], Sequence[Any]] | None = None
+
+
+def _hold(fn: Callable[[Any], Any], inputs: Sequence[Any]) -> None:
+    global _held
+    _one_cv_thread()
+    _held = (fn, inputs)
+
+
+def _run_held(count: int) -> None:
+    assert _held is not None
+    fn, inputs = _held
+    for i in range(count):
+        _touch(fn(inputs[i % len(inputs)]))
+
+
 def _nbytes(x: Any) -> int:
     return int(getattr(x, "nbytes", None) or (len(x) if isinstance(x, bytes) else 64))
 
@@ -364,7 +385,7 @@ class Variant:
     def pids(self) -> list[int]:
         if self.kind in (FOGVERSE, ECHO):
             return list(self.pool.worker_pids)
-        if self.kind == IMAP:
+        if self.kind in (IMAP, SPLIT):
             return [p.pid for p in self.pool._pool if p.pid is not None]
         if self.kind == EXECUTOR:
             return [p.pid for p in (self.pool._processes or {}).values() if p.pid is not None]
@@ -374,7 +395,9 @@ class Variant:
         return []
 
 
-async def _start(variants: list[Variant], fn: Callable[[Any], Any], start_method: str) -> None:
+async def _start(
+    variants: list[Variant], fn: Callable[[Any], Any], inputs: Sequence[Any], start_method: str
+) -> None:
     ctx = multiprocessing.get_context(start_method)
     for v in variants:
         if v.kind == IMAP:
@@ -392,6 +415,8 @@ async def _start(variants: list[Variant], fn: Callable[[Any], Any], start_method
         elif v.kind == ECHO:
             assert v.max_running_task is not None
             v.pool = EchoPool(v.process_number, v.max_running_task, ctx)
+        elif v.kind == SPLIT:
+            v.pool = ctx.Pool(v.process_number, initializer=_hold, initargs=(fn, inputs))
         elif v.kind == FOGVERSE:
             assert v.max_running_task is not None
             v.pool = WorkerPool(
@@ -410,7 +435,7 @@ async def _stop(variants: list[Variant]) -> None:
         try:
             if v.kind in (FOGVERSE, ECHO):
                 await v.pool.close()
-            elif v.kind == IMAP:
+            elif v.kind in (IMAP, SPLIT):
                 v.pool.close()
                 v.pool.join()
             elif v.kind == EXECUTOR:
@@ -460,6 +485,9 @@ async def _run_once(v: Variant, fn: Callable[[Any], Any], inputs: Sequence[Any],
             _touch(value)
     elif v.kind == ECHO:
         await v.pool.run(n)
+    elif v.kind == SPLIT:
+        p = v.process_number
+        v.pool.map(_run_held, [n // p + (i < n % p) for i in range(p)], chunksize=1)
     else:
         await _run_fogverse(v.pool, inputs, n)
     return time.perf_counter() - start
@@ -518,10 +546,12 @@ async def bench_workload(
         variants += [Variant(FOGVERSE, p, m) for m in settings.max_running_tasks]
         if workload == "trivial":
             variants += [Variant(ECHO, p, m) for m in settings.max_running_tasks]
+        if workload == "jpeg" and p > 1:
+            variants.append(Variant(SPLIT, p))
     warm = max(settings.warmup, 2 * max(settings.max_running_tasks)) * scale
     bar = progress(len(variants) * (settings.reps + 1), f"pool {workload}", show_progress)
     try:
-        await _start(variants, fn, settings.start_method)
+        await _start(variants, fn, inputs, settings.start_method)
         for v in variants:  # worker imports, slot growth, caches; then size the runs
             seconds = await _run_once(v, fn, inputs, warm)
             sized = round(warm / seconds * settings.run_seconds)

@@ -107,7 +107,7 @@ def test_quick_run_writes_well_formed_results(kafka_bootstrap: str, tmp_path: Pa
         "Pool.imap",
         "ProcessPoolExecutor.map",
         "arroyo.RunTaskWithMultiprocessing",  # the bench extra installs sentry-arroyo
-    }
+    } | ({"serial, one per process (no pool)"} if max(ps) > 1 else set())
     for entry in jpeg["metrics"]["grid"]:
         assert len(entry["rate"]["runs"]) == jpeg["params"]["reps"]
         assert entry["rate"]["min"] <= entry["rate"]["median"] <= entry["rate"]["max"]
@@ -127,6 +127,9 @@ def test_quick_run_writes_well_formed_results(kafka_bootstrap: str, tmp_path: Pa
     assert by_id["kafka.pipeline.max_rate"]["serial_cost_ratio"] == cost["ratio"]
     assert "serial CPU per frame" in by_id["kafka.pipeline.max_rate"]["detail"]
     assert by_id["pool.jpeg.vs_fullsize_serial"]["ceiling"] > 1.0
+    if max(ps) > 1:  # how the machine scales the work itself, beside the pool's figure
+        assert by_id["pool.jpeg.speedup"]["machine_scaling"] > 0
+        assert "side by side, no pool" in by_id["pool.jpeg.speedup"]["detail"]
     assert "ceiling" in by_id["pool.jpeg.vs_fullsize_serial"]["detail"]
     scaling = json.loads((tmp_path / "kafka.scaling.json").read_text())
     for row in scaling["metrics"]["cameras"] + scaling["metrics"]["max_running_task"]:
