@@ -22,6 +22,10 @@ For each workload, every variant runs the same function on the same inputs:
   (as the pool batches short tasks), and the workers echo each read in one write. It is what
   moving a task to another process and back costs on this machine before any bookkeeping:
   the floor under every pool's per-task figure at that ``m``;
+* ``minimal Python pool`` (``trivial`` only): the same, with each input pickled into a
+  length-prefixed frame, unpickled, run and pickled back by the worker, and the result
+  unpickled by the parent: the least a pool written in Python does per task (no shared
+  memory, handles, retries or crash handling);
 
 for ``p`` in ``process_numbers`` and ``m`` in ``max_running_tasks``. All pools of a workload
 are started up front and kept alive, and the repetitions are interleaved (every round runs
@@ -43,6 +47,7 @@ import importlib.util
 import logging
 import multiprocessing
 import os
+import pickle
 import socket
 import statistics
 import struct
@@ -78,6 +83,8 @@ IMAP = "Pool.imap"
 EXECUTOR = "ProcessPoolExecutor.map"
 FOGVERSE = "fogverse"
 ECHO = "bare round trip (socketpair echo, no pool)"
+MINIMAL = "minimal Python pool (pickle over socketpairs)"
+_SOCKETPAIRS = (ECHO, MINIMAL)
 SPLIT = "serial, one per process (no pool)"
 ARROYO = "arroyo.RunTaskWithMultiprocessing"
 
@@ -215,30 +222,70 @@ def _run_arroyo(strategy: Any, inputs: Sequence[Any], n: int) -> None:
 
 
 _TASK = struct.Struct("<q")
+_LEN = struct.Struct("<I")
 
 
-def _echo_worker(sock: socket.socket) -> None:
-    """Send back whatever arrives, one write per read, until the parent hangs up."""
+def _frames(data: bytes) -> tuple[list[bytes], bytes]:
+    """The whole length-prefixed frames in ``data``, and the partial one after them."""
+    out, pos, end = [], 0, len(data)
+    while end - pos >= _LEN.size:
+        (size,) = _LEN.unpack_from(data, pos)
+        if end - pos - _LEN.size < size:
+            break
+        out.append(data[pos + _LEN.size : pos + _LEN.size + size])
+        pos += _LEN.size + size
+    return out, data[pos:]
+
+
+def _framed(payload: bytes) -> bytes:
+    return _LEN.pack(len(payload)) + payload
+
+
+def _pair_worker(sock: socket.socket, fn: Callable[[Any], Any] | None) -> None:
+    """Without ``fn``, send back whatever arrives, one write per read. With it, run ``fn`` on
+    each pickled input and send the pickled results of one read in one write. Until the
+    parent hangs up."""
     with sock:
+        partial = b""
         while True:
             data = sock.recv(1 << 16)
             if not data:
                 return
-            sock.sendall(data)
+            if fn is None:
+                sock.sendall(data)
+                continue
+            frames, partial = _frames(partial + data)
+            if frames:
+                sock.sendall(
+                    b"".join(_framed(pickle.dumps(fn(pickle.loads(f)), 5)) for f in frames)
+                )
 
 
-class EchoPool:
-    """The bare round trip: ``max_running_task`` 8-byte tasks in flight over
-    ``process_number`` echo processes, read with ``loop.add_reader`` as ``WorkerPool`` reads.
+class SocketPairPool:
+    """No pool library at all: ``max_running_task`` tasks in flight over ``process_number``
+    processes on socketpairs, read with ``loop.add_reader`` as ``WorkerPool`` reads.
 
-    Each worker gets its share of the window in one write; every task that comes back is
-    replaced at once, the replacements for one read going out in one write.
+    Without ``fn`` it is the bare round trip (8-byte tasks echoed back). With ``fn`` it is the
+    least a Python pool does: each input pickled into a length-prefixed frame, unpickled, run
+    and pickled back by the worker, the result unpickled and read by the parent; no shared
+    memory, handles, retries or crash handling. Each worker gets its share of the window in
+    one write; every task that comes back is replaced at once, the replacements for one read
+    going out in one write.
     """
 
-    def __init__(self, process_number: int, max_running_task: int, ctx: Any) -> None:
+    def __init__(
+        self,
+        process_number: int,
+        max_running_task: int,
+        ctx: Any,
+        fn: Callable[[Any], Any] | None = None,
+        inputs: Sequence[Any] = (),
+    ) -> None:
         self._p = process_number
         self._m = max_running_task
         self._ctx = ctx
+        self._fn = fn
+        self._inputs = inputs
         self._socks: list[socket.socket] = []
         self._procs: list[Any] = []
 
@@ -249,7 +296,7 @@ class EchoPool:
     async def start(self) -> None:
         for _ in range(self._p):
             parent, child = socket.socketpair()
-            proc = self._ctx.Process(target=_echo_worker, args=(child,), daemon=True)
+            proc = self._ctx.Process(target=_pair_worker, args=(child, self._fn), daemon=True)
             proc.start()
             child.close()
             parent.setblocking(False)
@@ -261,10 +308,16 @@ class EchoPool:
         finished = loop.create_future()
         sent = returned = 0
         partial = dict.fromkeys(self._socks, b"")
+        inputs, bare = self._inputs, self._fn is None
+
+        def task(i: int) -> bytes:
+            if bare:
+                return _TASK.pack(i)
+            return _framed(pickle.dumps(inputs[i % len(inputs)], 5))
 
         def send(sock: socket.socket, count: int) -> None:
             nonlocal sent
-            sock.send(b"".join(_TASK.pack(sent + i) for i in range(count)))
+            sock.send(b"".join(task(sent + i) for i in range(count)))
             sent += count
 
         def on_readable(sock: socket.socket) -> None:
@@ -273,9 +326,15 @@ class EchoPool:
                 data = partial[sock] + sock.recv(1 << 16)
             except BlockingIOError:
                 return
-            whole = len(data) - len(data) % _TASK.size
-            partial[sock] = data[whole:]
-            back = whole // _TASK.size
+            if bare:
+                whole = len(data) - len(data) % _TASK.size
+                partial[sock] = data[whole:]
+                back = whole // _TASK.size
+            else:
+                frames, partial[sock] = _frames(data)
+                for frame in frames:
+                    _touch(pickle.loads(frame))
+                back = len(frames)
             returned += back
             more = min(back, n - sent)
             if more > 0:
@@ -377,13 +436,13 @@ class Variant:
     def label(self) -> str:
         if self.kind in (SERIAL, SERIAL_FULL):
             return self.kind
-        if self.kind in (FOGVERSE, ECHO):
-            name = "fogverse" if self.kind == FOGVERSE else "echo"
+        if self.kind in (FOGVERSE, *_SOCKETPAIRS):
+            name = {FOGVERSE: "fogverse", ECHO: "echo", MINIMAL: "minimal"}[self.kind]
             return f"{name} p={self.process_number} m={self.max_running_task}"
         return f"{self.kind} p={self.process_number}"
 
     def pids(self) -> list[int]:
-        if self.kind in (FOGVERSE, ECHO):
+        if self.kind in (FOGVERSE, *_SOCKETPAIRS):
             return list(self.pool.worker_pids)
         if self.kind in (IMAP, SPLIT):
             return [p.pid for p in self.pool._pool if p.pid is not None]
@@ -412,9 +471,16 @@ async def _start(
             )
 
             v.pool = MultiprocessingPool(v.process_number, _one_cv_thread)
-        elif v.kind == ECHO:
+        elif v.kind in _SOCKETPAIRS:
             assert v.max_running_task is not None
-            v.pool = EchoPool(v.process_number, v.max_running_task, ctx)
+            minimal = v.kind == MINIMAL
+            v.pool = SocketPairPool(
+                v.process_number,
+                v.max_running_task,
+                ctx,
+                fn if minimal else None,
+                inputs if minimal else (),
+            )
         elif v.kind == SPLIT:
             v.pool = ctx.Pool(v.process_number, initializer=_hold, initargs=(fn, inputs))
         elif v.kind == FOGVERSE:
@@ -425,7 +491,7 @@ async def _start(
                 v.max_running_task,
                 start_method=start_method,  # type: ignore[arg-type]
             )
-    await asyncio.gather(*(v.pool.start() for v in variants if v.kind in (FOGVERSE, ECHO)))
+    await asyncio.gather(*(v.pool.start() for v in variants if v.kind in (FOGVERSE, *_SOCKETPAIRS)))
 
 
 async def _stop(variants: list[Variant]) -> None:
@@ -433,7 +499,7 @@ async def _stop(variants: list[Variant]) -> None:
         if v.pool is None:
             continue
         try:
-            if v.kind in (FOGVERSE, ECHO):
+            if v.kind in (FOGVERSE, *_SOCKETPAIRS):
                 await v.pool.close()
             elif v.kind in (IMAP, SPLIT):
                 v.pool.close()
@@ -483,7 +549,7 @@ async def _run_once(v: Variant, fn: Callable[[Any], Any], inputs: Sequence[Any],
     elif v.kind == EXECUTOR:
         for value in v.pool.map(fn, cycle()):
             _touch(value)
-    elif v.kind == ECHO:
+    elif v.kind in _SOCKETPAIRS:
         await v.pool.run(n)
     elif v.kind == SPLIT:
         p = v.process_number
@@ -545,7 +611,7 @@ async def bench_workload(
             variants.append(Variant(ARROYO, p, arroyo_batch=ARROYO_BATCH[workload]))
         variants += [Variant(FOGVERSE, p, m) for m in settings.max_running_tasks]
         if workload == "trivial":
-            variants += [Variant(ECHO, p, m) for m in settings.max_running_tasks]
+            variants += [Variant(k, p, m) for k in _SOCKETPAIRS for m in settings.max_running_tasks]
         if workload == "jpeg" and p > 1:
             variants.append(Variant(SPLIT, p))
     warm = max(settings.warmup, 2 * max(settings.max_running_tasks)) * scale
@@ -643,12 +709,15 @@ def _tabulate(variants: list[Variant], per_task: bool) -> tuple[dict, dict]:
     serial = next(v for v in variants if v.kind == SERIAL)
     serial_full = next((v for v in variants if v.kind == SERIAL_FULL), None)
     by_key = {
-        (v.kind, v.process_number): v for v in variants if v.kind not in (SERIAL, FOGVERSE, ECHO)
+        (v.kind, v.process_number): v
+        for v in variants
+        if v.kind not in (SERIAL, FOGVERSE, *_SOCKETPAIRS)
     }
     echoes = {(v.process_number, v.max_running_task): v for v in variants if v.kind == ECHO}
+    minimal = {(v.process_number, v.max_running_task): v for v in variants if v.kind == MINIMAL}
     baselines: dict[str, list[dict[str, Any]]] = {}
     for v in variants:
-        if v.kind not in (FOGVERSE, ECHO):
+        if v.kind not in (FOGVERSE, *_SOCKETPAIRS):
             entry = _entry(v, serial, per_task)
             if v.kind == ARROYO:
                 entry["max_batch_size"] = v.arroyo_batch
@@ -673,6 +742,9 @@ def _tabulate(variants: list[Variant], per_task: bool) -> tuple[dict, dict]:
         echo = echoes.get((v.process_number, v.max_running_task))
         if echo is not None:
             entry["floor_us_per_task"] = round(1e6 / statistics.median(_rates(echo)), 2)
+        least = minimal.get((v.process_number, v.max_running_task))
+        if least is not None:
+            entry["minimal_pool_us_per_task"] = round(1e6 / statistics.median(_rates(least)), 2)
         grid.append(entry)
     best: dict[str, Any] = {}
     for p in sorted({e["process_number"] for e in grid}):
@@ -695,6 +767,8 @@ def _tabulate(variants: list[Variant], per_task: bool) -> tuple[dict, dict]:
     metrics = {"unit": "tasks/s" if per_task else "frames/s", "grid": grid, "best": best}
     if echoes:
         metrics["floor"] = [_entry(v, serial, per_task) for v in echoes.values()]
+    if minimal:
+        metrics["minimal_pool"] = [_entry(v, serial, per_task) for v in minimal.values()]
     return metrics, baselines
 
 

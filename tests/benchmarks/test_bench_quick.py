@@ -144,9 +144,13 @@ def test_quick_run_writes_well_formed_results(kafka_bootstrap: str, tmp_path: Pa
     ms = trivial["params"]["max_running_tasks"]
     floors = {(e["process_number"], e["max_running_task"]) for e in trivial["metrics"]["floor"]}
     assert floors == {(p, m) for p in trivial["params"]["process_numbers"] for m in ms}
+    least = trivial["metrics"]["minimal_pool"]
+    assert {(e["process_number"], e["max_running_task"]) for e in least} == floors
     for entry in trivial["metrics"]["grid"]:
         assert entry["floor_us_per_task"] > 0, entry
+        assert entry["minimal_pool_us_per_task"] > 0, entry
     assert by_id["pool.trivial.us_per_task"]["floor_us"] > 0
+    assert by_id["pool.trivial.us_per_task"]["minimal_pool_us"] > 0
     assert "bare round trip" in by_id["pool.trivial.us_per_task"]["detail"]
     transports = passthrough["params"]["transports"]
     assert set(passthrough["metrics"]["transports"]) == {f"transport[{t}]" for t in transports}
