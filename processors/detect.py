@@ -5,10 +5,14 @@ Two output layouts exist (batch axis of 1 optional):
 * ``"v5"`` (YOLOv5/v7): ``N x (5 + C)`` rows of ``cx, cy, w, h, objectness, C class scores``;
   a candidate's score is objectness x class score.
 * ``"v8"`` (YOLOv8/v9/v11, and v5u): ``(4 + C) x N`` columns of ``cx, cy, w, h, C class
-  scores``, no objectness.
+  scores``, no objectness;
+* ``"end2end"`` (YOLOv10, and models exported with NMS inside): ``N x 6`` rows of final
+  detections, ``x1, y1, x2, y2, score, class id``; nothing is suppressed again.
 
 ``"auto"`` tells them apart by shape: the attribute axis is the short one (a 640 model has
-thousands of candidates and at most a few hundred attributes), rows of candidates are v5.
+thousands of candidates and at most a few hundred attributes), rows of candidates are v5;
+six columns and fewer than a thousand rows are an end-to-end output (a v5 model has
+thousands of candidates even at 160 px).
 
 Boxes are in model-input (letterboxed) pixels until :func:`~processors.letterbox.scale_boxes`
 maps them back. :class:`YoloDetect` is the fused node-ready path, JPEG bytes to a
@@ -42,7 +46,7 @@ __all__ = [
     "nms",
 ]
 
-YoloLayout = Literal["auto", "v5", "v8"]
+YoloLayout = Literal["auto", "v5", "v8", "end2end"]
 NmsBackend = Literal["numpy", "opencv"]
 
 _COCO = (
@@ -88,12 +92,16 @@ def _rows(output: NDArray[Any], layout: YoloLayout, num_classes: int | None) -> 
         raise ValueError(f"a YOLO output is (N, 5+C) or (4+C, N), got {out.shape}")
     if layout == "auto":
         layout = _guess_layout(out.shape, num_classes)
+    if layout == "end2end":
+        if out.shape[1] != 6:
+            raise ValueError(f"an end2end output is (N, 6), got {out.shape}")
+        return out, layout
     if layout == "v8":
         rows, classes = out.T, out.shape[0] - 4
     elif layout == "v5":
         rows, classes = out, out.shape[1] - 5
     else:
-        raise ValueError(f"layout must be 'auto', 'v5' or 'v8', got {layout!r}")
+        raise ValueError(f"layout must be 'auto', 'v5', 'v8' or 'end2end', got {layout!r}")
     if classes < 1:
         raise ValueError(f"a {layout} output needs at least one class column, got {out.shape}")
     if num_classes is not None and classes != num_classes:
@@ -101,8 +109,14 @@ def _rows(output: NDArray[Any], layout: YoloLayout, num_classes: int | None) -> 
     return rows, layout
 
 
+# Fewer candidates than any v5 model makes (3 anchors over strides 8/16/32: 1575 at 160 px).
+_END2END_MAX_ROWS = 1000
+
+
 def _guess_layout(shape: tuple[int, ...], num_classes: int | None) -> YoloLayout:
     rows, cols = shape
+    if cols == 6 and rows < _END2END_MAX_ROWS:
+        return "end2end"
     if num_classes is not None:
         v5, v8 = cols == 5 + num_classes, rows == 4 + num_classes
     else:
@@ -123,15 +137,18 @@ def decode_yolo(
     num_classes: int | None = None,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int64]]:
     """Candidates scoring at least ``conf``: ``(boxes xyxy, scores, class_ids)``, in the
-    model's input pixels, unsorted and before NMS. ``num_classes``, when known, is checked
-    against the output and helps ``"auto"``."""
+    model's input pixels, unsorted and before NMS (an ``"end2end"`` output's are final).
+    ``num_classes``, when known, is checked against the output and helps ``"auto"``."""
     return _decode(output, layout, conf, num_classes)[:3]
 
 
 def _decode(
     output: NDArray[Any], layout: YoloLayout, conf: float, num_classes: int | None
-) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int64], int]:
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int64], int, str]:
+    """Boxes, scores, class ids, the class count (-1: unknown) and the layout found."""
     rows, layout = _rows(output, layout, num_classes)
+    if layout == "end2end":
+        return (*_end2end(rows, conf, num_classes), layout)
     classes = rows.shape[1] - (5 if layout == "v5" else 4)
     if layout == "v5":
         # Objectness first: it discards most rows before the class scores are touched.
@@ -157,7 +174,26 @@ def _decode(
     boxes[:, 1] = rows[:, 1] - half_h
     boxes[:, 2] = rows[:, 0] + half_w
     boxes[:, 3] = rows[:, 1] + half_h
-    return boxes, scores.astype(np.float32), class_ids.astype(np.int64), classes
+    return boxes, scores.astype(np.float32), class_ids.astype(np.int64), classes, layout
+
+
+def _end2end(
+    rows: NDArray[Any], conf: float, num_classes: int | None
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int64], int]:
+    rows = rows[rows[:, 4] >= conf]
+    ids = rows[:, 5]
+    # A v5 output of one class has six columns too: its sixth is a score, not a class id.
+    if len(ids) and (np.any(ids < 0) or np.any(ids != np.round(ids))):
+        raise ValueError(
+            "this (N, 6) output's sixth column is not whole class ids, so it is not an "
+            "end-to-end output: pass layout='v5' for a one-class YOLOv5 model"
+        )
+    class_ids = ids.astype(np.int64)
+    if num_classes is not None and len(class_ids) and class_ids.max() >= num_classes:
+        raise ValueError(f"class id {class_ids.max()} in an output of {num_classes} classes")
+    boxes = np.ascontiguousarray(rows[:, :4], np.float32)
+    classes = -1 if num_classes is None else num_classes
+    return boxes, rows[:, 4].astype(np.float32), class_ids, classes
 
 
 # ---- non-maximum suppression -----------------------------------------------------------------
@@ -300,10 +336,20 @@ class YoloDecode(Processor):
     def decode(self, output: NDArray[Any], params: LetterboxParams | None) -> Detections:
         """Detections in ``output``, mapped to the frame of ``params`` (None: model pixels)."""
         num_classes = len(self.names) if self.names is not None else None
-        boxes, scores, class_ids, classes = _decode(output, self.layout, self.conf, num_classes)
-        keep = nms(
-            boxes, scores, class_ids, iou=self.iou, max_det=self.max_det, backend=self.nms_backend
+        boxes, scores, class_ids, classes, layout = _decode(
+            output, self.layout, self.conf, num_classes
         )
+        if layout == "end2end":  # the model suppressed them already
+            keep = np.argsort(-scores, kind="stable")[: self.max_det]
+        else:
+            keep = nms(
+                boxes,
+                scores,
+                class_ids,
+                iou=self.iou,
+                max_det=self.max_det,
+                backend=self.nms_backend,
+            )
         boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
         frame_hw = self.size
         if params is not None:

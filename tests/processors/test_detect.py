@@ -171,6 +171,61 @@ def test_yolo_detect_runs_a_fixed_output_model_end_to_end(make) -> None:
     assert (record["width"], record["height"]) == (1280, 720)
 
 
+def _end2end_output(rows: int = 300) -> np.ndarray:
+    # YOLOv10-style final detections, padded with zero rows up to max_det: x1, y1, x2, y2,
+    # score, class id. Rows 0 and 1 overlap heavily in one class: the model kept both, so
+    # both must stay (no NMS on top of the model's own).
+    out = np.zeros((1, rows, 6), np.float32)
+    for i in range(4):
+        out[0, i] = [*_xyxy(i), _SCORE[i], _CLASS[i] + 2]
+    return out
+
+
+@pytest.mark.parametrize("layout", ["auto", "end2end"])
+def test_end2end_output_is_read_as_final_detections(layout) -> None:
+    boxes, scores, class_ids = decode_yolo(_end2end_output(), layout=layout, conf=0.25)
+    np.testing.assert_allclose(boxes, [_xyxy(i) for i in range(3)], atol=1e-4)
+    np.testing.assert_allclose(scores, _SCORE[:3], rtol=1e-6)
+    assert class_ids.tolist() == [2, 2, 3]
+    # Known class names decide nothing here: 6 columns of few rows are end-to-end.
+    assert len(decode_yolo(_end2end_output(), num_classes=80)[0]) == 3
+
+    record = YoloDecode(640, layout=layout, conf=0.25, max_det=2).process(_end2end_output())
+    assert record["scores"] == [0.9, 0.8]  # best first, cut at max_det, none suppressed
+    assert record["class_ids"] == [2, 2]
+    assert record["names"] == ["class2", "class2"]  # no guessing COCO for unknown classes
+    named = YoloDecode(640, names=COCO_NAMES, conf=0.25).process(_end2end_output())
+    assert named["names"] == [COCO_NAMES[2], COCO_NAMES[2], COCO_NAMES[3]]
+
+
+def test_a_one_class_v5_output_of_few_rows_is_refused_not_misread() -> None:
+    # Six columns and few rows, but the sixth column is a class score: a one-class v5 model
+    # on a tiny input. Read as end-to-end it would give wrong boxes; auto says so instead.
+    out = np.zeros((1, len(_BOXES), 6), np.float32)
+    out[0, :, :4] = _BOXES
+    out[0, :, 4:] = [0.9, 0.6]
+    with pytest.raises(ValueError, match="layout='v5'"):
+        decode_yolo(out)
+    boxes, scores, _ = decode_yolo(out, layout="v5", conf=0.25)
+    assert len(boxes) == len(_BOXES) and np.allclose(scores, 0.54)
+    with pytest.raises(ValueError, match=r"\(N, 6\)"):
+        decode_yolo(_v8_output(3), layout="end2end")
+    with pytest.raises(ValueError, match="class id 3"):
+        decode_yolo(_end2end_output(), num_classes=3)
+
+
+def test_yolo_detect_runs_an_end2end_model() -> None:
+    det = YoloDetect(constant_model(_end2end_output(), "end2end"), names=["a", "b", "c", "d"])
+    record = det.process(encode_jpeg(np.zeros((720, 1280, 3), np.uint8)))
+    # Letterbox scale 0.5, 140 px of padding on top: frame box = (model box - pad) / 0.5.
+    expected = [
+        [(x - 0) / 0.5 if k % 2 == 0 else (x - 140) / 0.5 for k, x in enumerate(_xyxy(i))]
+        for i in range(3)
+    ]
+    np.testing.assert_allclose(record["boxes"], expected, atol=0.05)
+    assert record["names"] == ["c", "c", "d"]
+
+
 @pytest.mark.parametrize("frame_hw", [(720, 1280), (900, 500)])
 def test_yolo_detect_box_follows_what_the_model_sees(frame_hw) -> None:
     # A model that really looks: the box around the red pixels. Through JPEG, letterbox,
