@@ -18,7 +18,7 @@ Stages (all three in this process; the detector's workers are separate processes
 
    * ``face`` (default): a real pretrained detector with nothing to download, the frontal-face
      LBP cascade that ships inside scikit-image (``processors.FaceCascade``);
-   * ``yolo`` (``--model PATH``, e.g. ``make demo MODEL=yolov8n.onnx``): your YOLOv5/v8/v11
+   * ``yolo`` (``--model PATH``, e.g. ``make demo MODEL=yolov8n.onnx``): your YOLOv5/v8/v10/v11
      ``.onnx`` file through ``processors.YoloDetect`` (decode, letterbox, ONNX Runtime,
      decoding, class-aware NMS, boxes mapped back to the frame), in one step per frame.
 
