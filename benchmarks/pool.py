@@ -16,7 +16,8 @@ For each workload, every variant runs the same function on the same inputs:
 * ``serial, one per process`` (``jpeg`` only, ``p`` >= 2): no pool either. ``p`` processes
   each hold their own copy of the inputs and run the function on their share of them at the
   same time; only the share's size goes to them. Their rate over serial is how this machine
-  scales the work itself to ``p`` processes, the most any ``p``-process pool can reach;
+  scales the work itself to ``p`` processes, which a ``p``-process pool can at best match
+  (in one noisy run it may land a little above);
 * ``bare round trip`` (``trivial`` only): no pool at all. The parent keeps ``m`` 8-byte tasks
   in flight over ``p`` processes on socketpairs, sends each worker its share in one write
   (as the pool batches short tasks), and the workers echo each read in one write. It is what
