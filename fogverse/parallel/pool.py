@@ -3,10 +3,12 @@
 Each task owns one of ``max_running_task`` reusable shared-memory slots from :meth:`submit`
 until :meth:`TaskHandle.release`; waiting for a free slot is the backpressure. The input is
 copied once into the slot; the worker reads it in place and writes its result after it in the
-same slot, so frames never go through a pipe. The parent reads replies with
+same slot, so frames never go through a pipe. Small values (up to ``shm.INLINE_MAX`` bytes
+pickled: ids, scalars, short strings, small dicts of boxes) travel inside the task's message
+instead, which costs less than the slot's bookkeeping. The parent reads replies with
 ``loop.add_reader`` (no thread per worker) and learns of a worker's death from its process
 sentinel; a dead worker is replaced and its tasks retried, since their inputs are still in
-their slots.
+their slots (or, for small ones, kept on their handles).
 """
 
 from __future__ import annotations
@@ -58,9 +60,12 @@ _STARTUP_FAILURE_LIMIT = 3
 _RESTART_BACKOFF = 0.1
 _FORKSERVER_RETRIES = 20
 _KILL_GRACE = 5.0
+# Bytes of small inputs carried inside TASK frames at once, all workers together: far below a
+# socket's buffer, so a send to a worker that is busy never blocks the event loop.
+_INLINE_BUDGET = 64 << 10
 
 _NEW, _STARTING, _RUNNING, _CLOSING, _STOPPING, _CLOSED, _BROKEN = range(7)
-_TASK_REPLIES = frozenset((wire.MSG_RESULT, wire.MSG_INBAND, wire.MSG_ERROR))
+_TASK_REPLIES = frozenset((wire.MSG_RESULT, wire.MSG_VALUE, wire.MSG_INBAND, wire.MSG_ERROR))
 _TASK_PACK = wire.TASK.pack
 _TASK_BODY = wire.TASK.size - 4
 
@@ -68,10 +73,11 @@ _TASK_BODY = wire.TASK.size - 4
 class _Slot:
     __slots__ = ("generation", "index", "region")
 
-    def __init__(self, index: int, region: shm.SharedRegion) -> None:
+    def __init__(self, index: int) -> None:
         self.index = index
         self.generation = 0
-        self.region = region
+        # Created by the first input that needs it: tasks with small values never do.
+        self.region = shm.NO_REGION
 
 
 class _Worker:
@@ -133,17 +139,23 @@ class TaskHandle:
         "_error",
         "_finished",
         "_id",
+        "_inline",
         "_pool",
         "_released",
+        "_shared",
         "_slot",
         "_value",
         "_waiter",
     )
 
-    def __init__(self, pool: WorkerPool, task_id: int, slot: _Slot) -> None:
+    def __init__(self, pool: WorkerPool, task_id: int, slot: _Slot, inline: bytes | None) -> None:
         self._pool = pool
         self._id = task_id
         self._slot = slot
+        # A small input travels pickled in the TASK frame, not in the slot; kept for a retry.
+        self._inline = inline
+        # Whether the result lives in the slot (zero-copy views) or is a value of its own.
+        self._shared = False
         self._attempts = 0
         self._released = False
         self._finished = False
@@ -229,7 +241,7 @@ class TaskHandle:
             return
         self._released = True
         with contextlib.suppress(Exception):
-            self._pool._abandon_slot(self._slot)
+            self._pool._abandon_slot(self._slot, self._shared)
 
     def __repr__(self) -> str:
         state = "done" if self._finished else "running"
@@ -296,8 +308,9 @@ class WorkerPool:
     ``max_running_task`` tasks at a time.
 
     The processor is pickled once (cloudpickle) and shipped to each worker when it starts;
-    ``setup()`` runs there before the first task and ``teardown()`` after the last. Inputs and
-    results travel through shared memory. A worker that dies is replaced and its tasks are
+    ``setup()`` runs there before the first task and ``teardown()`` after the last. Arrays and
+    other large inputs and results travel through shared memory; small ones inside the task's
+    message. A worker that dies is replaced and its tasks are
     retried up to ``max_retries`` times; an exception in ``process()`` fails only that task.
     Results arrive in completion order. Use a pool from the thread running its event loop.
 
@@ -360,6 +373,7 @@ class WorkerPool:
         self._active = 0
         self._idle: asyncio.Event | None = None
         self._out_hint = 0
+        self._inline_bytes = 0
         self._startup_failures = 0
         self._broken_error: BaseException | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
@@ -454,12 +468,22 @@ class WorkerPool:
                 self._free_slot(slot)
                 self._raise_not_running()
         try:
-            self._fill(slot, data)
+            packed = shm.pack(data)
+            if isinstance(packed, bytes):
+                if self._out_hint or self._inline_bytes + len(packed) > _INLINE_BUDGET:
+                    # Results do not fit in frames (or the budget is spent): use the slot.
+                    self._fill(slot, shm.encode(data))
+                    packed = None
+                else:
+                    self._inline_bytes += len(packed)
+            else:
+                self._fill(slot, packed)
+                packed = None
         except BaseException:
             self._free_slot(slot)
             raise
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF
-        task = TaskHandle(self, self._next_id, slot)
+        task = TaskHandle(self, self._next_id, slot, packed)
         self._active += 1
         if self._active == 1:
             assert self._idle is not None
@@ -499,16 +523,17 @@ class WorkerPool:
             self._max_in_flight = self._in_flight
 
     def _new_slot(self) -> _Slot:
-        index = len(self._slots)
-        slot = _Slot(
-            index, shm.SharedRegion.create(self._initial_slot_bytes, f"fogverse-slot{index}")
-        )
+        slot = _Slot(len(self._slots))
         self._slots.append(slot)
         return slot
 
     async def _wait_for_slot(self) -> _Slot:
         loop = self._loop
         assert loop is not None
+        if self._unsent:
+            # About to wait anyway: send the tasks buffered so far now rather than one loop
+            # iteration later.
+            self._flush()
         waiter: asyncio.Future[_Slot] = loop.create_future()
         self._waiters.append(waiter)
         try:
@@ -528,15 +553,16 @@ class WorkerPool:
         self._in_flight -= 1
         self._free.append(slot)
 
-    def _abandon_slot(self, slot: _Slot) -> None:
-        """A finished handle was dropped unreleased: its result views may still be in use, so
-        the slot continues with a new region and the old one lives as long as those views."""
+    def _abandon_slot(self, slot: _Slot, shared: bool) -> None:
+        """A finished handle was dropped unreleased. If its result lives in the slot, views of
+        it may still be in use, so the slot continues with a new region and the old one lives
+        as long as those views."""
         if threading.get_ident() != self._loop_thread:
             loop = self._loop
             if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(self._abandon_slot, slot)
+                loop.call_soon_threadsafe(self._abandon_slot, slot, shared)
             return
-        if self._state in (_RUNNING, _CLOSING):
+        if shared and self._state in (_RUNNING, _CLOSING):
             self._replace_region(slot, slot.region.size)
         self._free_slot(slot)
 
@@ -546,15 +572,18 @@ class WorkerPool:
         slot.region = region
         slot.generation += 1
 
-    def _fill(self, slot: _Slot, data: Any) -> None:
-        enc = shm.encode(data)
+    def _fill(self, slot: _Slot, enc: shm.Encoded) -> None:
         needed = shm.measure(enc)
         if self._out_hint:
             needed = shm.align(needed) + self._out_hint
         if needed > slot.region.size:
             # Headroom so that inputs and results that vary a little do not regrow every time.
-            self._replace_region(slot, needed + needed // 8)
-            self._stats["slot_grows"] += 1
+            size = needed + needed // 8
+            if slot.region is shm.NO_REGION:
+                size = max(size, self._initial_slot_bytes)
+            else:
+                self._stats["slot_grows"] += 1
+            self._replace_region(slot, size)
         region = slot.region
         shm.write(region.view, 0, enc, region.address)
 
@@ -606,7 +635,8 @@ class WorkerPool:
     def _send_task(self, w: _Worker, task: TaskHandle) -> None:
         slot = task._slot
         w.outstanding.append(task)
-        if w.known[slot.index] == slot.generation:
+        inline = task._inline
+        if inline is not None or w.known[slot.index] == slot.generation:
             # Buffered: the syscall (and the worker's wake-up) is paid once per loop iteration
             # and worker rather than once per task, which is most of a small task's cost.
             if not w.wbuf:
@@ -615,9 +645,20 @@ class WorkerPool:
                     self._flush_scheduled = True
                     assert self._loop is not None
                     self._loop.call_soon(self._flush)
-            w.wbuf += _TASK_PACK(
-                _TASK_BODY, wire.MSG_TASK, task._id, slot.index, slot.generation, self._short
-            )
+            if inline is None:
+                w.wbuf += _TASK_PACK(
+                    _TASK_BODY, wire.MSG_TASK, task._id, slot.index, slot.generation, self._short
+                )
+            else:
+                w.wbuf += _TASK_PACK(
+                    _TASK_BODY + len(inline),
+                    wire.MSG_TASK,
+                    task._id,
+                    slot.index,
+                    slot.generation,
+                    self._short | wire.TASK_INLINE,
+                )
+                w.wbuf += inline
             return
         flags = wire.TASK_FD | self._short
         frame = _TASK_PACK(_TASK_BODY, wire.MSG_TASK, task._id, slot.index, slot.generation, flags)
@@ -699,7 +740,15 @@ class WorkerPool:
         kind = frame[4]
         if kind in _TASK_REPLIES and not w.outstanding:
             return  # a reply to a task that close() already failed
-        if kind == wire.MSG_RESULT:
+        if kind == wire.MSG_VALUE:
+            task = self._pop_outstanding(w, wire.VALUE.unpack_from(frame)[2])
+            try:
+                value = pickle.loads(frame[wire.VALUE.size :])
+            except Exception as exc:
+                self._fail(task, _parent_side_failure(exc))
+            else:
+                self._succeed(task, value)
+        elif kind == wire.MSG_RESULT:
             _, _, task_id, out_at = wire.RESULT.unpack(frame)
             task = self._pop_outstanding(w, task_id)
             try:
@@ -707,6 +756,7 @@ class WorkerPool:
             except Exception as exc:
                 self._fail(task, _parent_side_failure(exc))
             else:
+                task._shared = True
                 self._succeed(task, value)
         elif kind == wire.MSG_INBAND:
             _, _, task_id, needed = wire.INBAND.unpack_from(frame)
@@ -889,7 +939,7 @@ class WorkerPool:
     def _succeed(self, task: TaskHandle, value: Any) -> None:
         self._completed += 1
         released_early = task._released
-        self._task_done()
+        self._task_done(task)
         task._finish(value, None)
         if released_early:
             self._free_slot(task._slot)
@@ -897,11 +947,14 @@ class WorkerPool:
     def _fail(self, task: TaskHandle, error: BaseException) -> None:
         # A failed task has no result in its slot: it goes back at once.
         task._released = True
-        self._task_done()
+        self._task_done(task)
         self._free_slot(task._slot)
         task._finish(None, error)
 
-    def _task_done(self) -> None:
+    def _task_done(self, task: TaskHandle) -> None:
+        if task._inline is not None:
+            self._inline_bytes -= len(task._inline)
+            task._inline = None
         self._active -= 1
         if self._active == 0:
             assert self._idle is not None

@@ -36,8 +36,11 @@ __all__ = [
     "SharedRegion",
     "align",
     "encode",
+    "INLINE_MAX",
+    "NO_REGION",
     "extent",
     "measure",
+    "pack",
     "read",
     "write",
 ]
@@ -150,6 +153,11 @@ class SharedRegion:
         self.view = _EMPTY_VIEW
 
 
+NO_REGION = SharedRegion.__new__(SharedRegion)
+"""Stands for a region not created yet: size 0, no descriptor, nothing mapped."""
+NO_REGION.fd, NO_REGION.size, NO_REGION.view, NO_REGION.address = -1, 0, _EMPTY_VIEW, 0
+
+
 class Encoded:
     """A value split into pickle metadata and the raw buffers that travel beside it.
 
@@ -169,6 +177,32 @@ class Encoded:
 
 
 _NONE = Encoded(_KIND_NONE, b"", [], True)
+
+INLINE_MAX = 2048
+"""Values that pickle to at most this many bytes (with no out-of-band buffer) travel inside the
+task's frame instead of a slot: for them the slot's header, table and two copies cost more
+than the pickle itself."""
+
+_SCALARS = frozenset((int, float, bool, complex, type(None)))
+_SIZED = frozenset((str, bytes))
+
+
+def pack(value: Any) -> bytes | Encoded:
+    """``value`` pickled whole when that is small (``<= INLINE_MAX`` bytes), else its
+    :func:`encode` for a slot. Raises whatever pickling raises."""
+    cls = type(value)
+    if cls in _SCALARS:
+        return pickle.dumps(value, protocol=5)
+    if cls in _SIZED:
+        if len(value) <= INLINE_MAX:
+            small = pickle.dumps(value, protocol=5)
+            if len(small) <= INLINE_MAX:
+                return small
+        return encode(value)
+    enc = encode(value)
+    if enc.kind == _KIND_PICKLE and not enc.buffers and len(enc.meta) <= INLINE_MAX:
+        return enc.meta
+    return enc
 
 
 def encode(value: Any) -> Encoded:

@@ -6,11 +6,15 @@ frame that first needs them: the pickled processor's region with ``HELLO``, a sl
 with the first ``TASK`` that uses that slot (or that slot's new generation after it grew).
 
 parent -> worker: ``HELLO`` (blob size) | ``TASK`` (task id, slot, generation, flags: 1 = a
-descriptor comes with it, 2 = short task: its reply may wait for the next queued task's) |
-``STOP``
+descriptor comes with it, 2 = short task: its reply may wait for the next queued task's, 4 = the
+input is not in the slot but pickled after these fields) | ``STOP``
 worker -> parent: ``READY`` (pid) | ``SETUP_FAILED`` (traceback text) | ``RESULT`` (task id,
-offset of the result in the slot) | ``INBAND`` (task id, size needed, payload laid out as in a
-slot) | ``ERROR`` (task id, pickled ``(type, message, traceback)``)
+offset of the result in the slot) | ``VALUE`` (task id, the small result pickled) | ``INBAND``
+(task id, size needed, payload laid out as in a slot) | ``ERROR`` (task id, pickled ``(type,
+message, traceback)``)
+
+Small values (:data:`~fogverse.parallel.shm.INLINE_MAX`) travel pickled inside ``TASK`` and
+``VALUE`` frames; everything else goes through the task's slot.
 
 The pickles exchanged here only ever come from our own parent or our own worker.
 """
@@ -52,10 +56,12 @@ READY = struct.Struct("<IBI")
 RESULT = struct.Struct("<IBIQ")
 INBAND = struct.Struct("<IBIQ")
 ERROR = struct.Struct("<IBI")
+VALUE = struct.Struct("<IBI")
 SETUP_FAILED = struct.Struct("<IB")
 
 TASK_FD = 1
 TASK_SHORT = 2
+TASK_INLINE = 4
 
 MSG_HELLO = 1
 MSG_TASK = 2
@@ -65,6 +71,7 @@ MSG_SETUP_FAILED = 11
 MSG_RESULT = 12
 MSG_INBAND = 13
 MSG_ERROR = 14
+MSG_VALUE = 15
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -277,6 +284,7 @@ def _serve(sock: socket.socket, inbox: _Inbox, processor: Any) -> None:
     global _task_region, _task_cursor
     slots: dict[int, tuple[int, shm.SharedRegion]] = {}
     process = processor.process
+    value_head = VALUE.pack
     result_frame = RESULT.pack
     # Replies of short tasks held back while the next task is already here: one write (and
     # one wake-up of the parent) for several. Never held while this worker would wait.
@@ -288,25 +296,24 @@ def _serve(sock: socket.socket, inbox: _Inbox, processor: Any) -> None:
         frame = inbox.next()
         if frame is None or frame[4] == MSG_STOP:
             return
-        _, _, task_id, slot_index, generation, flags = TASK.unpack(frame)
+        _, _, task_id, slot_index, generation, flags = TASK.unpack_from(frame)
         if flags & TASK_FD:
             # Replacing the previous generation drops our mapping of it; views that user code
             # kept keep theirs alive.
             slots[slot_index] = (generation, shm.SharedRegion.attach(inbox.take_fd()))
-        region = slots[slot_index][1]
-        view = region.view
+        region: shm.SharedRegion | None = None
         try:
-            in_end = shm.extent(view)
-            _task_region, _task_cursor = region, in_end
-            try:
-                result = process(shm.read(view))
-            finally:
-                _task_region = None
-            # The input and any output_array() stay where they are; the result's arrays that
-            # live there are referenced in place, the rest is written after them.
-            out_at = shm.align(_task_cursor)
-            enc = shm.encode(result)
-            end = shm.write(view, out_at, enc, region.address, out_at)
+            if flags & TASK_INLINE:
+                result = process(pickle.loads(memoryview(frame)[TASK.size :]))
+            else:
+                region = slots[slot_index][1]
+                in_end = shm.extent(region.view)
+                _task_region, _task_cursor = region, in_end
+                try:
+                    result = process(shm.read(region.view))
+                finally:
+                    _task_region = None
+            packed = shm.pack(result)
         except Exception as exc:
             held += _error_frame(task_id, exc)
             if not flags & TASK_SHORT:
@@ -315,24 +322,46 @@ def _serve(sock: socket.socket, inbox: _Inbox, processor: Any) -> None:
             continue
         finally:
             result = None
-        if end <= region.size:
-            held += result_frame(RESULT.size - 4, MSG_RESULT, task_id, out_at)
+        if isinstance(packed, bytes):
+            held += value_head(VALUE.size - 4 + len(packed), MSG_VALUE, task_id)
+            held += packed
             if not flags & TASK_SHORT:
                 sock.sendall(held)
                 held.clear()
             continue
-        # Too big for the slot: send it over the socket this once; the parent grows its slots.
-        needed = end - shm.align(in_end)  # output arrays included: all must fit next time
-        body = bytearray(INBAND.size + shm.measure(enc))
+        if region is not None:
+            # The input and any output_array() stay where they are; the result's arrays that
+            # live there are referenced in place, the rest is written after them.
+            view = region.view
+            out_at = shm.align(_task_cursor)
+            try:
+                end = shm.write(view, out_at, packed, region.address, out_at)
+            except Exception as exc:
+                held += _error_frame(task_id, exc)
+                sock.sendall(held)
+                held.clear()
+                continue
+            if end <= region.size:
+                held += result_frame(RESULT.size - 4, MSG_RESULT, task_id, out_at)
+                if not flags & TASK_SHORT:
+                    sock.sendall(held)
+                    held.clear()
+                continue
+            needed = end - shm.align(in_end)  # output arrays included: all must fit next time
+        else:
+            needed = shm.measure(packed)
+        # Too big for the slot (or no slot): send it over the socket this once; the parent
+        # grows its slots and stops sending inputs inline.
+        body = bytearray(INBAND.size + shm.measure(packed))
         INBAND.pack_into(body, 0, len(body) - 4, MSG_INBAND, task_id, needed)
         try:
-            shm.write(memoryview(body)[INBAND.size :], 0, enc)
+            shm.write(memoryview(body)[INBAND.size :], 0, packed)
         except Exception as exc:
             held += _error_frame(task_id, exc)
             sock.sendall(held)
             held.clear()
             continue
         finally:
-            enc = None
+            packed = None
         sock.sendall(held + body if held else body)
         held.clear()

@@ -417,6 +417,68 @@ def test_result_too_big_for_its_slot_comes_in_band_once_then_slots_grow():
     run(main())
 
 
+def slot_memfds() -> list[str]:
+    return [name for name in our_memfds() if "fogverse-slot" in name]
+
+
+def test_small_values_travel_in_the_frame_and_need_no_slot():
+    async def main() -> None:
+        async with WorkerPool(Echo(), 2, 8) as pool:
+            items = [*range(50), "frame-1", b"1 KiB" * 200, {"boxes": [(1, 2, 3, 4)]}, None]
+            assert await map_through(pool, items) == items
+            assert slot_memfds() == []  # no slot was ever needed
+            handle = await pool.submit(np.zeros(100_000, np.uint8))  # a frame: slot path
+            result = await handle
+            assert not result.flags.owndata  # a zero-copy view of its slot
+            assert len(slot_memfds()) == 1
+            handle.release()
+
+    run(main())
+
+
+class SlowEcho(Processor):
+    def process(self, data: Any) -> Any:
+        time.sleep(0.001)
+        return data
+
+
+class Sized(Processor):
+    """A small input, a big result: an array of ``n`` bytes."""
+
+    def process(self, data: Any) -> Any:
+        return np.full(data, 5, np.uint8)
+
+
+def test_small_input_with_a_big_result_moves_to_slots_after_one_in_band_reply():
+    async def main() -> None:
+        async with WorkerPool(Sized(), 1, 2) as pool:
+            for i in range(6):
+                handle = await pool.submit(300_000)
+                result = await handle
+                assert result.shape == (300_000,) and (result == 5).all()
+                # The first comes over the socket (no slot held it); then inputs go to slots
+                # with room for the result, which comes back as a view of the slot.
+                assert result.flags.owndata or result.base is not None
+                if i:
+                    assert not result.flags.owndata
+                handle.release()
+            assert pool.stats["inband_results"] == 1
+
+    run(main())
+
+
+def test_inline_inputs_beyond_their_byte_budget_take_slots_and_all_arrive():
+    async def main() -> None:
+        async with WorkerPool(SlowEcho(), 1, 64) as pool:
+            items = [bytes([i]) * 1900 for i in range(200)]
+            results = await map_through(pool, items)
+            assert results == items
+            assert slot_memfds()  # 64 x 1.9 KB in flight is over budget: some used slots
+            assert pool._inline_bytes == 0  # every inline task gave its bytes back
+
+    run(main())
+
+
 def test_output_array_results_come_back_without_a_copy():
     frame = np.arange(300 * 400, dtype=np.uint8).reshape(300, 400)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -215,3 +216,27 @@ def test_any_numeric_array_round_trips(value):
         np.testing.assert_array_equal(out, value)
     finally:
         r.close()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, 7, 2**70, 3.5, True, 1j, "frame-17", b"x" * 1000, {"id": 3, "boxes": [(1, 2, 3, 4)]}],
+)
+def test_small_values_pack_to_one_pickle(value):
+    packed = shm.pack(value)
+    assert isinstance(packed, bytes) and len(packed) <= shm.INLINE_MAX
+    assert pickle.loads(packed) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.zeros(4, np.uint8),  # arrays keep their zero-copy path, however small
+        b"x" * (shm.INLINE_MAX + 1),
+        "é" * shm.INLINE_MAX,  # short in characters, long in bytes
+        {"frame": np.zeros(10, np.uint8)},
+        list(range(2000)),
+    ],
+)
+def test_arrays_and_large_values_pack_for_a_slot(value):
+    assert isinstance(shm.pack(value), shm.Encoded)
