@@ -113,19 +113,22 @@ class _Inbox:
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._buf = bytearray()
+        # What the last reads brought, and where the next frame starts in it: frames are
+        # sliced out as they are taken, the rest kept for the next read.
+        self._buf = b""
+        self._pos = 0
         self._fds: deque[int] = deque()
 
     def next(self) -> bytes | None:
-        """The next frame's body, or None at end of stream (the parent is gone)."""
-        buf = self._buf
+        """The next frame, or None at end of stream (the parent is gone)."""
         while True:
-            if len(buf) >= 4:
-                (size,) = LEN.unpack_from(buf)
-                if len(buf) >= 4 + size:
-                    frame = bytes(buf[: 4 + size])
-                    del buf[: 4 + size]
-                    return frame
+            buf = self._buf
+            pos = self._pos
+            if len(buf) - pos >= 4:
+                end = pos + 4 + LEN.unpack_from(buf, pos)[0]
+                if end <= len(buf):
+                    self._pos = end
+                    return buf[pos:end]
             data, ancdata, flags, _ = self._sock.recvmsg(1 << 16, _FD_SPACE)
             for level, kind, cdata in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -136,12 +139,14 @@ class _Inbox:
                 raise RuntimeError("descriptor lost in transit (control message truncated)")
             if not data:
                 return None
-            buf += data
+            self._buf = buf[pos:] + data if pos < len(buf) else data
+            self._pos = 0
 
     def has_frame(self) -> bool:
         """Whether a whole frame is already buffered (next() would not block)."""
         buf = self._buf
-        return len(buf) >= 4 and len(buf) >= 4 + LEN.unpack_from(buf)[0]
+        pos = self._pos
+        return len(buf) - pos >= 4 and len(buf) >= pos + 4 + LEN.unpack_from(buf, pos)[0]
 
     def take_fd(self) -> int:
         return self._fds.popleft()
