@@ -604,6 +604,17 @@ def test_thread_limits_are_set_in_workers():
     run(main())
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policy")
+def test_workers_run_as_batch_work_so_they_do_not_preempt_the_event_loop():
+    async def main() -> None:
+        async with WorkerPool(Echo(), 2, 2) as pool:
+            for pid in pool.worker_pids:
+                assert os.sched_getscheduler(pid) == os.SCHED_BATCH
+            assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller is left alone
+
+    run(main())
+
+
 # --------------------------------------------------------------------------- faults
 
 
