@@ -148,6 +148,17 @@ class _Inbox:
         pos = self._pos
         return len(buf) - pos >= 4 and len(buf) >= pos + 4 + LEN.unpack_from(buf, pos)[0]
 
+    def has_frames(self, count: int) -> bool:
+        """Whether at least ``count`` whole frames are buffered."""
+        buf = self._buf
+        pos = self._pos
+        while count > 0 and len(buf) - pos >= 4:
+            pos += 4 + LEN.unpack_from(buf, pos)[0]
+            if pos > len(buf):
+                return False
+            count -= 1
+        return count <= 0
+
     def take_fd(self) -> int:
         return self._fds.popleft()
 
@@ -298,12 +309,15 @@ def _serve(sock: socket.socket, inbox: _Inbox, processor: Any) -> None:
     value_head = VALUE.pack
     result_frame = RESULT.pack
     # Replies of short tasks held back while the next task is already here: one write (and
-    # one wake-up of the parent) for several. Never held while this worker would wait.
+    # one wake-up of the parent) for several. Never held while this worker would wait, nor
+    # past half of what it has: the parent refills this worker while it runs the rest.
     held = bytearray()
+    held_n = 0
     while True:
-        if held and not inbox.has_frame():
+        if held and (held_n >= 2 and not inbox.has_frames(held_n + 1) or not inbox.has_frame()):
             sock.sendall(held)
             held.clear()
+            held_n = 0
         frame = inbox.next()
         if frame is None or frame[4] == MSG_STOP:
             return
@@ -327,18 +341,22 @@ def _serve(sock: socket.socket, inbox: _Inbox, processor: Any) -> None:
             packed = shm.pack(result)
         except Exception as exc:
             held += _error_frame(task_id, exc)
+            held_n += 1
             if not flags & TASK_SHORT:
                 sock.sendall(held)
                 held.clear()
+                held_n = 0
             continue
         finally:
             result = None
         if isinstance(packed, bytes):
             held += value_head(VALUE.size - 4 + len(packed), MSG_VALUE, task_id)
             held += packed
+            held_n += 1
             if not flags & TASK_SHORT:
                 sock.sendall(held)
                 held.clear()
+                held_n = 0
             continue
         if region is not None:
             # The input and any output_array() stay where they are; the result's arrays that
@@ -351,12 +369,15 @@ def _serve(sock: socket.socket, inbox: _Inbox, processor: Any) -> None:
                 held += _error_frame(task_id, exc)
                 sock.sendall(held)
                 held.clear()
+                held_n = 0
                 continue
             if end <= region.size:
                 held += result_frame(RESULT.size - 4, MSG_RESULT, task_id, out_at)
+                held_n += 1
                 if not flags & TASK_SHORT:
                     sock.sendall(held)
                     held.clear()
+                    held_n = 0
                 continue
             needed = end - shm.align(in_end)  # output arrays included: all must fit next time
         else:
@@ -371,8 +392,10 @@ def _serve(sock: socket.socket, inbox: _Inbox, processor: Any) -> None:
             held += _error_frame(task_id, exc)
             sock.sendall(held)
             held.clear()
+            held_n = 0
             continue
         finally:
             packed = None
         sock.sendall(held + body if held else body)
         held.clear()
+        held_n = 0
