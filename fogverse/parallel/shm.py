@@ -32,12 +32,12 @@ import numpy as np
 
 __all__ = [
     "ALIGN",
+    "INLINE_MAX",
+    "NO_REGION",
     "Encoded",
     "SharedRegion",
     "align",
     "encode",
-    "INLINE_MAX",
-    "NO_REGION",
     "extent",
     "measure",
     "pack",

@@ -142,12 +142,6 @@ class _Inbox:
             self._buf = buf[pos:] + data if pos < len(buf) else data
             self._pos = 0
 
-    def has_frame(self) -> bool:
-        """Whether a whole frame is already buffered (next() would not block)."""
-        buf = self._buf
-        pos = self._pos
-        return len(buf) - pos >= 4 and len(buf) >= pos + 4 + LEN.unpack_from(buf, pos)[0]
-
     def has_frames(self, count: int) -> bool:
         """Whether at least ``count`` whole frames are buffered."""
         buf = self._buf
@@ -314,7 +308,7 @@ def _serve(sock: socket.socket, inbox: _Inbox, processor: Any) -> None:
     held = bytearray()
     held_n = 0
     while True:
-        if held and (held_n >= 2 and not inbox.has_frames(held_n + 1) or not inbox.has_frame()):
+        if held and not inbox.has_frames(held_n + 1 if held_n >= 2 else 1):
             sock.sendall(held)
             held.clear()
             held_n = 0
