@@ -1,0 +1,82 @@
+"""The worker's side of the wire protocol (fogverse/parallel/worker.py), driven in-process.
+
+A SOCK_SEQPACKET pair keeps each of the worker's writes a record of its own, so the tests see
+how replies are grouped into writes, which a stream socket would blur.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import struct
+import threading
+from typing import Any
+
+import pytest
+
+from fogverse.parallel import worker as wire
+
+TIMEOUT = 10.0
+
+
+class Identity:
+    def process(self, data: Any) -> Any:
+        return data
+
+
+def task_frame(task_id: int, value: Any, flags: int) -> bytes:
+    payload = pickle.dumps(value, protocol=5)
+    head = wire.TASK.pack(
+        wire.TASK.size - 4 + len(payload), wire.MSG_TASK, task_id, 0, 0, flags | wire.TASK_INLINE
+    )
+    return head + payload
+
+
+def replies_per_write(frames: bytes) -> list[list[tuple[int, Any]]]:
+    """Run the worker's task loop over ``frames`` (sent in one write, then STOP); return the
+    (task id, value) replies of each of its writes."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    parent.settimeout(TIMEOUT)
+    serving = threading.Thread(
+        target=wire._serve, args=(child, wire._Inbox(child), Identity()), daemon=True
+    )
+    serving.start()
+    try:
+        parent.sendall(frames)
+        parent.sendall(wire.STOP.pack(wire.STOP.size - 4, wire.MSG_STOP))
+        serving.join(TIMEOUT)
+        assert not serving.is_alive(), "the worker loop did not stop"
+        parent.setblocking(False)
+        writes = []
+        while True:
+            try:
+                record = parent.recv(1 << 16)
+            except BlockingIOError:
+                break
+            replies, pos = [], 0
+            while pos < len(record):
+                (size,) = struct.unpack_from("<I", record, pos)
+                body = record[pos : pos + 4 + size]
+                assert body[4] == wire.MSG_VALUE
+                task_id = wire.VALUE.unpack_from(body)[2]
+                replies.append((task_id, pickle.loads(body[wire.VALUE.size :])))
+                pos += 4 + size
+            writes.append(replies)
+        return writes
+    finally:
+        parent.close()
+        child.close()
+
+
+def test_short_tasks_replies_are_held_but_never_past_half_of_what_is_queued():
+    frames = b"".join(task_frame(i, i * 10, wire.TASK_SHORT) for i in range(8))
+    writes = replies_per_write(frames)
+    assert [len(w) for w in writes] == [4, 2, 2]  # not one write of 8: the parent refills
+    assert [r for w in writes for r in w] == [(i, i * 10) for i in range(8)]
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_long_tasks_reply_one_write_each(count):
+    frames = b"".join(task_frame(i, f"v{i}", 0) for i in range(count))
+    writes = replies_per_write(frames)
+    assert writes == [[(i, f"v{i}")] for i in range(count)]
