@@ -26,6 +26,8 @@ import os
 import platform
 import re
 import statistics
+import subprocess
+import sys
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -415,6 +417,23 @@ def progress(total: int, desc: str, enabled: bool | None) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, disable=None if enabled is None else not enabled)
+
+
+def run_in_checkout(tree: Path, code: str, *args: str, timeout: float = 600) -> Any:
+    """Run ``code`` in a new interpreter with checkout ``tree`` first on ``sys.path`` (so an
+    older commit is measured with its own code, its worker processes included) and return
+    the JSON it prints on its last line. For side-by-side A/B scripts."""
+    run = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=tree,
+        env=dict(os.environ, PYTHONPATH=str(tree)),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if run.returncode != 0:
+        raise RuntimeError(f"{tree}: {run.stderr[-2000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def run_async(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:

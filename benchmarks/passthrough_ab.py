@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+
+from benchmarks.common import run_in_checkout
 
 # Runs inside the checkout under test: only names both old and new benchmarks/kafka.py have.
 _ONE = """
@@ -52,18 +51,7 @@ print(json.dumps({a: {"rate": b["rate"], "cpu_us_per_msg": b["cpu_us_per_msg"]}
 
 
 def measure(tree: Path, bootstrap: str, messages: int, transport: str) -> dict[str, Any]:
-    env = dict(os.environ, PYTHONPATH=str(tree))
-    run = subprocess.run(
-        [sys.executable, "-c", _ONE, bootstrap, str(messages), transport],
-        cwd=tree,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if run.returncode != 0:
-        raise RuntimeError(f"{tree}: {run.stderr[-2000:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return run_in_checkout(tree, _ONE, bootstrap, str(messages), transport)  # type: ignore[no-any-return]
 
 
 def main(argv: list[str] | None = None) -> int:
