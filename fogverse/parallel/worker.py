@@ -300,8 +300,6 @@ def _serve(sock: socket.socket, inbox: _Inbox, processor: Any) -> None:
     global _task_region, _task_cursor
     slots: dict[int, tuple[int, shm.SharedRegion]] = {}
     process = processor.process
-    value_head = VALUE.pack
-    result_frame = RESULT.pack
     # Replies of short tasks held back while the next task is already here: one write (and
     # one wake-up of the parent) for several. Never held while this worker would wait, nor
     # past half of what it has: the parent refills this worker while it runs the rest.
@@ -326,70 +324,43 @@ def _serve(sock: socket.socket, inbox: _Inbox, processor: Any) -> None:
                 result = process(pickle.loads(memoryview(frame)[TASK.size :]))
             else:
                 region = slots[slot_index][1]
-                in_end = shm.extent(region.view)
-                _task_region, _task_cursor = region, in_end
+                _task_region, _task_cursor = region, shm.extent(region.view)
                 try:
                     result = process(shm.read(region.view))
                 finally:
                     _task_region = None
-            packed = shm.pack(result)
+            reply = _reply(task_id, result, region)
         except Exception as exc:
-            held += _error_frame(task_id, exc)
-            held_n += 1
-            if not flags & TASK_SHORT:
-                sock.sendall(held)
-                held.clear()
-                held_n = 0
-            continue
+            reply = _error_frame(task_id, exc)
         finally:
             result = None
-        if isinstance(packed, bytes):
-            held += value_head(VALUE.size - 4 + len(packed), MSG_VALUE, task_id)
-            held += packed
-            held_n += 1
-            if not flags & TASK_SHORT:
-                sock.sendall(held)
-                held.clear()
-                held_n = 0
-            continue
-        if region is not None:
-            # The input and any output_array() stay where they are; the result's arrays that
-            # live there are referenced in place, the rest is written after them.
-            view = region.view
-            out_at = shm.align(_task_cursor)
-            try:
-                end = shm.write(view, out_at, packed, region.address, out_at)
-            except Exception as exc:
-                held += _error_frame(task_id, exc)
-                sock.sendall(held)
-                held.clear()
-                held_n = 0
-                continue
-            if end <= region.size:
-                held += result_frame(RESULT.size - 4, MSG_RESULT, task_id, out_at)
-                held_n += 1
-                if not flags & TASK_SHORT:
-                    sock.sendall(held)
-                    held.clear()
-                    held_n = 0
-                continue
-            needed = end - shm.align(in_end)  # output arrays included: all must fit next time
-        else:
-            needed = shm.measure(packed)
-        # Too big for the slot (or no slot): send it over the socket this once; the parent
-        # grows its slots and stops sending inputs inline.
-        body = bytearray(INBAND.size + shm.measure(packed))
-        INBAND.pack_into(body, 0, len(body) - 4, MSG_INBAND, task_id, needed)
-        try:
-            shm.write(memoryview(body)[INBAND.size :], 0, packed)
-        except Exception as exc:
-            held += _error_frame(task_id, exc)
+        held += reply
+        held_n += 1
+        if not flags & TASK_SHORT or reply[4] == MSG_INBAND:
             sock.sendall(held)
             held.clear()
             held_n = 0
-            continue
-        finally:
-            packed = None
-        sock.sendall(held + body if held else body)
-        held.clear()
-        held_n = 0
+
+
+def _reply(task_id: int, result: Any, region: shm.SharedRegion | None) -> bytes | bytearray:
+    """The reply frame carrying ``result``: a small value pickled in it, else the result in
+    the task's slot, else (too big for the slot, or no slot) the payload itself in band."""
+    packed = shm.pack(result)
+    if isinstance(packed, bytes):
+        return VALUE.pack(VALUE.size - 4 + len(packed), MSG_VALUE, task_id) + packed
+    if region is not None:
+        in_end = shm.extent(region.view)
+        # The input and any output_array() stay where they are; the result's arrays that live
+        # there are referenced in place, the rest is written after them.
+        out_at = shm.align(_task_cursor)
+        end = shm.write(region.view, out_at, packed, region.address, out_at)
+        if end <= region.size:
+            return RESULT.pack(RESULT.size - 4, MSG_RESULT, task_id, out_at)
+        needed = end - shm.align(in_end)  # output arrays included: all must fit next time
+    else:
+        needed = shm.measure(packed)
+    # The parent grows its slots (and stops sending inputs inline) after this one.
+    body = bytearray(INBAND.size + shm.measure(packed))
+    INBAND.pack_into(body, 0, len(body) - 4, MSG_INBAND, task_id, needed)
+    shm.write(memoryview(body)[INBAND.size :], 0, packed)
+    return body
