@@ -645,19 +645,13 @@ class WorkerPool:
                     self._flush_scheduled = True
                     assert self._loop is not None
                     self._loop.call_soon(self._flush)
-            if inline is None:
-                w.wbuf += _TASK_PACK(
-                    _TASK_BODY, wire.MSG_TASK, task._id, slot.index, slot.generation, self._short
-                )
-            else:
-                w.wbuf += _TASK_PACK(
-                    _TASK_BODY + len(inline),
-                    wire.MSG_TASK,
-                    task._id,
-                    slot.index,
-                    slot.generation,
-                    self._short | wire.TASK_INLINE,
-                )
+            body, flags = (
+                (_TASK_BODY, self._short)
+                if inline is None
+                else (_TASK_BODY + len(inline), self._short | wire.TASK_INLINE)
+            )
+            w.wbuf += _TASK_PACK(body, wire.MSG_TASK, task._id, slot.index, slot.generation, flags)
+            if inline is not None:
                 w.wbuf += inline
             return
         flags = wire.TASK_FD | self._short
