@@ -319,17 +319,19 @@ def _serve(sock: socket.socket, inbox: _Inbox, processor: Any) -> None:
             # kept keep theirs alive.
             slots[slot_index] = (generation, shm.SharedRegion.attach(inbox.take_fd()))
         region: shm.SharedRegion | None = None
+        in_end = 0
         try:
             if flags & TASK_INLINE:
                 result = process(pickle.loads(memoryview(frame)[TASK.size :]))
             else:
                 region = slots[slot_index][1]
-                _task_region, _task_cursor = region, shm.extent(region.view)
+                in_end = shm.extent(region.view)
+                _task_region, _task_cursor = region, in_end
                 try:
                     result = process(shm.read(region.view))
                 finally:
                     _task_region = None
-            reply = _reply(task_id, result, region)
+            reply = _reply(task_id, result, region, in_end)
         except Exception as exc:
             reply = _error_frame(task_id, exc)
         finally:
@@ -342,14 +344,16 @@ def _serve(sock: socket.socket, inbox: _Inbox, processor: Any) -> None:
             held_n = 0
 
 
-def _reply(task_id: int, result: Any, region: shm.SharedRegion | None) -> bytes | bytearray:
+def _reply(
+    task_id: int, result: Any, region: shm.SharedRegion | None, in_end: int
+) -> bytes | bytearray:
     """The reply frame carrying ``result``: a small value pickled in it, else the result in
-    the task's slot, else (too big for the slot, or no slot) the payload itself in band."""
+    the task's slot (whose input ends at ``in_end``), else (too big for the slot, or no slot)
+    the payload itself in band."""
     packed = shm.pack(result)
     if isinstance(packed, bytes):
         return VALUE.pack(VALUE.size - 4 + len(packed), MSG_VALUE, task_id) + packed
     if region is not None:
-        in_end = shm.extent(region.view)
         # The input and any output_array() stay where they are; the result's arrays that live
         # there are referenced in place, the rest is written after them.
         out_at = shm.align(_task_cursor)
