@@ -17,6 +17,11 @@ from typing import Any
 
 import pytest
 from backends import backend  # noqa: F401  (the memory/kafka parametrized fixture)
+from stop_on_sigterm import (  # noqa: F401  (SIGTERM tears the run down)
+    pytest_configure,
+    pytest_runtest_call,
+    pytest_runtest_setup,
+)
 
 from fogverse.broker import BrokerUnavailable, LocalKafka, LocalKafkaCluster, stop_all
 
