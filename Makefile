@@ -30,15 +30,17 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 # The broker-fault scenarios (`fault` marker: own brokers or a 3-node cluster, mostly waiting
-# out failovers) run in a second pytest process beside the rest, on brokers of their own, so the
-# suite's wall time is the longer of the two rather than their sum. Both must pass.
+# out failovers) and the long-running `slow` ones (scale-out, master restart, the short soak:
+# mostly waiting on timers) run in a second pytest process beside the rest, on brokers of
+# their own, so the suite's wall time is the longer of the two rather than their sum. Both
+# must pass.
 test: setup lint
 	@set -o pipefail; \
-	$(BIN)/pytest -q -m fault -p no:cacheprovider --durations=10 >.pytest-fault.log 2>&1 & \
+	$(BIN)/pytest -q -m "fault or slow" -p no:cacheprovider --durations=10 >.pytest-fault.log 2>&1 & \
 	fault=$$!; \
-	$(BIN)/pytest -q -m "not fault" --durations=20 | tee .pytest-rest.log; rest=$$?; \
+	$(BIN)/pytest -q -m "not fault and not slow" --durations=20 | tee .pytest-rest.log; rest=$$?; \
 	wait $$fault; faults=$$?; \
-	echo "== broker-fault scenarios (run beside the rest): exit $$faults"; cat .pytest-fault.log; \
+	echo "== broker-fault and slow scenarios (run beside the rest): exit $$faults"; cat .pytest-fault.log; \
 	echo "== the rest of the suite: exit $$rest"; tail -n 1 .pytest-rest.log; \
 	exit $$(( rest != 0 || faults != 0 ))
 

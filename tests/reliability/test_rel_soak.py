@@ -16,6 +16,7 @@ from rel_harness import report_row
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_short_soak_loses_nothing_and_writes_its_record(kafka_bootstrap, tmp_path):
     proc = subprocess.run(
