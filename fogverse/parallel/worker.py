@@ -30,6 +30,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -118,6 +119,8 @@ class _Inbox:
         self._buf = b""
         self._pos = 0
         self._fds: deque[int] = deque()
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
 
     def next(self) -> bytes | None:
         """The next frame, or None at end of stream (the parent is gone)."""
@@ -129,6 +132,11 @@ class _Inbox:
                 if end <= len(buf):
                     self._pos = end
                     return buf[pos:end]
+            # Wait in poll() for input, not in recvmsg(): every read of our replies by the
+            # parent frees space on this socket, and the kernel announces that (EPOLLOUT) to
+            # whatever waits on it. recvmsg() would wake for each announcement and sleep again,
+            # a wasted wake-up of this process that the parent pays for in its read.
+            self._poll.poll()
             data, ancdata, flags, _ = self._sock.recvmsg(1 << 16, _FD_SPACE)
             for level, kind, cdata in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import pickle
 import socket
 import struct
+import sys
 import threading
 from typing import Any
 
 import pytest
+from polling import wait_until
 
 from fogverse.parallel import worker as wire
 
@@ -80,3 +82,58 @@ def test_long_tasks_reply_one_write_each(count):
     frames = b"".join(task_frame(i, f"v{i}", 0) for i in range(count))
     writes = replies_per_write(frames)
     assert writes == [[(i, f"v{i}")] for i in range(count)]
+
+
+def _task_file(tid: int, name: str) -> str:
+    with open(f"/proc/self/task/{tid}/{name}") as f:
+        return f.read()
+
+
+def _voluntary_switches(tid: int) -> int:
+    for line in _task_file(tid, "status").splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches in /proc")
+
+
+def _waiting_for_input(tid: int) -> bool:
+    # Asleep in the socket read or in poll(), not (say) waiting for the GIL.
+    return any(name in _task_file(tid, "wchan") for name in ("unix_stream", "poll"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_waiting_worker_sleeps_through_the_parent_reading_its_replies():
+    # Each read by the parent frees buffer space on the worker's socket, which the kernel
+    # announces (EPOLLOUT) to whatever waits on that socket. A worker blocked in recvmsg() is
+    # woken by each announcement and goes back to sleep: a wasted wake-up per read, paid by both
+    # processes. Waiting in poll() for input only, it sleeps through them.
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    parent.settimeout(TIMEOUT)
+    reads = 200
+    try:
+        for _ in range(reads):
+            child.sendall(b"r" * 64)  # earlier replies, not yet read by the parent
+        inbox = wire._Inbox(child)
+        tids: list[int] = []
+        frames: list[bytes | None] = []
+
+        def wait_for_a_task() -> None:
+            tids.append(threading.get_native_id())
+            frames.append(inbox.next())
+
+        waiting = threading.Thread(target=wait_for_a_task, daemon=True)
+        waiting.start()
+        wait_until(lambda: bool(tids) and _waiting_for_input(tids[0]), TIMEOUT, "the wait")
+        before = _voluntary_switches(tids[0])
+        for _ in range(reads):
+            assert len(parent.recv(64)) == 64
+        wait_until(lambda: _waiting_for_input(tids[0]), TIMEOUT, "the wait to resume")
+        woken = _voluntary_switches(tids[0]) - before
+        stop = wire.STOP.pack(wire.STOP.size - 4, wire.MSG_STOP)
+        parent.sendall(stop)
+        waiting.join(TIMEOUT)
+        assert frames == [stop]
+        assert woken <= 2, f"woken {woken} times by {reads} reads of its replies"
+    finally:
+        parent.close()
+        child.close()
