@@ -18,7 +18,7 @@ from fogverse.metrics import Profiler, Stamps
 from fogverse.offsets import OffsetTracker, Pending
 from fogverse.record import Headers, Record
 
-__all__ = ["ERROR_HEADER_PREFIX", "Delivery", "current_delivery", "error_headers"]
+__all__ = ["ERROR_HEADER_PREFIX", "Delivery", "Hold", "current_delivery", "error_headers"]
 
 ERROR_HEADER_PREFIX = "fogverse.error."
 _MAX_MESSAGE = 1024
@@ -30,7 +30,8 @@ current_delivery: contextvars.ContextVar[Delivery | None] = contextvars.ContextV
 """The input whose outputs are being sent right now; ``Producer.send`` reads it for the
 default key and headers, and to tie each ack to the input it derives from."""
 
-FailureHandler = Callable[["Delivery", BaseException], Awaitable[None]]
+FailureHandler = Callable[["Delivery", str, BaseException], Awaitable[None]]
+"""Dead-letters an input: called with the stage that failed ("send", "hold") and why."""
 Fallback = Callable[[BaseException], Awaitable[None]]
 """Called with a dead letter's failure: sends (and tracks) a replacement, or raises."""
 
@@ -97,7 +98,9 @@ class Delivery:
                 self._finish()
             return
         exc = _failure(fut)
-        handled = self.on_failure(self, exc) if fallback is None else fallback(exc)
+        self._replace(self.on_failure(self, "send", exc) if fallback is None else fallback(exc))
+
+    def _replace(self, handled: Awaitable[None]) -> None:
         # Keep this input open until what replaces the record is queued and tracked in turn.
         task = asyncio.ensure_future(handled)
         task.add_done_callback(self._after_failure_handled)
@@ -119,9 +122,7 @@ class Delivery:
     def _give_up(self, exc: BaseException) -> None:
         # Neither the output nor its dead letter reached Kafka: never commit past this input,
         # and do not make the node's drain wait for it either (it would wait out its timeout).
-        if self.token is not None and self.tracker is not None:
-            self.tracker.abandon(self.token)
-            self.token = None
+        self.abandon()
         self.on_fatal(exc)
 
     def _release(self) -> None:
@@ -135,12 +136,89 @@ class Delivery:
         if self.pending == 0:
             self._finish()
 
+    def hold(self, holds: set[Hold]) -> Hold:
+        """Keep this input open until the returned :class:`Hold` is released; ``holds``
+        is the node's set of open holds, which it abandons when it stops."""
+        self.pending += 1
+        hold = Hold(self, holds)
+        holds.add(hold)
+        return hold
+
+    def abandon(self) -> None:
+        """Never commit this input, nor past it, and let drains stop waiting for it: it is
+        read again after a restart or by the partition's next owner."""
+        if self.token is not None and self.tracker is not None:
+            self.tracker.abandon(self.token)
+            self.token = None
+
     def _finish(self) -> None:
         if self.stamps is not None and self.profiler is not None:
             self.profiler.finish(self.stamps)
         if self.token is not None and self.tracker is not None:
             self.tracker.done(self.token)
             self.token = None
+
+
+class Hold:
+    """An input kept uncommitted after its ``process`` step returned (see
+    :meth:`fogverse.Runnable.hold`).
+
+    For joins and windows, where the result of one input is made when a later one arrives:
+    until :meth:`release` (or :meth:`fail`), the input's offset is not committed, so a crash
+    in between reads it again instead of losing it. A node that stops, or loses the input's
+    partition to a rebalance, abandons its open holds: it does not wait for them, and their
+    inputs stay uncommitted for whoever reads the partition next.
+    """
+
+    __slots__ = ("_delivery", "_holds")
+
+    def __init__(self, delivery: Delivery, holds: set[Hold]) -> None:
+        self._delivery: Delivery | None = delivery
+        self._holds = holds
+
+    @property
+    def record(self) -> Record:
+        """The held input."""
+        if self._delivery is None:
+            raise RuntimeError("this hold was already released")
+        return self._delivery.record
+
+    @property
+    def open(self) -> bool:
+        """Neither released nor failed yet."""
+        return self._delivery is not None
+
+    def release(self) -> None:
+        """Done with the input: it is committed once whatever was sent for it is acknowledged.
+        Releasing twice does nothing."""
+        delivery = self._take()
+        if delivery is not None:
+            delivery._release()
+
+    def fail(self, exc: BaseException) -> None:
+        """Give up on the input: it goes to the node's dead-letter topic (stage ``hold``,
+        with ``exc`` in the error headers) and is committed once the dead letter is
+        acknowledged. Does nothing on a hold already released."""
+        delivery = self._take()
+        if delivery is not None:
+            delivery._replace(delivery.on_failure(delivery, "hold", exc))
+
+    def abandon(self) -> None:
+        """Leave the input uncommitted (what a stopping node does with its open holds)."""
+        delivery = self._take()
+        if delivery is not None:
+            delivery.abandon()
+
+    def _take(self) -> Delivery | None:
+        delivery, self._delivery = self._delivery, None
+        self._holds.discard(self)
+        return delivery
+
+    def __repr__(self) -> str:
+        if self._delivery is None:
+            return "<Hold released>"
+        r = self._delivery.record
+        return f"<Hold {r.topic}[{r.partition}]@{r.offset}>"
 
 
 def _failure(fut: asyncio.Future[Any]) -> BaseException | None:

@@ -18,7 +18,13 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fogverse.delivery import ERROR_HEADER_PREFIX, Delivery, current_delivery, error_headers
+from fogverse.delivery import (
+    ERROR_HEADER_PREFIX,
+    Delivery,
+    Hold,
+    current_delivery,
+    error_headers,
+)
 from fogverse.metrics import DEFAULT_SAMPLE, Profiler
 from fogverse.offsets import OffsetTracker
 from fogverse.record import Headers, Record, UnreadableRecord, UnreadableRecordError
@@ -105,6 +111,31 @@ class Runnable:
     ) -> Any:
         raise NotImplementedError("a node must implement send() or inherit it from Producer")
 
+    def hold(self) -> Hold:
+        """Keep the input being processed uncommitted after ``process`` returns, until the
+        returned :class:`~fogverse.delivery.Hold` is released.
+
+        For joins and windows: a frame that waits for its detections calls ``hold()`` and
+        returns ``None``; when the detections arrive, the node sends (or draws) the pair and
+        releases the frame's hold. ``hold.fail(exc)`` dead-letters the held input instead
+        (a partner that never came). A crash before either reads the input again; a node that
+        stops leaves its open holds uncommitted and does not wait for them.
+        """
+        delivery = current_delivery.get()
+        if delivery is None or delivery.sealed or not hasattr(self, "_holds"):
+            raise RuntimeError(
+                "hold() keeps the input being processed open: call it from process() "
+                "(or a hook) while the node runs that input"
+            )
+        return delivery.hold(self._holds)
+
+    def _abandon_holds(self, tps: set[tuple[str, int]] | None = None) -> None:
+        """Open holds (of ``tps`` only, if given) stay uncommitted and are no longer waited for:
+        their partners cannot arrive once the node stops reading them."""
+        for hold in list(self._holds):
+            if tps is None or hold.record.tp in tps:
+                hold.abandon()
+
     # ---- lifecycle ----------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -128,6 +159,7 @@ class Runnable:
             self._stop_event.set()
         self._fatal: BaseException | None = None
         self._tracker = OffsetTracker()
+        self._holds: set[Hold] = set()
         if getattr(self, "observer", None) is None and (
             self.heartbeats or os.environ.get("FOGVERSE_OBSERVER_TOPIC")
         ):
@@ -273,7 +305,7 @@ class Runnable:
             if type(message) is Record or isinstance(message, Record)
             else Record(value=message)
         )
-        delivery = Delivery(record, self._tracker, self._dead_letter_failed_output, self._die)
+        delivery = Delivery(record, self._tracker, self._dead_letter, self._die)
         if profiler is not None:
             delivery.profiler = profiler
             profiler.messages += 1
@@ -425,9 +457,6 @@ class Runnable:
     def _dead_letter_producer(self) -> ProducerTransport | None:
         return self.producer
 
-    async def _dead_letter_failed_output(self, delivery: Delivery, exc: BaseException) -> None:
-        await self._dead_letter(delivery, "send", exc)
-
     def _die(self, exc: BaseException) -> None:
         if self._fatal is None:
             logger.error("stopping: an input could be neither delivered nor dead-lettered: %s", exc)
@@ -454,6 +483,7 @@ class Runnable:
                 logger.warning("commit failed (will retry): %s", exc)
 
     async def _drain(self) -> None:
+        self._abandon_holds()
         if self.producer is not None:
             await self.producer.flush()
         if not await self._tracker.wait_idle(self.drain_timeout):
@@ -466,6 +496,7 @@ class Runnable:
     async def _on_revoke(self, tps: set[tuple[str, int]]) -> None:
         """Finish (or give up on) work for partitions being taken away, then commit it."""
         self._drop_buffered(tps)
+        self._abandon_holds(tps)
         if self.producer is not None:
             await self.producer.flush()
         if not await self._tracker.wait_partitions(tps, self.drain_timeout):

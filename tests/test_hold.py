@@ -1,0 +1,200 @@
+"""``Runnable.hold()`` on the real broker: a held input is not committed until its hold is
+released or failed, and a node that stops with holds open leaves them for the next reader."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from backends import produce_kafka, read_kafka
+from polling import until
+
+from fogverse import Consumer
+from fogverse.delivery import Hold
+
+ERR = "fogverse.error."
+
+
+class Joiner(Consumer):
+    """Holds every input whose value starts with ``hold`` (when ``holding``) and sends
+    nothing for it; ``release`` releases every open hold, ``fail`` fails them; the rest is
+    echoed."""
+
+    commit_interval = 0.05
+    # A stop or a rebalance that waited for an open hold would outlast the test's timeout.
+    drain_timeout = 600.0
+
+    def __init__(self, *args: Any, holding: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.holding = holding
+        self.holds: list[Hold] = []
+        self.seen: list[bytes] = []
+        self.commits: list[dict[Any, int]] = []
+
+    def process(self, data: bytes) -> bytes | None:
+        self.seen.append(data)
+        if self.holding and data.startswith(b"hold"):
+            self.holds.append(self.hold())
+            return None
+        if data == b"release":
+            for hold in self.holds:
+                hold.release()
+        elif data == b"fail":
+            for hold in self.holds:
+                hold.fail(ValueError("its partner never came"))
+        return data
+
+    async def _commit(self) -> None:
+        offsets = self._tracker.committable()
+        await super()._commit()
+        if offsets:
+            self.commits.append(offsets)
+
+
+def _committed(bootstrap: str, group: str, topic: str) -> int:
+    from confluent_kafka import Consumer as RdConsumer
+    from confluent_kafka import TopicPartition
+
+    consumer = RdConsumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        [tp] = consumer.committed([TopicPartition(topic, 0)], timeout=30)
+        return tp.offset
+    finally:
+        consumer.close()
+
+
+async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    await produce_kafka(bootstrap, topic, [(None, v, []) for v in values])
+
+
+def _joiner(bootstrap: str, src: str, out: str, group: str, **kwargs: Any) -> Joiner:
+    return Joiner(src, bootstrap, group, producer_topic=out, **kwargs)
+
+
+def test_a_held_input_is_committed_only_once_released(kafka_bootstrap, new_topic):
+    src, out = new_topic(), new_topic()
+    group = f"g-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> Joiner:
+        await _produce(kafka_bootstrap, src, [b"a", b"hold-1", b"b", b"c"])
+        node = _joiner(kafka_bootstrap, src, out, group)
+        task = asyncio.create_task(node.run())
+        try:
+            # a, b and c are done and acknowledged; only the held input is in flight.
+            await until(lambda: len(node.seen) == 4 and node._tracker.in_flight == 1, 60, "a-c")
+            await until(lambda: node.commits, 30, "a commit")
+            assert node._tracker.committable() == {}
+            assert node.commits[-1] == {(src, 0): 1}, "the watermark stops at the held input"
+            assert node.holds[0].open and node.holds[0].record.offset == 1
+            await _produce(kafka_bootstrap, src, [b"release"])
+            await until(lambda: node.commits[-1] == {(src, 0): 5}, 60, "the commit past it")
+            assert not node.holds[0].open
+        finally:
+            node.stop()
+            await asyncio.wait_for(task, 60)
+        return node
+
+    node = asyncio.run(main())
+    assert _committed(kafka_bootstrap, group, src) == 5
+    assert node.seen == [b"a", b"hold-1", b"b", b"c", b"release"]
+    got = asyncio.run(read_kafka(kafka_bootstrap, out, 4, timeout=30))
+    assert [r.value for r in got] == [b"a", b"b", b"c", b"release"]
+
+
+def test_a_node_stopped_with_an_open_hold_leaves_it_for_the_next_reader(kafka_bootstrap, new_topic):
+    src, out = new_topic(), new_topic()
+    group = f"g-{uuid.uuid4().hex[:8]}"
+
+    async def run(holding: bool, expect: int) -> Joiner:
+        node = _joiner(kafka_bootstrap, src, out, group, holding=holding)
+        task = asyncio.create_task(node.run())
+        try:
+            await until(
+                lambda: len(node.seen) == expect and node._tracker.in_flight == int(holding),
+                60,
+                f"{expect} inputs processed",
+            )
+        finally:
+            node.stop()
+            # Its drain_timeout is 600 s: a stop that waited for the hold would time out here.
+            await asyncio.wait_for(task, 60)
+        return node
+
+    async def main() -> tuple[Joiner, int, Joiner]:
+        await _produce(kafka_bootstrap, src, [b"a", b"hold-1", b"b"])
+        first = await run(True, 3)
+        committed = _committed(kafka_bootstrap, group, src)
+        second = await run(False, 2)
+        return first, committed, second
+
+    first, committed, second = asyncio.run(main())
+    assert committed == 1, "committed up to the held input, not past it"
+    assert not first.holds[0].open
+    assert second.seen == [b"hold-1", b"b"], "the held input is read again"
+    assert _committed(kafka_bootstrap, group, src) == 3
+
+
+def test_a_failed_hold_dead_letters_its_input_then_commits(kafka_bootstrap, new_topic):
+    src, out = new_topic(), new_topic()
+    group = f"g-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> list[Any]:
+        await _produce(kafka_bootstrap, src, [b"hold-0", b"fail"])
+        node = _joiner(kafka_bootstrap, src, out, group)
+        task = asyncio.create_task(node.run())
+        try:
+            await until(lambda: node.commits and node.commits[-1] == {(src, 0): 2}, 60, "commit")
+        finally:
+            node.stop()
+            await asyncio.wait_for(task, 60)
+        return await read_kafka(kafka_bootstrap, f"{src}.dlq", 1, timeout=30)
+
+    dead = asyncio.run(main())
+    assert [r.value for r in dead] == [b"hold-0"]
+    headers = dict(dead[0].headers)
+    assert headers[ERR + "stage"] == b"hold"
+    assert headers[ERR + "type"] == b"ValueError"
+    assert headers[ERR + "message"] == b"its partner never came"
+    assert headers[ERR + "offset"] == b"0"
+    assert _committed(kafka_bootstrap, group, src) == 2
+
+
+def test_a_rebalance_does_not_wait_for_open_holds_and_the_input_is_read_again(
+    kafka_bootstrap, new_topic
+):
+    src, out = new_topic(partitions=2), new_topic()
+    group = f"g-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> Joiner:
+        # Keyed so that both partitions have an input; the held one stays held.
+        await produce_kafka(kafka_bootstrap, src, [(b"k0", b"hold-x", []), (b"k1", b"hold-y", [])])
+        first = _joiner(kafka_bootstrap, src, out, group)
+        tasks = [asyncio.create_task(first.run())]
+        second = _joiner(kafka_bootstrap, src, out, group, holding=False)
+        try:
+            await until(lambda: len(first.holds) == 2, 60, "both inputs held")
+            # The second member's join revokes the first's partitions: it must give up its
+            # holds rather than wait 600 s for them, and whoever owns a partition next reads
+            # its held input again.
+            tasks.append(asyncio.create_task(second.run()))
+            await until(
+                lambda: {b"hold-x", b"hold-y"} <= {*first.seen[2:], *second.seen},
+                90,
+                "both held inputs read again after the rebalance",
+            )
+        finally:
+            first.stop()
+            second.stop()
+            await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        return first
+
+    first = asyncio.run(main())
+    assert not any(h.open for h in first.holds)
+
+
+def test_hold_outside_an_input_is_an_error():
+    node = Joiner("t", "memory://hold-misuse", "g")
+    with pytest.raises(RuntimeError, match="call it from process"):
+        node.hold()
