@@ -22,9 +22,10 @@ Stages (all three in this process; the detector's workers are separate processes
      ``.onnx`` file through ``processors.YoloDetect`` (decode, letterbox, ONNX Runtime,
      decoding, class-aware NMS, boxes mapped back to the frame), in one step per frame.
 
-3. ``DetectionSink`` (a Consumer) reads the frames and the detections, pairs them by frame,
-   draws the boxes, writes the annotated video and a latency CSV (end-to-end: capture
-   timestamp -> sink done) and logs progress every second.
+3. ``DetectionSink`` (a Consumer) reads the frames and the detections, pairs them by frame
+   (holding the first of each pair uncommitted until the pair is drawn), draws the boxes,
+   writes the annotated video and a latency CSV (end-to-end: capture timestamp -> sink
+   done) and logs progress every second.
 
 ``--detector motion`` (and ``none``) runs the older shape instead: stage 2 is the YOLO-style
 preprocessing (JPEG decode, letterbox to 640x640, re-encode) and the sink runs OpenCV's MOG2
@@ -57,6 +58,7 @@ import os
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +78,7 @@ from harness import (
 from make_video import DEFAULT_VIDEO, OUTPUT_DIR, make_video
 from photo_camera import PhotoCamera
 
-from fogverse import Processor, Producer, Record, run
+from fogverse import Hold, Processor, Producer, Record, run
 from fogverse.codec import JPEGCodec
 from fogverse.view import open_view
 from processors import (
@@ -281,13 +283,24 @@ def tensor_to_bgr(tensor: np.ndarray) -> np.ndarray:
     return cv2.merge(planes)
 
 
+@dataclass
+class _Half:
+    name: str  # "frame" or "detections"
+    data: Any
+    hold: Hold
+    since: float
+
+
 class DetectionSink(MeasuringSink):
     """Draws each frame's boxes on the source-sized frame and writes it to ``video_path``.
 
     With ``frames_topic`` (``--detector face|yolo``) it reads two topics, the detector's
     records and the camera's frames, and pairs them by frame (both carry the frame's key
-    and headers). Without it (``motion``/``none``) it reads the preprocessed frames and runs
-    the motion detector itself.
+    and headers). The half that comes first is held uncommitted (``hold()``) until its pair
+    is drawn, so a crash in between reads it again; one whose partner has not come within
+    ``pair_timeout`` seconds goes to its topic's dead-letter topic. Without it
+    (``motion``/``none``) it reads the preprocessed frames and runs the motion detector
+    itself.
     """
 
     extra_columns = ("detections", "boxes")
@@ -300,15 +313,18 @@ class DetectionSink(MeasuringSink):
         video_path: Path | None = None,
         detector: str = "motion",
         out_fps: float = 30.0,
+        pair_timeout: float = 120.0,
         **kwargs: Any,
     ) -> None:
         topics = [consumer_topic, frames_topic] if frames_topic else consumer_topic
         super().__init__(topics, **kwargs)  # type: ignore[arg-type]
         self.frames_topic = frames_topic
         self.video_path, self.detector, self.out_fps = video_path, detector, out_fps
+        self.pair_timeout = pair_timeout
         self.detectors: dict[str, MotionDetector] = {}  # one per camera: each learns its scene
-        # Frames waiting for their detections, or detections for their frame, by (cam, frame).
-        self._halves: dict[tuple[bytes | None, bytes | None], dict[str, Any]] = {}
+        # The first half of each pair (a frame, or its detections) by (cam, frame), oldest
+        # first, held uncommitted until its partner arrives.
+        self._halves: dict[tuple[bytes | None, bytes | None], _Half] = {}
         self._writer: cv2.VideoWriter | None = None
 
     async def process(self, data: Any) -> None:
@@ -317,13 +333,34 @@ class DetectionSink(MeasuringSink):
         record = self.message
         key = (record.header("cam"), record.header("frame"))
         half = "frame" if record.topic == self.frames_topic else "detections"
-        pair = self._halves.setdefault(key, {})
-        pair[half] = data
-        if len(pair) < 2:
-            # A demo's shortcut: this record is committed before its pair is drawn.
+        self._expire_halves()
+        first = self._halves.pop(key, None)
+        if first is None or first.name == half:
+            if first is not None:  # the same half again (redelivered): keep the newer copy
+                first.hold.release()
+            self._halves[key] = _Half(half, data, self.hold(), time.monotonic())
             return None
-        del self._halves[key]
-        return await super().process(pair)
+        try:
+            await super().process({half: data, first.name: first.data})
+        except Exception as exc:
+            first.hold.fail(exc)  # both halves go to the dead-letter topics
+            raise
+        first.hold.release()
+        return None
+
+    def _expire_halves(self) -> None:
+        """Dead-letter halves whose partner has not come within ``pair_timeout`` seconds
+        (a frame whose detection failed upstream never gets one)."""
+        deadline = time.monotonic() - self.pair_timeout
+        while self._halves:
+            key, waiting = next(iter(self._halves.items()))
+            if waiting.since > deadline:
+                return
+            del self._halves[key]
+            missing = "detections" if waiting.name == "frame" else "frame"
+            waiting.hold.fail(
+                TimeoutError(f"no {missing} for this {waiting.name} in {self.pair_timeout:g} s")
+            )
 
     def handle(self, data: Any, record: Record) -> Sequence[Any]:
         if self.frames_topic is not None:

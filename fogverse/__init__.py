@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fogverse.app import run
+from fogverse.delivery import Hold
 from fogverse.nodes import Consumer, Producer
 from fogverse.processor import Processor
 from fogverse.record import Record
@@ -13,6 +14,7 @@ from fogverse.transport.memory import MemoryBroker
 
 __all__ = [
     "Consumer",
+    "Hold",
     "MemoryBroker",
     "ParallelConsumer",
     "ParallelProducer",

@@ -43,6 +43,7 @@ def _load(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would: dataclasses look themselves up there
     spec.loader.exec_module(module)
     return module
 
@@ -369,3 +370,86 @@ def test_video_pipeline_jpeg_wire_decodes_at_reduced_size(monkeypatch: pytest.Mo
     # A 720p frame bound for 640x640 decodes at half size (640x360), not at full size.
     assert seen == [cv2.IMREAD_REDUCED_COLOR_2]
     assert cv2.imdecode(np.frombuffer(out, np.uint8), cv2.IMREAD_COLOR).shape == (640, 640, 3)
+
+
+def test_detection_sink_commits_a_half_only_with_its_pair(
+    kafka_bootstrap: str, new_topic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's join holds the first half of each pair uncommitted until the pair is
+    drawn: frame 1, whose detections never come, is not committed, a restart reads it again,
+    and once its partner is overdue it goes to the dead-letter topic."""
+    import asyncio
+    import uuid
+
+    from backends import produce_kafka, read_kafka
+    from polling import until
+    from reliability.rel_harness import group_offsets
+
+    from fogverse.codec import AutoCodec
+
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # the example imports its sibling modules
+    frames_topic, detections_topic = new_topic(), new_topic()
+    group = f"sink-{uuid.uuid4().hex[:8]}"
+    codec = AutoCodec()
+    jpeg, jpeg_type = codec.encode_tagged(np.zeros((36, 64, 3), np.uint8))
+    found, found_type = codec.encode_tagged({"boxes": [], "scores": [], "names": []})
+
+    def items(payload: bytes, content_type: str, indices: list[int]) -> list:
+        return [
+            (
+                str(i).encode(),
+                payload,
+                [
+                    ("cam", b"cam0"),
+                    ("frame", str(i).encode()),
+                    ("timestamp", str(time.time()).encode()),
+                    ("size", b"64x36"),
+                    ("content-type", content_type.encode()),
+                ],
+            )
+            for i in indices
+        ]
+
+    def committed(topic: str) -> int:
+        return group_offsets(kafka_bootstrap, group, topic)[0][0]
+
+    async def run_sink(pair_timeout: float, until_done) -> None:
+        sink = _load("video_pipeline").DetectionSink(
+            detections_topic,
+            frames_topic=frames_topic,
+            detector="face",
+            pair_timeout=pair_timeout,
+            consumer_servers=kafka_bootstrap,
+            group_id=group,
+        )
+        sink.commit_interval = 0.05
+        task = asyncio.create_task(sink.run())
+        try:
+            await until_done(sink)
+        finally:
+            sink.stop()
+            await asyncio.wait_for(task, 60)
+
+    async def pairs_drawn(sink) -> None:
+        await until(lambda: sink.stats.count == 2 and sink._tracker.in_flight == 1, 60, "pairs")
+        await until(lambda: committed(frames_topic) == 1, 30, "frame 0 committed", interval=0.2)
+        await until(lambda: committed(detections_topic) == 2, 30, "both detections committed")
+
+    async def overdue(sink) -> None:
+        # Read again from frame 1: frame 2 comes after it, and with a timeout of 0 its
+        # arrival makes frame 1 overdue.
+        await until(lambda: committed(frames_topic) == 2, 60, "frame 1 dead-lettered", interval=0.2)
+
+    async def main() -> list:
+        await produce_kafka(kafka_bootstrap, frames_topic, items(jpeg, jpeg_type, [0, 1, 2]))
+        await produce_kafka(kafka_bootstrap, detections_topic, items(found, found_type, [0, 2]))
+        await run_sink(3600, pairs_drawn)
+        assert committed(frames_topic) == 1, "the stop left frame 1 uncommitted"
+        await run_sink(0, overdue)
+        return await read_kafka(kafka_bootstrap, f"{frames_topic}.dlq", 1, timeout=30)
+
+    dead = asyncio.run(main())
+    assert [dict(r.headers)["frame"] for r in dead] == [b"1"]
+    headers = dict(dead[0].headers)
+    assert headers["fogverse.error.stage"] == b"hold"
+    assert headers["fogverse.error.message"] == b"no detections for this frame in 0 s"
