@@ -161,9 +161,12 @@ def test_a_failed_hold_dead_letters_its_input_then_commits(kafka_bootstrap, new_
     assert _committed(kafka_bootstrap, group, src) == 2
 
 
+@pytest.mark.parametrize("client", ["aiokafka", "confluent"])
 def test_a_rebalance_does_not_wait_for_open_holds_and_the_input_is_read_again(
-    kafka_bootstrap, new_topic
+    kafka_bootstrap, new_topic, monkeypatch, client
 ):
+    # Each client revokes partitions through its own rebalance callbacks.
+    monkeypatch.setenv("FOGVERSE_KAFKA_CLIENT", client)
     src, out = new_topic(partitions=2), new_topic()
     group = f"g-{uuid.uuid4().hex[:8]}"
 
@@ -171,6 +174,7 @@ def test_a_rebalance_does_not_wait_for_open_holds_and_the_input_is_read_again(
         # Keyed so that both partitions have an input; the held one stays held.
         await produce_kafka(kafka_bootstrap, src, [(b"k0", b"hold-x", []), (b"k1", b"hold-y", [])])
         first = _joiner(kafka_bootstrap, src, out, group)
+        assert first.kafka_client == client
         tasks = [asyncio.create_task(first.run())]
         second = _joiner(kafka_bootstrap, src, out, group, holding=False)
         try:
