@@ -48,6 +48,21 @@ class Backend:
             return list(broker.records(topic))
         return await read_kafka(self.servers, topic, n, timeout)
 
+    def committed(self, group: str, topic: str, partition: int = 0) -> int | None:
+        """The offset ``group`` committed for ``topic[partition]``; ``None`` before any."""
+        if self.name == "memory":
+            found = MemoryBroker.for_servers(self.servers).groups.get(group)
+            return None if found is None else found.committed.get((topic, partition))
+        from confluent_kafka import Consumer as RdConsumer
+        from confluent_kafka import TopicPartition
+
+        consumer = RdConsumer({"bootstrap.servers": self.servers, "group.id": group})
+        try:
+            [tp] = consumer.committed([TopicPartition(topic, partition)], timeout=30)
+            return tp.offset if tp.offset >= 0 else None
+        finally:
+            consumer.close()
+
 
 async def produce_kafka(
     servers: str, topic: str, items: list[tuple[bytes | None, bytes, Headers]]

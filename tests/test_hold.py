@@ -1,5 +1,6 @@
-"""``Runnable.hold()`` on the real broker: a held input is not committed until its hold is
-released or failed, and a node that stops with holds open leaves them for the next reader."""
+"""``Runnable.hold()``: a held input is not committed until its hold is released or failed,
+and a node that stops (or loses the partition) with holds open leaves them for the next
+reader. On the real broker through both clients, and on the in-memory broker."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
-from backends import produce_kafka, read_kafka
+from backends import Backend, produce_kafka
 from polling import until
 
 from fogverse import Consumer
@@ -53,33 +54,21 @@ class Joiner(Consumer):
             self.commits.append(offsets)
 
 
-def _committed(bootstrap: str, group: str, topic: str) -> int:
-    from confluent_kafka import Consumer as RdConsumer
-    from confluent_kafka import TopicPartition
-
-    consumer = RdConsumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        [tp] = consumer.committed([TopicPartition(topic, 0)], timeout=30)
-        return tp.offset
-    finally:
-        consumer.close()
+def _joiner(servers: str, src: str, out: str, group: str, **kwargs: Any) -> Joiner:
+    return Joiner(src, servers, group, producer_topic=out, **kwargs)
 
 
-async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    await produce_kafka(bootstrap, topic, [(None, v, []) for v in values])
+async def _produce(backend: Backend, topic: str, values: list[bytes]) -> None:
+    await backend.produce(topic, [(None, v, []) for v in values])
 
 
-def _joiner(bootstrap: str, src: str, out: str, group: str, **kwargs: Any) -> Joiner:
-    return Joiner(src, bootstrap, group, producer_topic=out, **kwargs)
-
-
-def test_a_held_input_is_committed_only_once_released(kafka_bootstrap, new_topic):
-    src, out = new_topic(), new_topic()
+def test_a_held_input_is_committed_only_once_released(backend: Backend):
+    src, out = backend.topic(), backend.topic()
     group = f"g-{uuid.uuid4().hex[:8]}"
 
-    async def main() -> Joiner:
-        await _produce(kafka_bootstrap, src, [b"a", b"hold-1", b"b", b"c"])
-        node = _joiner(kafka_bootstrap, src, out, group)
+    async def main() -> tuple[Joiner, list[Any]]:
+        await _produce(backend, src, [b"a", b"hold-1", b"b", b"c"])
+        node = _joiner(backend.servers, src, out, group)
         task = asyncio.create_task(node.run())
         try:
             # a, b and c are done and acknowledged; only the held input is in flight.
@@ -88,27 +77,26 @@ def test_a_held_input_is_committed_only_once_released(kafka_bootstrap, new_topic
             assert node._tracker.committable() == {}
             assert node.commits[-1] == {(src, 0): 1}, "the watermark stops at the held input"
             assert node.holds[0].open and node.holds[0].record.offset == 1
-            await _produce(kafka_bootstrap, src, [b"release"])
+            await _produce(backend, src, [b"release"])
             await until(lambda: node.commits[-1] == {(src, 0): 5}, 60, "the commit past it")
             assert not node.holds[0].open
         finally:
             node.stop()
             await asyncio.wait_for(task, 60)
-        return node
+        return node, await backend.read(out, 4)
 
-    node = asyncio.run(main())
-    assert _committed(kafka_bootstrap, group, src) == 5
+    node, got = asyncio.run(main())
+    assert backend.committed(group, src) == 5
     assert node.seen == [b"a", b"hold-1", b"b", b"c", b"release"]
-    got = asyncio.run(read_kafka(kafka_bootstrap, out, 4, timeout=30))
     assert [r.value for r in got] == [b"a", b"b", b"c", b"release"]
 
 
-def test_a_node_stopped_with_an_open_hold_leaves_it_for_the_next_reader(kafka_bootstrap, new_topic):
-    src, out = new_topic(), new_topic()
+def test_a_node_stopped_with_an_open_hold_leaves_it_for_the_next_reader(backend: Backend):
+    src, out = backend.topic(), backend.topic()
     group = f"g-{uuid.uuid4().hex[:8]}"
 
     async def run(holding: bool, expect: int) -> Joiner:
-        node = _joiner(kafka_bootstrap, src, out, group, holding=holding)
+        node = _joiner(backend.servers, src, out, group, holding=holding)
         task = asyncio.create_task(node.run())
         try:
             await until(
@@ -122,10 +110,10 @@ def test_a_node_stopped_with_an_open_hold_leaves_it_for_the_next_reader(kafka_bo
             await asyncio.wait_for(task, 60)
         return node
 
-    async def main() -> tuple[Joiner, int, Joiner]:
-        await _produce(kafka_bootstrap, src, [b"a", b"hold-1", b"b"])
+    async def main() -> tuple[Joiner, int | None, Joiner]:
+        await _produce(backend, src, [b"a", b"hold-1", b"b"])
         first = await run(True, 3)
-        committed = _committed(kafka_bootstrap, group, src)
+        committed = backend.committed(group, src)
         second = await run(False, 2)
         return first, committed, second
 
@@ -133,23 +121,23 @@ def test_a_node_stopped_with_an_open_hold_leaves_it_for_the_next_reader(kafka_bo
     assert committed == 1, "committed up to the held input, not past it"
     assert not first.holds[0].open
     assert second.seen == [b"hold-1", b"b"], "the held input is read again"
-    assert _committed(kafka_bootstrap, group, src) == 3
+    assert backend.committed(group, src) == 3
 
 
-def test_a_failed_hold_dead_letters_its_input_then_commits(kafka_bootstrap, new_topic):
-    src, out = new_topic(), new_topic()
+def test_a_failed_hold_dead_letters_its_input_then_commits(backend: Backend):
+    src, out = backend.topic(), backend.topic()
     group = f"g-{uuid.uuid4().hex[:8]}"
 
     async def main() -> list[Any]:
-        await _produce(kafka_bootstrap, src, [b"hold-0", b"fail"])
-        node = _joiner(kafka_bootstrap, src, out, group)
+        await _produce(backend, src, [b"hold-0", b"fail"])
+        node = _joiner(backend.servers, src, out, group)
         task = asyncio.create_task(node.run())
         try:
             await until(lambda: node.commits and node.commits[-1] == {(src, 0): 2}, 60, "commit")
         finally:
             node.stop()
             await asyncio.wait_for(task, 60)
-        return await read_kafka(kafka_bootstrap, f"{src}.dlq", 1, timeout=30)
+        return await backend.read(f"{src}.dlq", 1)
 
     dead = asyncio.run(main())
     assert [r.value for r in dead] == [b"hold-0"]
@@ -158,7 +146,7 @@ def test_a_failed_hold_dead_letters_its_input_then_commits(kafka_bootstrap, new_
     assert headers[ERR + "type"] == b"ValueError"
     assert headers[ERR + "message"] == b"its partner never came"
     assert headers[ERR + "offset"] == b"0"
-    assert _committed(kafka_bootstrap, group, src) == 2
+    assert backend.committed(group, src) == 2
 
 
 @pytest.mark.parametrize("client", ["aiokafka", "confluent"])
