@@ -53,15 +53,7 @@ class Backend:
         if self.name == "memory":
             found = MemoryBroker.for_servers(self.servers).groups.get(group)
             return None if found is None else found.committed.get((topic, partition))
-        from confluent_kafka import Consumer as RdConsumer
-        from confluent_kafka import TopicPartition
-
-        consumer = RdConsumer({"bootstrap.servers": self.servers, "group.id": group})
-        try:
-            [tp] = consumer.committed([TopicPartition(topic, partition)], timeout=30)
-            return tp.offset if tp.offset >= 0 else None
-        finally:
-            consumer.close()
+        return committed_kafka(self.servers, group, topic, partition)
 
 
 async def produce_kafka(
@@ -76,6 +68,19 @@ async def produce_kafka(
         await asyncio.gather(*futs)
     finally:
         await producer.stop()
+
+
+def committed_kafka(servers: str, group: str, topic: str, partition: int = 0) -> int | None:
+    """The offset ``group`` committed for ``topic[partition]`` on Kafka; ``None`` before any."""
+    from confluent_kafka import Consumer as RdConsumer
+    from confluent_kafka import TopicPartition
+
+    consumer = RdConsumer({"bootstrap.servers": servers, "group.id": group})
+    try:
+        [tp] = consumer.committed([TopicPartition(topic, partition)], timeout=30)
+        return tp.offset if tp.offset >= 0 else None
+    finally:
+        consumer.close()
 
 
 async def read_kafka(

@@ -381,9 +381,8 @@ def test_detection_sink_commits_a_half_only_with_its_pair(
     import asyncio
     import uuid
 
-    from backends import produce_kafka, read_kafka
+    from backends import committed_kafka, produce_kafka, read_kafka
     from polling import until
-    from reliability.rel_harness import group_offsets
 
     from fogverse.codec import AutoCodec
 
@@ -410,8 +409,8 @@ def test_detection_sink_commits_a_half_only_with_its_pair(
             for i in indices
         ]
 
-    def committed(topic: str) -> int:
-        return group_offsets(kafka_bootstrap, group, topic)[0][0]
+    def committed(topic: str) -> int | None:
+        return committed_kafka(kafka_bootstrap, group, topic)
 
     async def run_sink(pair_timeout: float, until_done) -> None:
         sink = _load("video_pipeline").DetectionSink(

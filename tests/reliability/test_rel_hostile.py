@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from backends import produce_kafka, read_kafka
+from backends import committed_kafka, produce_kafka, read_kafka
 from rel_harness import Nodes, Reader, Tally, id_of, node_env, until
 
 from fogverse import Consumer, ParallelConsumer
@@ -499,19 +499,6 @@ def test_an_output_the_broker_refuses_as_too_large_does_not_poison_later_outputs
     assert _keys(got) == [k for k, _, _ in ok]
 
 
-def _committed(bootstrap: str, group: str, topic: str) -> int:
-    """The group's committed offset for partition 0 of ``topic``."""
-    from confluent_kafka import Consumer as RdConsumer
-    from confluent_kafka import TopicPartition
-
-    consumer = RdConsumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        [tp] = consumer.committed([TopicPartition(topic, 0)], timeout=30)
-        return tp.offset
-    finally:
-        consumer.close()
-
-
 def _assert_dead_letter_without_payload(record: Any, offset: int) -> None:
     """The error headers are all there; only the payload was dropped, and it says so."""
     headers = dict(record.headers)
@@ -558,7 +545,7 @@ def test_an_input_too_large_to_dead_letter_with_its_error_does_not_stop_the_node
     assert _keys(got) == [b"n%d" % i for i in range(5)]
     assert _keys(dead) == [b"big"]
     _assert_dead_letter_without_payload(dead[0], 0)
-    assert _committed(kafka_bootstrap, group, src) == 6
+    assert committed_kafka(kafka_bootstrap, group, src) == 6
 
 
 @KAFKA_CLIENTS
@@ -611,7 +598,7 @@ def test_a_dead_letter_the_broker_refuses_as_too_large_goes_without_its_payload(
     small = dict(dead[1].headers)
     assert dead[1].value == b"b" * 2_000 and ERR + "payload" not in small
     assert small[ERR + "offset"] == b"3"
-    assert _committed(kafka_bootstrap, group, src) == len(first) + len(then)
+    assert committed_kafka(kafka_bootstrap, group, src) == len(first) + len(then)
 
 
 class Strict(Consumer):
