@@ -7,6 +7,7 @@ no process of the run left alive afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import importlib.util
 import json
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from types import ModuleType
 
@@ -24,7 +26,11 @@ import cv2
 import numpy as np
 import psutil
 import pytest
+from backends import committed_kafka, produce_kafka, read_kafka
 from onnx_models import constant_model
+from polling import until
+
+from fogverse.codec import AutoCodec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # Node settings from the environment would override the examples' own topics and groups.
@@ -378,14 +384,6 @@ def test_detection_sink_commits_a_half_only_with_its_pair(
     """The demo's join holds the first half of each pair uncommitted until the pair is
     drawn: frame 1, whose detections never come, is not committed, a restart reads it again,
     and once its partner is overdue it goes to the dead-letter topic."""
-    import asyncio
-    import uuid
-
-    from backends import committed_kafka, produce_kafka, read_kafka
-    from polling import until
-
-    from fogverse.codec import AutoCodec
-
     monkeypatch.syspath_prepend(str(EXAMPLES))  # the example imports its sibling modules
     frames_topic, detections_topic = new_topic(), new_topic()
     group = f"sink-{uuid.uuid4().hex[:8]}"
