@@ -834,10 +834,15 @@ def test_completion_order_is_what_the_pool_delivers(tmp_path):
         async with WorkerPool(Sleepy(), 2, 2) as pool:
             slow = await pool.submit(("wait-for", str(flag)))
             slow.add_done_callback(lambda h: order.append("slow"))
-            fast = await pool.submit(("create", str(flag)))
+            fast = await pool.submit(("sleep", 0))
             fast.add_done_callback(lambda h: order.append("fast"))
-            await slow
             await fast
+            await asyncio.sleep(0)
+            assert order == ["fast"] and not slow.done()
+            # The task submitted first can finish only now: the pool delivered the later one
+            # as soon as it was done, not in submission order.
+            flag.touch()
+            await slow
             await asyncio.sleep(0)
             assert order == ["fast", "slow"]
             assert slow.done() and fast.done()
