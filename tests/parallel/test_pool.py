@@ -276,12 +276,10 @@ class Sleepy(Processor):
         kind, arg = data
         if kind == "sleep":
             time.sleep(arg)
-        elif kind == "wait-for":  # block until another task creates the file
+        elif kind == "wait-for":  # block until the test creates the file
             deadline = time.monotonic() + 30
             while not Path(arg).exists() and time.monotonic() < deadline:
                 time.sleep(0.01)
-        elif kind == "create":
-            Path(arg).touch()
         return (kind, os.getpid())
 
     def teardown(self) -> None:
