@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from polling import wait_until
@@ -33,6 +34,7 @@ def test_replication_defaults_follow_the_cluster_size(brokers: int, rf: int, min
 @pytest.mark.kafka
 @pytest.mark.timeout(240)
 def test_cli_starts_a_replicated_cluster_and_stops_every_jvm(tmp_path: Path) -> None:
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
     state_dir = tmp_path / "state"
@@ -68,7 +70,20 @@ def test_cli_starts_a_replicated_cluster_and_stops_every_jvm(tmp_path: Path) -> 
         parts = admin.list_topics(topic=topic, timeout=20).topics[topic].partitions
         assert all(len(p.replicas) == 3 for p in parts.values())
         resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
-        configs = admin.describe_configs([resource])[resource].result(timeout=20)
+        configs: dict[str, Any] = {}
+
+        def described() -> bool:
+            # Each broker learns of a new topic from the controller in its own time: the one
+            # asked may not know it yet (seen in CI as UNKNOWN_TOPIC_OR_PART).
+            try:
+                configs.update(admin.describe_configs([resource])[resource].result(timeout=20))
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise
+                return False
+            return True
+
+        wait_until(described, 60, f"the configs of {topic}", interval=0.2)
         assert configs["min.insync.replicas"].value == "2"
 
         status = broker("status")
