@@ -180,7 +180,7 @@ class Hold:
     def record(self) -> Record:
         """The held input."""
         if self._delivery is None:
-            raise RuntimeError("this hold was already released")
+            raise RuntimeError("this hold is no longer open (released, failed or abandoned)")
         return self._delivery.record
 
     @property

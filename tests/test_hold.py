@@ -159,7 +159,7 @@ def test_a_rebalance_does_not_wait_for_open_holds_and_the_input_is_read_again(
     group = f"g-{uuid.uuid4().hex[:8]}"
 
     async def main() -> Joiner:
-        # Keyed so that both partitions have an input; the held one stays held.
+        # Two held inputs (on one partition or both: the join revokes every partition).
         await produce_kafka(kafka_bootstrap, src, [(b"k0", b"hold-x", []), (b"k1", b"hold-y", [])])
         first = _joiner(kafka_bootstrap, src, out, group)
         assert first.kafka_client == client
