@@ -23,6 +23,7 @@ class FakeProducer:
 
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
+        self.refused: list[dict[str, Any]] = []
         self.mode = "ok"
 
     async def start(self) -> None:
@@ -37,6 +38,7 @@ class FakeProducer:
     async def send(self, topic: str, value: bytes, key: bytes | None = None) -> Any:
         fut = asyncio.get_running_loop().create_future()
         if self.mode == "fail":
+            self.refused.append(json.loads(value))
             fut.set_exception(RuntimeError("broker down"))
             return fut
         self.sent.append(json.loads(value))
@@ -126,7 +128,11 @@ def test_a_heartbeat_the_broker_rejected_is_counted_again_in_the_next() -> None:
         await until(lambda: fake.beats(), 5, "a heartbeat")
         fake.mode = "fail"
         obs.send_heartbeat("out", 7)
-        await asyncio.sleep(0.2)
+        await until(
+            lambda: any(m.get("total_messages") == 7 for m in fake.refused),
+            5,
+            "the heartbeat counting 7 to be refused",
+        )
         fake.mode = "ok"
         obs.send_heartbeat("out", 1)
         await until(lambda: sum(b["total_messages"] for b in fake.beats()) == 8, 5, "8 counted")

@@ -276,6 +276,9 @@ class Sleepy(Processor):
         kind, arg = data
         if kind == "sleep":
             time.sleep(arg)
+        elif kind == "announce-then-sleep":  # create the file, then sleep a minute
+            Path(arg).touch()
+            time.sleep(60)
         elif kind == "wait-for":  # block until the test creates the file
             deadline = time.monotonic() + 30
             while not Path(arg).exists() and time.monotonic() < deadline:
@@ -897,13 +900,17 @@ def test_close_drains_runs_teardown_and_is_idempotent(tmp_path):
     assert our_memfd_maps() == []  # nothing views the slots any more: all unmapped
 
 
-def test_close_without_drain_fails_what_is_left_and_kills_stragglers():
+def test_close_without_drain_fails_what_is_left_and_kills_stragglers(tmp_path):
+    started_flag = tmp_path / "started"
+
     async def main() -> None:
         pool = WorkerPool(Sleepy(), 1, 3)
         await pool.start()
         (pid,) = pool.worker_pids
-        handles = [await pool.submit(("sleep", 60)) for _ in range(3)]
-        await asyncio.sleep(0.2)
+        handles = [await pool.submit(("announce-then-sleep", str(started_flag)))]
+        handles += [await pool.submit(("sleep", 60)) for _ in range(2)]
+        # The worker is inside a task (a straggler to kill), not between tasks.
+        await until(started_flag.exists, DEADLINE, "the worker to start its task")
         started = time.monotonic()
         await pool.close(drain=False, timeout=1.0)
         assert time.monotonic() - started < 15

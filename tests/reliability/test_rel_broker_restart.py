@@ -63,8 +63,14 @@ def test_nodes_ride_out_a_broker_restart_and_a_broker_crash(
             )
             for kill in (False, True):
                 # Mid-stream: the nodes still hold a backlog, and more arrives meanwhile.
+                sent_before = len(serial.sent)
                 feeding = asyncio.create_task(f.send(per_phase, rate=100))
-                await asyncio.sleep(0.5)
+                # A sixth of the phase sent, however fast or slow the machine: mid-stream.
+                await until(
+                    lambda goal=sent_before + per_phase // 6: len(serial.sent) >= goal,
+                    60,
+                    "the feed under way",
+                )
                 began = time.monotonic()
                 # From this thread, never a worker thread: the JVM dies with the thread that
                 # started it. The event loop stands still meanwhile; the nodes do not.

@@ -119,7 +119,10 @@ class Pipeline:
                 lambda: len(serial.out) >= 50 and len(parallel.out) >= 50, 120, "both nodes to run"
             )
             feeding = asyncio.create_task(f.send(2 * PER_PHASE, rate=RATE))
-            await asyncio.sleep(0.5)  # mid-stream: a backlog in the nodes, more arriving
+            # Mid-stream, by progress rather than time: a backlog in the nodes, more arriving.
+            await until(
+                lambda: len(serial.sent) >= PER_PHASE + PER_PHASE // 6, 60, "the feed under way"
+            )
             notes = await fault(self)
             await feeding
             self.replace_exited_nodes()

@@ -398,7 +398,9 @@ def test_cancelled_getmany_loses_no_records_and_stop_leaves_no_threads(kafka_boo
                 assert loop.time() < deadline, "no assignment"
                 assert await c.getmany(0.1, 10) == []
             waiting = asyncio.create_task(c.getmany(10.0, 100))
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0)  # one turn: the task submits its call to the thread
+            # Cancel once the consumer thread has taken the call (it is inside consume()).
+            await until(c._jobs.empty, 30, "the consumer thread to take the getmany call")
             waiting.cancel()
             acks = [await p.send(topic, f"r{i}".encode()) for i in range(3)]
             await asyncio.gather(*acks)

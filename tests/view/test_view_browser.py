@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from view_harness import (
 )
 
 from fogverse.view import open_view
+from fogverse.view.figures import RATE_WINDOW
 
 RATE = 15.0
 
@@ -70,6 +72,7 @@ class Live:
     def __init__(self, lt: LoopThread, bootstrap: str, topics: dict[str, str]) -> None:
         self.lt, self.bootstrap, self.topics = lt, bootstrap, topics
         self.sent = 0
+        self.sent_at: list[float] = []
         self.errors: list[str] = []
         self.page: Any = None
         self.view: Any = None
@@ -114,9 +117,19 @@ class Live:
             await self.view.close()
 
     def feed(self, count: int, rate: float = RATE) -> Any:
-        """Send ``count`` more frames in the background; the future gives how many."""
+        """Send ``count`` more frames in the background; the future gives how many. The
+        time of each send is appended to ``sent_at``."""
         start, self.sent = self.sent, self.sent + count
-        return self.lt.spawn(send_frames(self.producer, self.topics["frames"], start, count, rate))
+        return self.lt.spawn(
+            send_frames(
+                self.producer, self.topics["frames"], start, count, rate, sent_at=self.sent_at
+            )
+        )
+
+    def achieved_rate(self, seconds: float) -> float:
+        """Frames per second actually sent over the last ``seconds``."""
+        since = time.monotonic() - seconds
+        return sum(1 for t in list(self.sent_at) if t >= since) / seconds
 
     def received(self) -> int:
         return self.page.evaluate(
@@ -180,7 +193,7 @@ def test_frames_arrive_change_carry_their_detections_and_the_figures_match(
     live: Live, tmp_path: Path
 ) -> None:
     frames, dets = live.topics["frames"], live.topics["detections"]
-    feeding = live.feed(120)  # 8 s at 15 frames/s
+    feeding = live.feed(150)  # 10 s at 15 frames/s
     wait_until(lambda: live.received() >= 2, 20, "the first frames on the page", interval=0.05)
     first, meta1 = canvas_pixels(live.page, frames)
     seen = live.received()
@@ -205,16 +218,23 @@ def test_frames_arrive_change_carry_their_detections_and_the_figures_match(
         interval=0.1,
     )
     snap = live.figures()
+    # Compared with the rate the feeder actually achieved over the view's window (and the
+    # polls before it), not the nominal one: a loaded machine may have held the feeder back.
+    achieved = live.achieved_rate(RATE_WINDOW + 1.0)
     assert not feeding.done(), "the test could not sample the figures while the feed ran"
     rate = snap["topics"][frames]["per_s"]
-    assert rate is not None and 0.7 * RATE <= rate <= 1.3 * RATE, snap["topics"][frames]
+    assert rate is not None and 0.7 * achieved <= rate <= 1.3 * achieved, (
+        achieved,
+        snap["topics"][frames],
+    )
     stage = snap["stages"][0]
-    assert stage["in_per_s"] is not None and 0.6 * RATE <= stage["in_per_s"] <= 1.4 * RATE, stage
+    assert stage["in_per_s"] is not None, stage
+    assert 0.6 * achieved <= stage["in_per_s"] <= 1.4 * achieved, (achieved, stage)
     shot = _shot(live.page, tmp_path, "view-pipeline.png")
     assert shot.stat().st_size > 10_000
 
     sent = feeding.result(30)
-    assert sent == 120
+    assert sent == 150
     # Every frame is counted (the view samples the frames it shows, at most max_fps a
     # second, but reads every detection); the detector's lag drains to 0 and its time
     # split (profile=True) is on the page.

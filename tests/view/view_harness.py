@@ -121,10 +121,18 @@ def make_frame(index: int) -> bytes:
 
 
 async def send_frames(
-    producer: Any, topic: str, start: int, count: int, rate: float, cam: str = "cam0"
+    producer: Any,
+    topic: str,
+    start: int,
+    count: int,
+    rate: float,
+    cam: str = "cam0",
+    sent_at: list[float] | None = None,
 ) -> int:
     """Send frames ``start .. start+count-1`` paced at ``rate`` per second, keyed by index
-    with the camera's headers; returns how many were acknowledged."""
+    with the camera's headers; returns how many were acknowledged. ``sent_at`` gets the
+    ``time.monotonic()`` of each send (the rate actually achieved, which a loaded machine
+    may hold below ``rate`` for a while and then make up in a burst)."""
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     acks = []
@@ -138,6 +146,8 @@ async def send_frames(
             ("timestamp", f"{time.time():.6f}".encode()),
         ]
         acks.append(await producer.send(topic, make_frame(i), key=str(i).encode(), headers=headers))
+        if sent_at is not None:
+            sent_at.append(time.monotonic())
     await asyncio.gather(*acks)
     return len(acks)
 

@@ -47,10 +47,11 @@ async def is_free(port: int, name: str) -> bool:
 def test_lock_block_renews_the_lease_while_held_and_releases_after() -> None:
     async def scenario() -> None:
         async with LockServer(HOST, 0) as server, LockClient(HOST, server.port) as client:
-            async with client.lock("r", lease=0.3, timeout=5) as grant:
+            # The lease is long enough that a loaded machine's scheduling delays (a renewal
+            # is due every lease / 3) do not lose it; three leases long, only renewals keep it.
+            async with client.lock("r", lease=1.0, timeout=5) as grant:
                 first_expiry = grant.expires_at
-                # Three leases long: only renewals keep the lock.
-                await asyncio.sleep(0.9)
+                await asyncio.sleep(3.0)
                 assert not await is_free(server.port, "r")
                 assert not grant.lost and grant.expires_at > first_expiry
             assert grant.released and not grant.lost
@@ -152,8 +153,12 @@ def test_expired_lease_is_reported_as_lock_lost(lock_server: Any) -> None:
             with pytest.raises(LockLost):
                 async with client.lock("e", lease=0.2) as grant:
                     # Blocking this loop stops the renewals; the server (own thread) expires
-                    # the lease meanwhile. The next renewal is refused and the block cancelled.
-                    time.sleep(0.6)  # noqa: ASYNC251 - the point: a loop that stalls
+                    # the lease meanwhile. The loop stays blocked until the server says so
+                    # (however long that takes on a loaded machine); then the next renewal
+                    # is refused and the block cancelled.
+                    wait_until(  # the point: a loop that stalls
+                        lambda: lock_server.stats()["held"] == 0, 20, "the lease to expire"
+                    )
                     await asyncio.sleep(30)
             assert grant.lost and "not held" in (grant.lost_reason or "")
             assert time.monotonic() - started < 20

@@ -116,12 +116,14 @@ def test_unrenewed_lease_expires_and_passes_to_the_waiter(raw: Raw) -> None:
     async def scenario() -> None:
         async with LockServer(HOST, 0) as server:
             stale, waiter = await raw(server.port), await raw(server.port)
-            grant = await stale.call("acquire", name="e", lease_ms=200)
             # Renewals keep it: after 3 renewals spanning more than a lease it is still held.
+            # Each renewal comes 0.4 s after the last, so a loaded machine may delay one by
+            # up to 0.6 s before the lease (1 s) runs out.
+            grant = await stale.call("acquire", name="e", lease_ms=1000)
             for _ in range(3):
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.4)
                 renewed = await stale.call("renew", name="e", fence=grant["fence"])
-                assert renewed["ok"] and renewed["lease_ms"] == 200
+                assert renewed["ok"] and renewed["lease_ms"] == 1000
             taken = await waiter.call("acquire", name="e", lease_ms=30_000, wait_ms=10_000)
             assert taken["ok"] and taken["fence"] > grant["fence"]
             # The stale holder is still connected but its fence is no longer valid.
