@@ -320,9 +320,12 @@ def test_video_pipeline_runs_a_yolo_onnx_model(kafka_bootstrap: str, tmp_path: P
     assert [r["boxes"] for r in rows] == ["200 120 600 320"] * frames
 
 
+@pytest.mark.timeout(300)
 def test_video_pipeline_stops_cleanly_on_ctrl_c(
     kafka_bootstrap: str, test_video: Path, tmp_path: Path
 ) -> None:
+    # The run is meant to be interrupted: its own end (--seconds) lies far beyond the time a
+    # loaded machine may take to start it and print the first progress line.
     proc = start_example(
         "video_pipeline.py",
         "--bootstrap",
@@ -331,14 +334,14 @@ def test_video_pipeline_stops_cleanly_on_ctrl_c(
         str(test_video),
         "--loop",
         "--seconds",
-        "60",
+        "900",
         "--detector",
         "motion",
         "--output-dir",
         str(tmp_path),
     )
     seen = []
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 150
     assert proc.stderr is not None
     while time.monotonic() < deadline:  # readline returns at the latest when the run ends
         line = proc.stderr.readline()
@@ -351,7 +354,7 @@ def test_video_pipeline_stops_cleanly_on_ctrl_c(
     assert "interrupted" in result.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["interrupted"] and summary["lost"] == 0
-    assert 0 < summary["frames_out"] <= summary["frames_in"] < 60 * 30
+    assert 0 < summary["frames_out"] <= summary["frames_in"]
     rows = _csv_rows(tmp_path / "latency.csv")  # flushed and closed on the way out
     assert [int(r["frame"]) for r in rows] == list(range(summary["frames_out"]))
 
