@@ -20,6 +20,11 @@ from fogverse.autoscale.lock import LockClient
 HOST = "127.0.0.1"
 
 
+# A fixed number of examples, not a time budget: on a loaded machine they take longer, so the
+# hang guard is wider than the suite's default.
+pytestmark = pytest.mark.timeout(600)
+
+
 def fuzz(examples: int) -> settings:
     return settings(
         max_examples=examples,
