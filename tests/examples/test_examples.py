@@ -268,13 +268,14 @@ def test_custom_processor_runs_in_workers(kafka_bootstrap: str) -> None:
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="the local broker needs Java")
+@pytest.mark.timeout(400)  # its own broker and a whole pipeline: 78 s at load average 47
 def test_default_demo_starts_its_own_broker_and_boxes_the_face(tmp_path: Path) -> None:
     # `make demo` with fewer frames, without FOGVERSE_BOOTSTRAP: the script runs its own
     # broker (and must leave no JVM behind: run_example checks the whole process group), the
     # packaged face detector runs on the packaged photo, and every frame's box is on the face.
     frames = 20
     result = run_example(
-        "video_pipeline.py", "--frames", str(frames), "--output-dir", str(tmp_path), timeout=110
+        "video_pipeline.py", "--frames", str(frames), "--output-dir", str(tmp_path), timeout=360
     )
     assert "starting a local Kafka broker" in result.stderr
     assert re.search(r"Kafka .* serving at .*\(pid \d+", result.stderr)
