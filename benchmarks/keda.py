@@ -87,6 +87,8 @@ class KedaPolicy:
         self.stage, self.s = stage, settings
         self.replicas = stage.count()
         self.recommendations: list[tuple[float, int]] = []
+        self.history: list[tuple[float, int]] = []
+        """Every HPA recommendation ``(t, desired)``, for checking the rules afterwards."""
         self.changes: list[tuple[float, int]] = []  # (t, +added / -removed)
         self.last_active = 0.0
         self._next_poll = 0.0
@@ -142,6 +144,7 @@ class KedaPolicy:
         down_limit = max([desired, *window])
         recommendation = min(max(current, desired), down_limit)
         self.recommendations.append((t, desired))
+        self.history.append((t, desired))
         self.recommendations = [
             (ts, r) for ts, r in self.recommendations if ts > t - s.scale_down_window
         ]
@@ -395,53 +398,63 @@ its topic (the seed's workers: statistic, input/output, deployer; no lag signal,
 scale-in). Its lock worker is part of those defaults but plays no part here."""
 
 
-async def _run(
-    name: str, spec: Mapping[str, Any], load: Load, params: StageParams
-) -> dict[str, Any]:
+@dataclass
+class Run:
+    """One policy's replay of the load: the stage as it ended and the policy that drove it."""
+
+    policy: str
+    stage: Stage
+    driver: KedaPolicy | FogVersePolicy
+
+    def summary(self) -> dict[str, Any]:
+        return {"policy": self.policy, **summary(self.stage.metrics, self.stage.load.phases)}
+
+    def document(self) -> dict[str, Any]:
+        m = self.stage.metrics
+        return {
+            **self.summary(),
+            "scale_events_detail": [list(e) for e in m.scale_events],
+            "timeline": {"t": m.times, "lag": m.lag, "instances": m.instances},
+        }
+
+
+async def _run(name: str, spec: Mapping[str, Any], load: Load, params: StageParams) -> Run:
     clock = Clock()
     stage = Stage(params, load, clock)
     stage.add("initial")  # the Deployment's first replica, running before the load starts
     stage.members[0].ready_at = 0.0
-    policy: KedaPolicy | FogVersePolicy
+    driver: KedaPolicy | FogVersePolicy
     if spec["kind"] == "keda":
-        policy = KedaPolicy(stage, KedaSettings(**spec["settings"]))
+        driver = KedaPolicy(stage, KedaSettings(**spec["settings"]))
     else:
-        policy = FogVersePolicy(stage, spec["conf"], max_instance=params.partitions)
+        driver = FogVersePolicy(stage, spec["conf"], max_instance=params.partitions)
     stage.advance()  # t = 0: the first member joins
-    await policy.start()
-    steps = round(load.duration / params.dt)
+    await driver.start()
     try:
-        for i in range(1, steps):
+        for i in range(1, round(load.duration / params.dt)):
             clock.t = i * params.dt
-            await policy.step()
+            await driver.step()
             stage.advance()
     finally:
-        await policy.stop()
-    result = summary(stage.metrics, load.phases)
-    result["policy"] = name
-    result["timeline"] = {
-        "t": stage.metrics.times,
-        "lag": stage.metrics.lag,
-        "rate": stage.metrics.rate,
-        "instances": stage.metrics.instances,
-    }
-    result["scale_events_detail"] = [list(e) for e in stage.metrics.scale_events]
-    return result
+        await driver.stop()
+    return Run(name, stage, driver)
 
 
-def run(name: str, load: Load | None = None, params: StageParams | None = None) -> dict[str, Any]:
-    """One policy's run on the recorded load."""
+def run(name: str, load: Load | None = None, params: StageParams | None = None) -> Run:
+    """One policy's replay of the recorded load (or ``load``)."""
     return asyncio.run(
         _run(name, POLICIES[name], load or step_ramp_load(), params or StageParams())
     )
 
 
-def run_all(load: Load | None = None, params: StageParams | None = None) -> list[dict[str, Any]]:
+def run_all(load: Load | None = None, params: StageParams | None = None) -> list[Run]:
     return [run(name, load, params) for name in POLICIES]
 
 
-def _fmt_s(v: float | None, lag_at_end: Any = None) -> str:
-    return "not caught up" if v is None else f"{v:.0f} s"
+def _fmt_s(v: float | None) -> str:
+    if v is None:
+        return "not caught up"
+    return "never behind" if v == 0 else f"{v:.0f} s"
 
 
 def table(results: Sequence[Mapping[str, Any]]) -> str:
@@ -468,16 +481,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     load, params = step_ramp_load(), StageParams()
-    results = run_all(load, params)
+    runs = run_all(load, params)
     args.out.mkdir(parents=True, exist_ok=True)
     doc = {
         "load": {"name": load.name, "phases": load.phases, "per_second": load.per_second},
         "stage": params.__dict__,
         "keda": KedaSettings().__dict__,
-        "results": results,
+        "policies": POLICIES,
+        "results": [r.document() for r in runs],
     }
-    (args.out / "keda.json").write_text(json.dumps(doc, indent=1) + "\n")
-    text = table(results)
+    (args.out / "keda.json").write_text(json.dumps(doc) + "\n")
+    text = table([r.summary() for r in runs])
     (args.out / "keda.md").write_text(text + "\n")
     print(text)
     return 0

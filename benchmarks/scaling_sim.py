@@ -28,13 +28,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
+    "EPOCH",
     "Clock",
     "Load",
     "Member",
     "Metrics",
     "Stage",
     "StageParams",
+    "caught_up_after",
     "step_ramp_load",
+    "summary",
 ]
 
 EPOCH = 1_800_000_000.0
@@ -139,6 +142,10 @@ class Metrics:
     """Instances that exist (paid for) at each sample."""
     consuming: list[int] = field(default_factory=list)
     """Instances with partitions assigned at each sample."""
+    done: list[int] = field(default_factory=list)
+    """Messages finished so far, at each sample."""
+    produced: list[int] = field(default_factory=list)
+    """Messages offered so far, at each sample."""
     instance_seconds: float = 0.0
     scale_events: list[tuple[float, int, int]] = field(default_factory=list)
     """``(t, instances before, after)`` of every change the policy made."""
@@ -233,6 +240,8 @@ class Stage:
             self.metrics.rate.append(self.load.rate(t))
             self.metrics.instances.append(live)
             self.metrics.consuming.append(sum(1 for m in self.members if m.joined and m.partitions))
+            self.metrics.done.append(sum(self.done))
+            self.metrics.produced.append(sum(self.produced))
 
     def _arrive(self, t: float) -> None:
         self._arrival_credit += self.load.rate(t) * self.p.dt
