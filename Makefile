@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test lint bench bench-quick clean
+.PHONY: setup demo test lint bench bench-quick kube-apiserver kube-apiserver-background clean
 
 # The virtual environment with FogVerse (editable) and its test/benchmark extras. Kafka's
 # jars are gathered from Maven Central into ~/.cache/fogverse on first use by the launcher.
@@ -14,11 +14,24 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench,metrics,onnx,demo,view]'
 	touch $@
 
-# The live view's browser tests drive Debian's headless Chromium (no browser download).
+# The live view's browser tests drive Debian's headless Chromium (no browser download); the
+# Kubernetes tests run Debian's etcd.
 setup: $(VENV)/.installed
 	$(BIN)/python -c "from fogverse.broker.launcher import resolve_jars; resolve_jars()"
 	command -v chromium >/dev/null || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	command -v etcd >/dev/null || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server)
+
+# The Kubernetes tests' API server: kube-apiserver built from the Go module proxy (Go >= 1.24),
+# once per machine, cached under ~/.cache/fogverse (about 4 minutes on 2 idle cores).
+kube-apiserver:
+	deploy/kubernetes/apiserver/build.sh
+
+# `make test` starts that build first, niced, beside everything else; the tests that need the
+# server wait for it (a lock file) and it is a no-op once built.
+kube-apiserver-background:
+	@nohup nice -n 10 deploy/kubernetes/apiserver/build.sh >.kube-apiserver-build.log 2>&1 &
 
 # `make demo` runs the packaged face detector; `make demo MODEL=yolov8n.onnx` a YOLO model.
 MODEL ?=
@@ -35,7 +48,7 @@ lint: setup
 # their own, so the suite's wall time is the longer of the two rather than their sum. Both
 # must pass.
 BESIDE := fault or slow
-test: setup lint
+test: kube-apiserver-background setup lint
 	@set -o pipefail; \
 	$(BIN)/pytest -q -m "$(BESIDE)" -p no:cacheprovider --durations=10 >.pytest-beside.log 2>&1 & \
 	beside=$$!; \
