@@ -258,8 +258,11 @@ def test_heartbeats_reach_the_real_broker_aggregated(kafka_bootstrap: str, new_t
         for _ in range(500):
             obs.send_heartbeat("out", 1)
         await asyncio.sleep(0.5)
-        await obs.close()
-        records = await read_kafka(kafka_bootstrap, control, 3, timeout=10, settle=0.5)
+        # A loaded machine may take longer than close()'s default 5 s to get the beats
+        # acknowledged (an instance that exits then only loses its last beat, with a warning);
+        # here every beat is to be counted, so close waits as long as it takes.
+        await obs.close(timeout=120)
+        records = await read_kafka(kafka_bootstrap, control, 3, timeout=60, settle=0.5)
         return [parse_message(r.value) for r in records]
 
     messages = asyncio.run(scenario())
