@@ -11,17 +11,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
 import socket
-import uuid
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from fogverse.codec import CONTENT_TYPE_HEADER as CONTENT_TYPE
 from fogverse.codec import Codec, CodecName, get_codec
 from fogverse.config import default_servers, resolve, split_topics
 from fogverse.delivery import current_delivery
+from fogverse.plugins import Plugin
 from fogverse.record import Headers, Record, TopicPartition
 from fogverse.runnable import Runnable
 from fogverse.transport.base import ConsumerTransport, ProducerTransport
@@ -31,10 +30,6 @@ from fogverse.transport.memory import (
     MemoryConsumerTransport,
     MemoryProducerTransport,
 )
-
-if TYPE_CHECKING:
-    # Type-only: the partitions module pulls in the lock client, which nodes don't need.
-    from fogverse.partitions import ConsumerStart
 
 __all__ = ["Consumer", "Producer"]
 
@@ -105,6 +100,7 @@ class _Output:
     auto_decode: bool = True
     """Decode inputs with ``input_codec`` (the seed's flag; ``False`` passes raw bytes)."""
     _output_codec: Codec
+    _senders: tuple[Plugin, ...]  # the node's plugins that count outputs (set by Runnable)
 
     def _setup_output(
         self,
@@ -175,6 +171,8 @@ class _Output:
         ack = await self.producer.send(topic, data, key, list(headers))
         if delivery is not None:
             delivery.track(ack)
+        for plugin in self._senders:
+            plugin.on_send(self, topic, 1)
         if callback is not None:
             return asyncio.ensure_future(_call_after(ack, callback))
         return ack
@@ -215,9 +213,10 @@ class Consumer(_Output, Runnable):
     always_read_last: bool = False
     max_poll_records: int = 500
     poll_timeout: float = 0.2
-    dynamic_partitions: ConsumerStart | None = None
-    """Join by growing the topic's partitions under the master's lock (see
-    :mod:`fogverse.partitions`); FOGVERSE_DYNAMIC_PARTITIONS=host:port switches it on."""
+    dynamic_partitions: Plugin | None = None
+    """A :class:`fogverse.partitions.ConsumerStart`: join by growing the topic's partitions
+    under the master's lock; FOGVERSE_DYNAMIC_PARTITIONS=host:port switches it on (through
+    the plugin that :mod:`fogverse.partitions` registers)."""
 
     def __init__(
         self,
@@ -234,7 +233,7 @@ class Consumer(_Output, Runnable):
         input_codec: CodecName | Codec | None = None,
         output_codec: CodecName | Codec | None = None,
         dead_letter_topic: str | None = None,
-        dynamic_partitions: ConsumerStart | None = None,
+        dynamic_partitions: Plugin | None = None,
         loop: Any = None,
     ) -> None:
         self.consumer_topic = split_topics(
@@ -278,30 +277,12 @@ class Consumer(_Output, Runnable):
         self._buffer: deque[Record] = deque()
         if dynamic_partitions is not None:
             self.dynamic_partitions = dynamic_partitions
-        elif (
-            self.dynamic_partitions is None
-            and os.environ.get("FOGVERSE_DYNAMIC_PARTITIONS")
-            and not self.consumer_servers.startswith(SCHEME)
-        ):
-            from fogverse.partitions import ConsumerStart
 
-            self.dynamic_partitions = ConsumerStart.from_env(self.consumer_servers)
-
-    async def start_producer(self) -> None:
-        if self.dynamic_partitions is not None and self.producer is not None:
-            self.dynamic_partitions.refresh_metadata(self.producer)
-        await super().start_producer()
-
-    async def start_consumer(self) -> None:
-        if self.dynamic_partitions is None or self.consumer is None:
-            await super().start_consumer()
-            return
-        await self.dynamic_partitions.start_with_distributed_lock(
-            self.consumer,
-            self.consumer_topic,
-            self.group_id,
-            f"{self.client_id}-{uuid.uuid4().hex[:8]}",
-        )
+    def _attached_plugins(self) -> list[Plugin]:
+        attached = super()._attached_plugins()
+        if self.dynamic_partitions is not None:
+            attached.append(self.dynamic_partitions)
+        return attached
 
     def _servers_default(self) -> str | None:
         if getattr(self, "producer_servers", None):

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Final
 
 from fogverse.config import split_topics
+from fogverse.plugins import Plugin
+from fogverse.transport.memory import SCHEME as MEMORY_SCHEME
 
 if TYPE_CHECKING:
     from confluent_kafka import KafkaError
@@ -43,6 +45,7 @@ __all__ = [
     "JoinResult",
     "PartitionAdminError",
     "lock_name",
+    "node_plugin",
     "refresh_metadata_often",
 ]
 
@@ -172,8 +175,11 @@ def _is_raw_aiokafka(consumer: Any) -> bool:
     return isinstance(consumer, AIOKafkaConsumer)
 
 
-class ConsumerStart:
+class ConsumerStart(Plugin):
     """Joins a consumer to its group through the lock service, growing the topic first.
+
+    As a node's plugin (``Consumer(dynamic_partitions=...)``, or ``node.plugins``) it caps
+    the node's producer's metadata age before it starts and joins the node's consumer.
 
     ``kafka_admin`` is a ``confluent_kafka.admin.AdminClient``, a
     :class:`~fogverse.transport.kafka.KafkaAdmin`, or bootstrap servers (an admin client is then
@@ -275,6 +281,22 @@ class ConsumerStart:
                 "metadata_max_age_ms=%d yourself to see new partitions quickly",
                 self.metadata_max_age_ms,
             )
+
+    # ---- as a node's plugin --------------------------------------------------------------
+
+    async def on_start(self, node: Any) -> None:
+        if getattr(node, "producer", None) is not None:
+            self.refresh_metadata(node.producer)
+
+    async def start_consumer(self, node: Any) -> bool:
+        topics, group_id = getattr(node, "consumer_topic", None), getattr(node, "group_id", None)
+        if node.consumer is None or not topics or not group_id:
+            return False
+        client_id = getattr(node, "client_id", None) or "consumer"
+        await self.start_with_distributed_lock(
+            node.consumer, topics, group_id, f"{client_id}-{uuid.uuid4().hex[:8]}"
+        )
+        return True
 
     # ---- the join -----------------------------------------------------------------------
 
@@ -589,3 +611,19 @@ class ConsumerStart:
             frozenset({KafkaError.INVALID_PARTITIONS}),
         )
         return current, await self._wait_ready(topic, group_id, needed, retry_attempt)
+
+
+def node_plugin(node: Any) -> ConsumerStart | None:
+    """The ``fogverse.plugins`` entry point: a :class:`ConsumerStart` from the environment
+    (FOGVERSE_DYNAMIC_PARTITIONS) for a Kafka consumer node that has none of its own."""
+    servers = getattr(node, "consumer_servers", None)
+    if (
+        not os.environ.get(LOCK_ADDRESS_ENV)
+        or not isinstance(servers, str)
+        or servers.startswith(MEMORY_SCHEME)
+        or getattr(node, "consumer", None) is None
+        or getattr(node, "dynamic_partitions", None) is not None
+        or any(isinstance(p, ConsumerStart) for p in getattr(node, "plugins", ()))
+    ):
+        return None
+    return ConsumerStart.from_env(servers)

@@ -27,6 +27,7 @@ from fogverse.delivery import (
 )
 from fogverse.metrics import DEFAULT_SAMPLE, Profiler
 from fogverse.offsets import OffsetTracker
+from fogverse.plugins import Plugin, discover, overrides
 from fogverse.record import Headers, Record, UnreadableRecord, UnreadableRecordError
 from fogverse.transport.base import ConsumerTransport, ProducerTransport
 from fogverse.transport.errors import refused_for_size
@@ -80,10 +81,13 @@ class Runnable:
     """Append one CSV row per timed message here while profiling (FOGVERSE_PROFILE_CSV)."""
     profiler: Profiler | None = None
     heartbeats: Any = None
-    """Report throughput to the auto-scaling master: an ``Observer``, an ``ObserverConfig``
-    or ``True`` (configure from the environment). ``None`` attaches one only when
-    FOGVERSE_OBSERVER_TOPIC is set (the deploy providers set it for the instances they start).
-    Nodes that create ``self.observer`` themselves (the seed's way) are left alone."""
+    """Read by the auto-scaling add-on's plugin (``fogverse.autoscale``): report throughput
+    to its master through an ``Observer``, an ``ObserverConfig`` or ``True`` (configure from
+    the environment). ``None`` attaches one only when FOGVERSE_OBSERVER_TOPIC is set (the
+    deploy providers set it for the instances they start). Nodes that create
+    ``self.observer`` themselves (the seed's way) are left alone."""
+    _plugins: tuple[Plugin, ...] = ()
+    _senders: tuple[Plugin, ...] = ()
 
     message: Any = None
 
@@ -136,6 +140,26 @@ class Runnable:
             if tps is None or hold.record.tp in tps:
                 hold.abandon()
 
+    # ---- plugins ------------------------------------------------------------------------
+
+    @property
+    def plugins(self) -> list[Plugin]:
+        """The :class:`~fogverse.plugins.Plugin` objects attached to this node; add to it
+        before ``run()``. Plugins that packages register are found when the node starts."""
+        # Per instance, made on first use: subclasses need not call an __init__ of ours.
+        plugins: list[Plugin] = vars(self).setdefault("_attached", [])
+        return plugins
+
+    def _attached_plugins(self) -> list[Plugin]:
+        return list(self.plugins)
+
+    async def _stop_plugins(self) -> None:
+        for plugin in self._plugins:
+            try:
+                await plugin.on_stop(self)
+            except Exception:
+                logger.exception("plugin %r failed while the node closed", plugin)
+
     # ---- lifecycle ----------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -160,12 +184,8 @@ class Runnable:
         self._fatal: BaseException | None = None
         self._tracker = OffsetTracker()
         self._holds: set[Hold] = set()
-        if getattr(self, "observer", None) is None and (
-            self.heartbeats or os.environ.get("FOGVERSE_OBSERVER_TOPIC")
-        ):
-            from fogverse.autoscale.observer import enable_heartbeats
-
-            enable_heartbeats(self, self.heartbeats)
+        self._plugins = tuple(discover(self, self._attached_plugins()))
+        self._senders = tuple(p for p in self._plugins if overrides(p, "on_send"))
         self._hooks = {n: getattr(self, n) for n in _HOOKS if callable(getattr(self, n, None))}
         # decode/encode may be coroutines; process may also be a sync function that returns an
         # awaitable (rare), which the loop still checks for.
@@ -206,6 +226,8 @@ class Runnable:
             raise self._fatal
 
     async def _start(self) -> None:
+        for plugin in self._plugins:
+            await plugin.on_start(self)
         await self.start_producer()
         if self.consumer is not None:
             # Wired before start_consumer(): a user override of it (the seed's dynamic
@@ -221,9 +243,14 @@ class Runnable:
 
     async def start_consumer(self) -> None:
         """Seed hook: join the group and start consuming (override to customise, e.g. to
-        grow partitions under a lock first; call super or start ``self.consumer`` yourself)."""
-        if self.consumer is not None:
-            await self.consumer.start()
+        grow partitions under a lock first; call super or start ``self.consumer`` yourself).
+        A plugin may join for the node (see :meth:`~fogverse.plugins.Plugin.start_consumer`)."""
+        if self.consumer is None:
+            return
+        for plugin in self._plugins:
+            if await plugin.start_consumer(self):
+                return
+        await self.consumer.start()
 
     async def close_consumer(self) -> None:
         if self.consumer is not None:
@@ -237,6 +264,7 @@ class Runnable:
         try:
             await self.close_consumer()
         finally:
+            await self._stop_plugins()
             await self.close_producer()
 
     def _install_signals(self) -> None:

@@ -14,42 +14,42 @@ Nodes report with ``AutoScaleComponent().observer(ObserverConfig)`` (``send_hear
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from fogverse.autoscale.component import AutoScaleComponent, AutoScaleMaster
-from fogverse.autoscale.config import (
-    AutoDeployerConfig,
-    ConfigError,
-    DistributedWorkerConfig,
-    InputOutputWorkerConfig,
-    LagWorkerConfig,
-    MasterAutoScalerConfig,
-    StatisticWorkerConfig,
-    Worker,
-)
-from fogverse.autoscale.deploy import DeployConfig, DeployFunction, DeployScripts
-from fogverse.autoscale.deploy.local import LocalDeployer, LocalHandle, LocalService
-from fogverse.autoscale.master import Master, MasterObserver
-from fogverse.autoscale.messages import (
-    Announce,
-    AutoScaleRequest,
-    ControlMessage,
-    DeployEvent,
-    Heartbeat,
-    InvalidMessage,
-)
-from fogverse.autoscale.observer import Observer, ObserverConfig, enable_heartbeats
-from fogverse.autoscale.state import ControlState
-from fogverse.autoscale.workers import (
-    AutoDeployer,
-    InputOutputWorker,
-    LagWorker,
-    StatisticWorker,
-)
-
 if TYPE_CHECKING:
+    from fogverse.autoscale.component import AutoScaleComponent, AutoScaleMaster
+    from fogverse.autoscale.config import (
+        AutoDeployerConfig,
+        ConfigError,
+        DistributedWorkerConfig,
+        InputOutputWorkerConfig,
+        LagWorkerConfig,
+        MasterAutoScalerConfig,
+        StatisticWorkerConfig,
+        Worker,
+    )
+    from fogverse.autoscale.deploy import DeployConfig, DeployFunction, DeployScripts
     from fogverse.autoscale.deploy.docker import DockerDeployer
     from fogverse.autoscale.deploy.kubernetes import KubernetesDeployer
+    from fogverse.autoscale.deploy.local import LocalDeployer, LocalHandle, LocalService
+    from fogverse.autoscale.master import Master, MasterObserver
+    from fogverse.autoscale.messages import (
+        Announce,
+        AutoScaleRequest,
+        ControlMessage,
+        DeployEvent,
+        Heartbeat,
+        InvalidMessage,
+    )
+    from fogverse.autoscale.observer import Observer, ObserverConfig, enable_heartbeats
+    from fogverse.autoscale.state import ControlState
+    from fogverse.autoscale.workers import (
+        AutoDeployer,
+        InputOutputWorker,
+        LagWorker,
+        StatisticWorker,
+    )
 
 __all__ = [
     "Announce",
@@ -88,15 +88,48 @@ __all__ = [
     "enable_heartbeats",
 ]
 
+# Each name loads its module on first use: a node that only looks for its heartbeat plugin
+# (see fogverse.plugins) does not pay for the master, its workers and the deploy providers,
+# and docker and kubernetes stay optional.
+_WHERE = {
+    name: f"fogverse.autoscale.{module}"
+    for module, names in {
+        "component": ("AutoScaleComponent", "AutoScaleMaster"),
+        "config": (
+            "AutoDeployerConfig",
+            "ConfigError",
+            "DistributedWorkerConfig",
+            "InputOutputWorkerConfig",
+            "LagWorkerConfig",
+            "MasterAutoScalerConfig",
+            "StatisticWorkerConfig",
+            "Worker",
+        ),
+        "deploy": ("DeployConfig", "DeployFunction", "DeployScripts"),
+        "deploy.docker": ("DockerDeployer",),
+        "deploy.kubernetes": ("KubernetesDeployer",),
+        "deploy.local": ("LocalDeployer", "LocalHandle", "LocalService"),
+        "master": ("Master", "MasterObserver"),
+        "messages": (
+            "Announce",
+            "AutoScaleRequest",
+            "ControlMessage",
+            "DeployEvent",
+            "Heartbeat",
+            "InvalidMessage",
+        ),
+        "observer": ("Observer", "ObserverConfig", "enable_heartbeats"),
+        "state": ("ControlState",),
+        "workers": ("AutoDeployer", "InputOutputWorker", "LagWorker", "StatisticWorker"),
+    }.items()
+    for name in names
+}
+
 
 def __getattr__(name: str) -> Any:
-    # docker and kubernetes are optional: their providers load on first use.
-    if name == "DockerDeployer":
-        from fogverse.autoscale.deploy.docker import DockerDeployer
-
-        return DockerDeployer
-    if name == "KubernetesDeployer":
-        from fogverse.autoscale.deploy.kubernetes import KubernetesDeployer
-
-        return KubernetesDeployer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import socket
@@ -35,6 +34,7 @@ from fogverse.autoscale.messages import (
     now,
 )
 from fogverse.config import default_servers
+from fogverse.plugins import Plugin
 
 __all__ = [
     "DEFAULT_CONTROL_TOPIC",
@@ -42,6 +42,7 @@ __all__ = [
     "Observer",
     "ObserverConfig",
     "enable_heartbeats",
+    "node_plugin",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def _first(topics: Any) -> str | None:
     return ",".join(topics) if topics else None
 
 
-class Observer:
+class Observer(Plugin):
     """Reports one node instance to the auto-scaling master."""
 
     def __init__(
@@ -220,38 +221,28 @@ class Observer:
     # ---- attaching to a node -------------------------------------------------------------
 
     def attach(self, node: Any) -> Observer:
-        """Report ``node``: count each ``send`` as one output message, start with the node
-        and send the final heartbeat when it closes. For nodes that do not call
-        ``send_heartbeat`` themselves (that would count every output twice)."""
+        """Report ``node``: count each record it sends as one output message, start with the
+        node and send the final heartbeat when it closes (as one of its
+        :attr:`~fogverse.Runnable.plugins`). For nodes that do not call ``send_heartbeat``
+        themselves (that would count every output twice)."""
         self.source_topic = _first(getattr(node, "consumer_topic", None)) or self.source_topic
         self.target_topic = getattr(node, "producer_topic", None) or self.target_topic
         self.group_id = getattr(node, "group_id", None) or self.group_id
-        original_send = node.send
-        count = self.send_heartbeat
-
-        # A plain function returning the original coroutine: no extra coroutine per message,
-        # and a fast path for the node loop's own call, send(data).
-        def send(data: Any, *args: Any, **kwargs: Any) -> Any:
-            if not args and not kwargs:
-                count(node.producer_topic, 1)
-                return original_send(data)
-            topic = args[0] if args else kwargs.get("topic")
-            count(topic or node.producer_topic, 1)
-            return original_send(data, *args, **kwargs)
-
-        node.send = send
-        # Ride on the start/close steps rather than on _after_start/_before_close hooks: a
-        # node with any hook pays for hook calls on every step of every message.
-        if callable(getattr(node, "start_producer", None)) and callable(
-            getattr(node, "close_producer", None)
-        ):
-            _chain(node, "start_producer", self.start, after=True)
-            _chain(node, "close_producer", self.close, after=False)
-        else:
-            _chain(node, "_after_start", self.start, after=True)
-            _chain(node, "_before_close", self.close, after=False)
+        if all(p is not self for p in node.plugins):
+            node.plugins.append(self)
         node.observer = self
         return self
+
+    # ---- the node's plugin hooks ---------------------------------------------------------
+
+    async def on_start(self, node: Any) -> None:
+        await self.start()
+
+    def on_send(self, node: Any, topic: str, count: int) -> None:
+        self.send_heartbeat(topic, count)
+
+    async def on_stop(self, node: Any) -> None:
+        await self.close()
 
     # ---- the background sender -----------------------------------------------------------
 
@@ -441,31 +432,6 @@ class Observer:
             self._since[topic] = min(self._since.get(topic, message.since), message.since)
 
 
-def _chain(node: Any, name: str, extra: Callable[[], Any], *, after: bool) -> None:
-    """Make ``node.name`` also await ``extra()``, after or before what it did."""
-    previous = getattr(node, name, None)
-
-    async def step(*args: Any) -> None:
-        if not after:
-            await _quietly(extra)
-        if previous is not None:
-            result = previous(*args)
-            if inspect.isawaitable(result):
-                await result
-        if after:
-            await extra()
-
-    setattr(node, name, step)
-
-
-async def _quietly(fn: Callable[[], Any]) -> None:
-    # The final heartbeat is best effort: it must never keep the node from closing.
-    try:
-        await fn()
-    except Exception:
-        logger.exception("observer failed while closing")
-
-
 def enable_heartbeats(
     node: Any, config: ObserverConfig | Observer | bool | None = None
 ) -> Observer | None:
@@ -483,3 +449,12 @@ def enable_heartbeats(
         config = None
     observer = Observer(None if config is True else config)
     return observer.attach(node)
+
+
+def node_plugin(node: Any) -> Observer | None:
+    """The ``fogverse.plugins`` entry point: what :func:`enable_heartbeats` attaches to a
+    starting node from its ``heartbeats`` setting or the environment, unless the node has an
+    ``observer`` already (attached, or the seed's own that its ``send`` calls)."""
+    if getattr(node, "observer", None) is not None:
+        return None
+    return enable_heartbeats(node, getattr(node, "heartbeats", None))

@@ -2,28 +2,49 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fogverse.config import default_servers
+from fogverse.metrics import Profiler
+from fogverse.plugins import Plugin
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "StageSpec", "ViewConfig", "stage_of_node"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "ProfileTap",
+    "StageSpec",
+    "ViewConfig",
+    "stage_of_node",
+]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 
 
+class ProfileTap(Plugin):
+    """The view's plugin on an in-process node: holds the profiler the node has (when it runs
+    with ``profile=True``), taking the new one each time the node starts."""
+
+    def __init__(self, node: Any) -> None:
+        self.profiler: Profiler | None = getattr(node, "profiler", None)
+        node.plugins.append(self)
+
+    async def on_start(self, node: Any) -> None:
+        self.profiler = node.profiler
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """One stage of the pipeline: the consumer group ``group`` reading ``inputs`` and writing
-    ``output`` (``None`` for a sink). ``node`` is an in-process node whose profiler (when it
-    runs with ``profile=True``) gives the stage's time split."""
+    ``output`` (``None`` for a sink). ``tap`` rides on an in-process node, whose profiler gives
+    the stage's time split."""
 
     group: str
     inputs: tuple[str, ...]
     output: str | None = None
     name: str | None = None
-    node: Any = field(default=None, compare=False, repr=False)
+    tap: ProfileTap | None = field(default=None, compare=False, repr=False)
 
     @property
     def label(self) -> str:
@@ -51,7 +72,7 @@ def stage_of_node(node: Any, name: str | None = None) -> StageSpec | None:
         return None
     inputs = (topics,) if isinstance(topics, str) else tuple(topics)
     return StageSpec(
-        str(group), inputs, getattr(node, "producer_topic", None), name or type(node).__name__, node
+        str(group), inputs, getattr(node, "producer_topic", None), name or type(node).__name__
     )
 
 
@@ -90,11 +111,13 @@ class ViewConfig:
     """Extra aiokafka keywords for the view's clients (SASL/SSL settings go here)."""
 
     def watch(self, *nodes: Any) -> ViewConfig:
-        """Add each node's stage (consumers) and output topic (every node); returns self."""
+        """Add each node's stage (consumers, with a :class:`ProfileTap` on the node) and output
+        topic (every node); returns self."""
         for node in nodes:
             stage = stage_of_node(node)
             if stage is not None and stage not in self.stages:
-                self.stages.append(stage)
+                tap = ProfileTap(node) if hasattr(node, "plugins") else None
+                self.stages.append(replace(stage, tap=tap))
             out = getattr(node, "producer_topic", None)
             if out and out not in self.topics:
                 self.topics.append(out)

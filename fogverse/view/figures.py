@@ -188,7 +188,7 @@ class Figures:
         return {"total": total, "partitions": per}
 
     def _profile(self, stage: StageSpec) -> dict[str, Any] | None:
-        profiler = getattr(stage.node, "profiler", None)
+        profiler = stage.tap.profiler if stage.tap is not None else None
         if profiler is None:
             return None
         s = profiler.summary()

@@ -214,7 +214,10 @@ def test_attach_counts_a_nodes_outputs_and_reports_its_stage() -> None:
     async def scenario() -> None:
         node = Consumer("in", servers, "grp", producer_topic="out")
         obs = enable_heartbeats(node, _observer(fake))
-        assert obs is node.observer
+        assert obs is node.observer and node.plugins == [obs]
+        assert not {"send", "start_producer", "close_producer"} & set(vars(node)), (
+            "attach rides on the node's plugin hooks; it replaces none of its methods"
+        )
         task = asyncio.create_task(node.run())
         await until(lambda: len(broker.records("out")) == 30, 5, "30 outputs")
         node.stop()
@@ -231,6 +234,31 @@ def test_attach_counts_a_nodes_outputs_and_reports_its_stage() -> None:
         assert beats[-1]["final"] is True, "closing the node sent the final heartbeat"
 
     asyncio.run(scenario())
+
+
+def test_a_nodes_heartbeats_setting_attaches_its_observer_when_it_starts() -> None:
+    MemoryBroker.reset()
+    servers = f"memory://{uuid.uuid4().hex[:6]}"
+    broker = MemoryBroker.for_servers(servers)
+    for i in range(20):
+        broker.append("in", f"m{i}".encode(), None, [])
+    fake = FakeProducer()
+    obs = _observer(fake)
+
+    class Reporting(Consumer):
+        heartbeats = obs
+
+    async def scenario() -> None:
+        node = Reporting("in", servers, "grp", producer_topic="out")
+        task = asyncio.create_task(node.run())
+        await until(lambda: len(broker.records("out")) == 20, 5, "20 outputs")
+        node.stop()
+        await task
+        assert node.observer is obs
+
+    asyncio.run(scenario())
+    assert sum(b["total_messages"] for b in fake.beats()) == 20
+    assert fake.beats()[-1]["final"] is True
 
 
 def test_enable_heartbeats_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
