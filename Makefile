@@ -38,9 +38,11 @@ MODEL ?=
 demo: setup
 	$(BIN)/python examples/video_pipeline.py $(if $(MODEL),--model $(MODEL))
 
+# mypy checks fogverse/ (its settings are in pyproject.toml) with zero errors allowed.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The broker-fault scenarios (`fault` marker: own brokers or a 3-node cluster, mostly waiting
 # out failovers) and the long-running `slow` ones (scale-out, master restart, the short soak:

@@ -130,7 +130,7 @@ _INTP_MAX = 2**63 - 1
 
 # Allow-list of plain numeric dtypes. Long double is left out on purpose: its bytes mean
 # different things on x86 (80-bit extended) and aarch64 (binary128), i.e. camera vs Jetson.
-_NUMERIC_TYPES = ("b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8")
+_NUMERIC_TYPES: tuple[str, ...] = ("b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8")
 _NUMERIC_TYPES += ("f2", "f4", "f8", "c8", "c16")
 _ALLOWED_DTYPES: dict[str, np.dtype[Any]] = {}
 for _t in _NUMERIC_TYPES:

@@ -98,6 +98,7 @@ class Delivery:
                 self._finish()
             return
         exc = _failure(fut)
+        assert exc is not None  # the ack failed: success returned above
         self._replace(self.on_failure(self, "send", exc) if fallback is None else fallback(exc))
 
     def _replace(self, handled: Awaitable[None]) -> None:

@@ -56,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a node: module:Class, script.py:Class or a coroutine")
     p.add_argument("target", help="module:Name or path/to/script.py:Name")
     p.add_argument(

@@ -85,7 +85,7 @@ class Observer(Plugin):
         *,
         producer_factory: Callable[..., Any] | None = None,
     ) -> None:
-        conf = dict(config or {})
+        conf: ObserverConfig = config or {}
         self.servers: str = (
             conf.get("kafka_server") or os.environ.get(SERVERS_ENV) or default_servers()
         )

@@ -469,21 +469,21 @@ class WorkerPool:
                 self._raise_not_running()
         try:
             packed = shm.pack(data)
+            inline: bytes | None = None
             if isinstance(packed, bytes):
                 if self._out_hint or self._inline_bytes + len(packed) > _INLINE_BUDGET:
                     # Results do not fit in frames (or the budget is spent): use the slot.
                     self._fill(slot, shm.encode(data))
-                    packed = None
                 else:
                     self._inline_bytes += len(packed)
+                    inline = packed
             else:
                 self._fill(slot, packed)
-                packed = None
         except BaseException:
             self._free_slot(slot)
             raise
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF
-        task = TaskHandle(self, self._next_id, slot, packed)
+        task = TaskHandle(self, self._next_id, slot, inline)
         self._active += 1
         if self._active == 1:
             assert self._idle is not None

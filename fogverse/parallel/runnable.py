@@ -53,7 +53,7 @@ class ParallelRunnable(Runnable):
 
     async def run(
         self,
-        process_number: int | None = None,  # type: ignore[override]
+        process_number: int | None = None,
         max_running_task: int | None = None,
         processor: Processor | None = None,
     ) -> None:
@@ -139,9 +139,9 @@ class ParallelRunnable(Runnable):
         if self.ordered:
             lane = self._lanes.setdefault(delivery.record.tp, deque())
             lane.append(task)
-            handle.add_done_callback(lambda _h, lane=lane: self._release_lane(lane))
+            handle.add_done_callback(lambda _h: self._release_lane(lane))
         else:
-            handle.add_done_callback(lambda _h, task=task: self._ready.put_nowait(task))
+            handle.add_done_callback(lambda _h: self._ready.put_nowait(task))
 
     def _release_lane(self, lane: deque[_Task]) -> None:
         # Hand results to the emitter only from the head of the lane: input order holds.

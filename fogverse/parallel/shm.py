@@ -261,6 +261,7 @@ def write(
         region_address = 0
     for buf in buffers:
         size = buf.nbytes
+        source: memoryview | bytes = buf
         if region_address and size:
             addr = _address(buf)
             if addr < region_end and addr + size > region_address:
@@ -268,10 +269,10 @@ def write(
                 if rel >= 0 and rel + size <= keep_below:
                     entries += (rel, size)
                     continue
-                buf = bytes(buf)
+                source = bytes(buf)
         pos = align(pos)
         entries += (pos, size)
-        sources.append((pos, size, buf))
+        sources.append((pos, size, source))
         pos += size
     if pos > len(view):
         return pos

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 from fogverse.record import Headers, Record, TopicPartition
 
 __all__ = ["ConsumerTransport", "ProducerTransport", "RebalanceCallback"]
 
-RebalanceCallback = Callable[[set[TopicPartition]], Awaitable[None]]
+# A coroutine function: librdkafka's callbacks hand it to the event loop from their thread.
+RebalanceCallback = Callable[[set[TopicPartition]], Coroutine[Any, Any, None]]
 
 
 @runtime_checkable

@@ -27,7 +27,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import (
@@ -472,7 +472,8 @@ def _records(msgs: list[Message]) -> list[Record]:
             record = Record(
                 m.value(),
                 m.key(),
-                m.headers() or [],
+                # A list of (name, value) pairs for a consumed message, never a dict.
+                m.headers() or [],  # type: ignore[arg-type]
                 m.topic(),
                 m.partition(),
                 m.offset(),
@@ -585,7 +586,7 @@ class ConfluentProducerTransport:
         value: bytes | None,
         key: bytes | None = None,
         headers: Headers | None = None,
-    ) -> Awaitable[Any]:
+    ) -> asyncio.Future[Any]:
         producer = self.producer
         if producer is None or self._loop is None:
             raise RuntimeError("the producer is not running (call start() first)")
@@ -596,7 +597,8 @@ class ConfluentProducerTransport:
             try:
                 # Positional: topic, value, key, partition (-1: partitioner), on_delivery,
                 # on_delivery alias, timestamp (0: now), headers.
-                producer.produce(topic, value, key, -1, cb, None, 0, headers or None)
+                # (list is invariant: our (str, bytes) pairs are among the pairs it takes.)
+                producer.produce(topic, value, key, -1, cb, None, 0, headers or None)  # type: ignore[arg-type]
                 break
             except BufferError:
                 # librdkafka's queue is full: serve delivery reports and let it drain.

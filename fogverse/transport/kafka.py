@@ -158,16 +158,20 @@ class KafkaConsumerTransport:
         return out
 
     async def commit(self, offsets: dict[TP, int]) -> None:
+        assert self.consumer is not None, "start() the transport first"
         await self.consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
 
     async def seek_to_end(self, partitions: Iterable[TP]) -> None:
         tps = [TopicPartition(t, p) for t, p in partitions]
         if tps:
+            assert self.consumer is not None, "start() the transport first"
             await self.consumer.seek_to_end(*tps)
             if self.fetch is not None:
                 self.fetch.forget(tps)
 
     def assignment(self) -> set[TP]:
+        if self.consumer is None:
+            return set()  # not started: no partitions yet
         return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
 
 
@@ -282,6 +286,7 @@ class KafkaProducerTransport:
 
     async def _restart(self) -> None:
         old = self.producer
+        assert old is not None  # only a started transport restarts its client
         with contextlib.suppress(Exception):
             await old.stop()
         loop = asyncio.get_running_loop()
@@ -344,6 +349,7 @@ class KafkaProducerTransport:
             raise copy.copy(self._dead)
         batcher = self.batcher
         if batcher is None:
+            assert self.producer is not None, "start() the transport first"
             fut = await self.producer.send(topic, value=value, key=key, headers=headers or None)
             self._unacked.add(fut)
             fut.add_done_callback(self._unacked.discard)
@@ -356,7 +362,8 @@ class KafkaProducerTransport:
     async def flush(self) -> None:
         if self.batcher is not None:
             await self.batcher.flush()
-        await self.producer.flush()
+        if self.producer is not None:
+            await self.producer.flush()
 
 
 class KafkaAdmin:

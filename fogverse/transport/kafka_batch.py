@@ -381,6 +381,7 @@ class Batcher:
                 again = piece.builder.append(
                     timestamp=meta.timestamp, key=key, value=value, headers=headers
                 )
+            assert piece is not None  # made above when no piece took the record
             piece.entries.append((fut, again, key, value, headers))
         for piece in pieces:
             piece.builder.close()

@@ -45,7 +45,7 @@ _POSITION_WAIT = 0.1
 
 
 @dataclass
-class UnparsedRecord(ConsumerRecord):  # type: ignore[type-arg]
+class UnparsedRecord(ConsumerRecord):
     """Stands in for a record that could not be parsed: its coordinates, ``value`` None, and
     why. A type, not a header, so nothing a producer writes can pass for one."""
 

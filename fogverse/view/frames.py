@@ -141,7 +141,7 @@ def _labels(d: dict[str, Any], n: int) -> list[str]:
         if isinstance(names, list) and len(names) == n:
             label = names[i]  # one name per box
         elif isinstance(names, dict) and cid is not None:
-            label = names.get(str(cid), names.get(cid))  # type: ignore[call-overload]
+            label = names.get(str(cid), names.get(cid))
         elif isinstance(names, list) and cid is not None and 0 <= cid < len(names):
             label = names[cid]  # the class table
         if not isinstance(label, str):

@@ -147,7 +147,8 @@ class KubernetesDeployer:
             return ScaleHandle(self.apps, deployment, namespace, instance_id)
         manifest = self._pod_manifest(service, name, instance_id, config)
         pod_name = manifest["metadata"]["name"]
-        self.core.create_namespaced_pod(namespace, manifest)
+        # The client takes a manifest dict as well as a V1Pod (its stubs name only the latter).
+        self.core.create_namespaced_pod(namespace, manifest)  # type: ignore[arg-type]
         log.info("KUBERNETES: created pod/%s (%s)", pod_name, instance_id)
         return PodHandle(self.core, pod_name, namespace, instance_id)
 

@@ -128,10 +128,11 @@ class AutoDeployer(PeriodicWorker):
         started; with ``stop_instances_on_exit``, stop every instance it deployed, including
         one whose deploy returns only after this wait."""
         await super().stop()
-        running = [s.task for s in self.stages.values() if s.busy] + list(self._background)
+        busy = (s.task for s in self.stages.values() if s.busy)
+        running = [t for t in busy if t is not None] + list(self._background)
         if running:
             # A deploy in flight finishes (its handle is recorded) rather than leaking.
-            _, late = await asyncio.wait(running, timeout=self.stop_wait)  # type: ignore[arg-type]
+            _, late = await asyncio.wait(running, timeout=self.stop_wait)
             if late:
                 logger.warning(
                     "%d deploy(s) or stop(s) still running after %.0f s; an instance they "

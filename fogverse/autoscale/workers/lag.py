@@ -161,6 +161,7 @@ class LagWorker(PeriodicWorker):
 
     async def evaluate(self) -> dict[StageKey, LagSample]:
         assert self.state is not None
+        assert self.offsets is not None, "start() the worker first"
         out = {}
         for key, stage in list(self.state.stages.items()):
             group = self._group(stage)
