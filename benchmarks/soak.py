@@ -351,7 +351,7 @@ def _not_zombie(pid: int) -> bool:
 
 
 async def _create_topics(bootstrap: str, names: dict[str, int]) -> None:
-    from fogverse.transport.kafka import KafkaAdmin
+    from fogverse.admin import KafkaAdmin
 
     admin = KafkaAdmin(bootstrap)
     for name, partitions in names.items():

@@ -393,7 +393,7 @@ def new_prefix(name: str) -> str:
 async def create_topics(
     bootstrap: str, topics: dict[str, dict[str, str]], partitions: int = 1
 ) -> None:
-    from fogverse.transport.kafka import KafkaAdmin
+    from fogverse.admin import KafkaAdmin
 
     admin = KafkaAdmin(bootstrap, _ADMIN_CONF)
     for name, config in topics.items():
@@ -401,7 +401,7 @@ async def create_topics(
 
 
 async def delete_topics(bootstrap: str, topics: list[str]) -> None:
-    from fogverse.transport.kafka import KafkaAdmin
+    from fogverse.admin import KafkaAdmin
 
     admin = KafkaAdmin(bootstrap, _ADMIN_CONF)
     for name, future in admin.client.delete_topics(topics, operation_timeout=10).items():

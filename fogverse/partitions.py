@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Final
 
+from fogverse.admin import admin_client
 from fogverse.config import split_topics
 from fogverse.plugins import Plugin
 from fogverse.transport.memory import SCHEME as MEMORY_SCHEME
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from confluent_kafka import KafkaError
     from confluent_kafka.admin import AdminClient
 
-    from fogverse.transport.kafka import KafkaAdmin
+    from fogverse.admin import KafkaAdmin
 
 __all__ = [
     "DEFAULT_METADATA_MAX_AGE_MS",
@@ -182,7 +183,7 @@ class ConsumerStart(Plugin):
     the node's producer's metadata age before it starts and joins the node's consumer.
 
     ``kafka_admin`` is a ``confluent_kafka.admin.AdminClient``, a
-    :class:`~fogverse.transport.kafka.KafkaAdmin`, or bootstrap servers (an admin client is then
+    :class:`~fogverse.admin.KafkaAdmin`, or bootstrap servers (an admin client is then
     made for each join, in the process that joins, and dropped after it). ``master_host`` and
     ``master_port`` locate the lock service (the auto-scaling Master's DISTRIBUTED_LOCK_WORKER, or
     a standalone :class:`~fogverse.autoscale.lock.LockServer`); ``token`` defaults to
@@ -461,9 +462,7 @@ class ConsumerStart(Plugin):
         if self._admin_client is None:
             source = self._admin_source
             if isinstance(source, str):
-                from confluent_kafka.admin import AdminClient
-
-                source = AdminClient({**self._admin_config, "bootstrap.servers": source})
+                source = admin_client(source, self._admin_config)
             # A KafkaAdmin wraps the confluent client.
             self._admin_client = getattr(source, "client", source)
         return self._admin_client

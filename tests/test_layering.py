@@ -120,3 +120,17 @@ def test_no_core_module_imports_an_add_on(path: Path) -> None:
     assert not found, (
         f"{module} imports {sorted(set(found))}: add-ons attach through fogverse.plugins"
     )
+
+
+def test_admin_clients_are_made_in_one_place() -> None:
+    """confluent-kafka's AdminClient is made by fogverse.admin only; the live view's probe
+    keeps aiokafka's (librdkafka's ListConsumerGroupOffsets can crash the process)."""
+    makers: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and _callee(node.func) in (
+                "AdminClient",
+                "AIOKafkaAdminClient",
+            ):
+                makers.setdefault(str(path.relative_to(PACKAGE)), set()).add(_callee(node.func))
+    assert makers == {"admin.py": {"AdminClient"}, "view/probe.py": {"AIOKafkaAdminClient"}}

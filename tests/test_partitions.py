@@ -1003,7 +1003,7 @@ def test_from_env():
 def test_the_admin_may_be_an_admin_client_or_a_kafka_admin():
     from confluent_kafka.admin import AdminClient
 
-    from fogverse.transport.kafka import KafkaAdmin
+    from fogverse.admin import KafkaAdmin
 
     # (Bootstrap servers as a string are what the subprocess tests above use.)
     quiet = {"log_level": 0}

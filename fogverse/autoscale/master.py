@@ -176,7 +176,7 @@ class Master:
         assert self.consumer_topic is not None
         servers = self.consumer_servers or "localhost:9092"
         if self.create_topic:
-            from fogverse.transport.kafka import KafkaAdmin
+            from fogverse.admin import KafkaAdmin
 
             admin = KafkaAdmin(servers, self.admin_conf)
             await admin.create_topic(self.consumer_topic, self.control_topic_partitions)

@@ -33,6 +33,7 @@ from typing import Any
 
 from fogverse.broker.launcher import (
     _HOST,
+    _QUIET,
     DEFAULT_KAFKA_VERSION,
     BrokerError,
     LocalKafka,
@@ -199,12 +200,12 @@ class LocalKafkaCluster:
 
     def wait_agreed(self, timeout: float | None = None) -> None:
         """Wait until every running node lists the same running brokers and controller."""
-        from confluent_kafka.admin import AdminClient
+        from fogverse.admin import admin_client
 
         deadline = time.monotonic() + (self.start_timeout if timeout is None else timeout)
         running = [node for node in self.nodes if node.is_running()]
         expected = {self.nodes.index(node) + 1 for node in running}
-        admins = [AdminClient({"bootstrap.servers": n.bootstrap, "log_level": 3}) for n in running]
+        admins = [admin_client(n.bootstrap, _QUIET) for n in running]
         seen: list[Any] = []
         while True:
             seen = []
@@ -282,7 +283,7 @@ class LocalKafkaCluster:
     def wait_in_sync(self, timeout: float = 120.0) -> None:
         """Wait until every partition of every topic has all its replicas in sync (what a
         rolling restart waits for before taking the next node down)."""
-        from confluent_kafka.admin import AdminClient
+        from fogverse.admin import admin_client
 
         deadline = time.monotonic() + timeout
         behind: list[str] = []
@@ -290,7 +291,7 @@ class LocalKafkaCluster:
             node = next((n for n in self.nodes if n.is_running()), None)
             if node is None:
                 raise BrokerError("no node is running")
-            admin = AdminClient({"bootstrap.servers": node.bootstrap, "log_level": 3})
+            admin = admin_client(node.bootstrap, _QUIET)
             try:
                 meta = admin.list_topics(timeout=5)
                 behind = [
@@ -314,14 +315,14 @@ class LocalKafkaCluster:
 
         ``not_on``: wait until the leader is another node (after that one was killed, the
         survivors report it until the controller has fenced it)."""
-        from confluent_kafka.admin import AdminClient
+        from fogverse.admin import admin_client
 
         deadline = time.monotonic() + timeout
         while True:
             for node in self.nodes:
                 if not node.is_running():
                     continue
-                admin = AdminClient({"bootstrap.servers": node.bootstrap, "log_level": 3})
+                admin = admin_client(node.bootstrap, _QUIET)
                 with contextlib.suppress(Exception):
                     meta = admin.list_topics(topic=topic, timeout=5)
                     info = meta.topics[topic].partitions.get(partition)

@@ -55,6 +55,8 @@ INSTALL_HINT = (
 
 _POM = Path(__file__).with_name("pom.xml")
 _HOST = "127.0.0.1"
+# Admin clients that poll a starting broker log only errors, not every refused connection.
+_QUIET = {"log_level": 3}
 _META_FILE = "local-kafka.json"
 _PR_SET_PDEATHSIG = 1
 
@@ -653,9 +655,9 @@ class LocalKafka:
                     f"{self._failure_details()}"
                 )
             time.sleep(0.05)
-        from confluent_kafka.admin import AdminClient
+        from fogverse.admin import admin_client
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 3})
+        admin = admin_client(self.bootstrap, _QUIET)
         try:
             while True:
                 remaining = deadline - time.monotonic()

@@ -1,4 +1,4 @@
-"""Kafka transports on aiokafka; topic administration on confluent-kafka's AdminClient."""
+"""Kafka transports on aiokafka (topic administration: :mod:`fogverse.admin`)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
+from fogverse.admin import KafkaAdmin
 from fogverse.record import Headers, Record, UnreadableRecord
 from fogverse.record import TopicPartition as TP
 from fogverse.transport.base import RebalanceCallback
@@ -364,63 +365,3 @@ class KafkaProducerTransport:
             await self.batcher.flush()
         if self.producer is not None:
             await self.producer.flush()
-
-
-class KafkaAdmin:
-    """Topic administration on confluent-kafka, every call awaited off the event loop."""
-
-    def __init__(self, bootstrap_servers: str, config: Mapping[str, Any] | None = None) -> None:
-        from confluent_kafka.admin import AdminClient
-
-        self.client = AdminClient({"bootstrap.servers": bootstrap_servers, **(config or {})})
-
-    async def _wait(self, futures: Mapping[str, Any]) -> None:
-        for name, fut in futures.items():
-            try:
-                await asyncio.wrap_future(fut)
-            except Exception as exc:
-                if _is_already_exists(exc):
-                    logger.debug("topic %s already exists", name)
-                    continue
-                raise
-
-    async def create_topic(
-        self, name: str, partitions: int = 1, replication: int = -1, config: dict | None = None
-    ) -> None:
-        """Create ``name`` (an existing one is fine). ``replication=-1``: the cluster's
-        ``default.replication.factor``, so a replicated cluster replicates FogVerse's topics
-        (the auto-scaling master's control topic) as it does its users'."""
-        from confluent_kafka.admin import NewTopic
-
-        topic = NewTopic(
-            name, num_partitions=partitions, replication_factor=replication, config=config or {}
-        )
-        await self._wait(self.client.create_topics([topic]))
-
-    async def partitions(self, name: str) -> int:
-        """The topic's partition count; 0 if it does not exist (and it is not created)."""
-        from confluent_kafka import KafkaError, KafkaException, TopicCollection
-
-        fut = self.client.describe_topics(TopicCollection([name]))[name]
-        try:
-            desc = await asyncio.wrap_future(fut)
-        except KafkaException as exc:
-            if exc.args and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                return 0
-            raise
-        return len(desc.partitions)
-
-    async def grow_partitions(self, name: str, total: int) -> None:
-        """Raise the partition count to ``total``; partitions never shrink."""
-        from confluent_kafka.admin import NewPartitions
-
-        if await self.partitions(name) >= total:
-            return
-        await self._wait(self.client.create_partitions([NewPartitions(name, total)]))
-
-
-def _is_already_exists(exc: Exception) -> bool:
-    from confluent_kafka import KafkaError
-
-    err = exc.args[0] if exc.args else None
-    return isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS

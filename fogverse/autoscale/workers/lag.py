@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fogverse.admin import admin_client
 from fogverse.autoscale.config import LagSettings
 from fogverse.autoscale.state import Stage, StageKey
 from fogverse.autoscale.workers.periodic import PeriodicWorker
@@ -137,14 +138,11 @@ class LagWorker(PeriodicWorker):
     async def start(self, master: Any) -> None:
         if self.deployer is None:
             self.deployer = getattr(master, "deployer", None)
-        conf = {
-            **getattr(master, "admin_conf", {}),  # the cluster's SASL/SSL settings
-            "bootstrap.servers": self.servers or master.consumer_servers or "localhost:9092",
-        }
+        servers = self.servers or master.consumer_servers or "localhost:9092"
+        admin_conf = getattr(master, "admin_conf", {})  # the cluster's SASL/SSL settings
+        conf = {**admin_conf, "bootstrap.servers": servers}
         if self.admin is None:
-            from confluent_kafka.admin import AdminClient
-
-            self.admin = AdminClient(conf)
+            self.admin = admin_client(servers, admin_conf)
         if self.offsets is None:
             self.offsets = GroupOffsets(conf)
         await super().start(master)
