@@ -9,6 +9,10 @@ instead, which costs less than the slot's bookkeeping. The parent reads replies 
 ``loop.add_reader`` (no thread per worker) and learns of a worker's death from its process
 sentinel; a dead worker is replaced and its tasks retried, since their inputs are still in
 their slots (or, for small ones, kept on their handles).
+
+Beside it: :mod:`~fogverse.parallel.task` (the handle and its slot),
+:mod:`~fogverse.parallel.wire` (the frames both sides speak), :mod:`~fogverse.parallel.worker`
+(the worker's side) and :mod:`~fogverse.parallel.pickling` (the processor, pickled once).
 """
 
 from __future__ import annotations
@@ -27,20 +31,18 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Generator
 from typing import Any, Literal
 
-import cloudpickle
-
-from fogverse.parallel import shm
-from fogverse.parallel import worker as wire
+from fogverse.parallel import shm, wire
 from fogverse.parallel.errors import (
     PoolClosed,
-    ProcessorPickleError,
     TaskFailed,
     WorkerCrashed,
     WorkerSetupError,
 )
+from fogverse.parallel.pickling import pickle_processor
+from fogverse.parallel.task import Slot, TaskHandle
+from fogverse.parallel.worker import worker_main
 from fogverse.processor import Processor
 
 __all__ = ["StartMethod", "TaskHandle", "WorkerPool"]
@@ -68,16 +70,6 @@ _NEW, _STARTING, _RUNNING, _CLOSING, _STOPPING, _CLOSED, _BROKEN = range(7)
 _TASK_REPLIES = frozenset((wire.MSG_RESULT, wire.MSG_VALUE, wire.MSG_INBAND, wire.MSG_ERROR))
 _TASK_PACK = wire.TASK.pack
 _TASK_BODY = wire.TASK.size - 4
-
-
-class _Slot:
-    __slots__ = ("generation", "index", "region")
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.generation = 0
-        # Created by the first input that needs it: tasks with small values never do.
-        self.region = shm.NO_REGION
 
 
 class _Worker:
@@ -122,163 +114,6 @@ class _Worker:
         self.last_reply = 0.0
         # TASK frames not yet sent: a loop iteration's frames for one worker go in one send.
         self.wbuf = bytearray()
-
-
-class TaskHandle:
-    """One submitted task. Await it for the result; call :meth:`release` when done with it.
-
-    A result may be a zero-copy view into the task's slot, valid until :meth:`release`. Copy
-    what you keep longer (``np.array(x)``), or keep the handle: a handle dropped without
-    :meth:`release` gives its slot a fresh memory region, so views of the old one stay intact.
-    """
-
-    __slots__ = (
-        "__weakref__",
-        "_attempts",
-        "_callbacks",
-        "_error",
-        "_finished",
-        "_id",
-        "_inline",
-        "_pool",
-        "_released",
-        "_shared",
-        "_slot",
-        "_value",
-        "_waiter",
-    )
-
-    def __init__(self, pool: WorkerPool, task_id: int, slot: _Slot, inline: bytes | None) -> None:
-        self._pool = pool
-        self._id = task_id
-        self._slot = slot
-        # A small input travels pickled in the TASK frame, not in the slot; kept for a retry.
-        self._inline = inline
-        # Whether the result lives in the slot (zero-copy views) or is a value of its own.
-        self._shared = False
-        self._attempts = 0
-        self._released = False
-        self._finished = False
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._callbacks: list[Callable[[TaskHandle], object]] | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def done(self) -> bool:
-        return self._finished
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        if not self._finished:
-            if self._waiter is None:
-                loop = self._pool._loop
-                assert loop is not None
-                self._waiter = loop.create_future()
-            # Cancelling the awaiting task cancels this wait only, never the task itself.
-            yield from self._waiter.__await__()
-        return self.result()
-
-    def result(self) -> Any:
-        """The result of a finished task; raises its exception if it failed."""
-        if not self._finished:
-            raise asyncio.InvalidStateError("the task is not finished")
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-    def exception(self) -> BaseException | None:
-        """The exception of a finished task, or None."""
-        if not self._finished:
-            raise asyncio.InvalidStateError("the task is not finished")
-        return self._error
-
-    def add_done_callback(self, fn: Callable[[TaskHandle], object]) -> None:
-        """Call ``fn(handle)`` once the task has finished.
-
-        The call happens on the event loop, straight from the pool's reader (no task or loop
-        iteration per result), so ``fn`` must be quick and must not block; exceptions it raises
-        are logged through the loop's exception handler.
-        """
-        if self._finished:
-            loop = self._pool._loop
-            assert loop is not None
-            loop.call_soon(fn, self)
-        elif self._callbacks is None:
-            self._callbacks = [fn]
-        else:
-            self._callbacks.append(fn)
-
-    def release(self) -> None:
-        """Give the task's slot back to the pool. Idempotent."""
-        if self._released:
-            return
-        self._released = True
-        if self._finished:
-            self._pool._free_slot(self._slot)
-        # Otherwise the slot is freed when the worker is done with it.
-
-    def _finish(self, value: Any, error: BaseException | None) -> None:
-        self._finished = True
-        self._value = value
-        self._error = error
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        callbacks = self._callbacks
-        if callbacks is not None:
-            self._callbacks = None
-            for fn in callbacks:
-                try:
-                    fn(self)
-                except Exception as exc:
-                    loop = self._pool._loop
-                    assert loop is not None
-                    loop.call_exception_handler(
-                        {"message": "TaskHandle done callback raised", "exception": exc}
-                    )
-
-    def __del__(self) -> None:
-        if self._released or not self._finished:
-            return
-        self._released = True
-        with contextlib.suppress(Exception):
-            self._pool._abandon_slot(self._slot, self._shared)
-
-    def __repr__(self) -> str:
-        state = "done" if self._finished else "running"
-        return f"<TaskHandle {self._id} slot={self._slot.index} {state}>"
-
-
-def _pickle_processor(processor: Processor) -> bytes:
-    try:
-        return cloudpickle.dumps(processor, protocol=5)
-    except Exception as exc:
-        path, culprit, cause = _find_unpicklable(processor, "", exc, 0)
-        raise ProcessorPickleError(path or "<processor>", type(culprit).__name__, cause) from exc
-
-
-def _find_unpicklable(
-    obj: Any, path: str, cause: BaseException, depth: int
-) -> tuple[str, Any, BaseException]:
-    """Descend into the first attribute (or item) that fails to pickle on its own."""
-    if depth > 6:
-        return path, obj, cause
-    children: list[tuple[str, Any]] = []
-    if isinstance(obj, dict):
-        children = [(f"{path}[{k!r}]", v) for k, v in obj.items()]
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        children = [(f"{path}[{i}]", v) for i, v in enumerate(obj)]
-    else:
-        attrs = dict(getattr(obj, "__dict__", None) or {})
-        for name in getattr(type(obj), "__slots__", ()):
-            if hasattr(obj, name):
-                attrs[name] = getattr(obj, name)
-        children = [(f"{path}.{k}" if path else k, v) for k, v in attrs.items()]
-    for child_path, value in children:
-        try:
-            cloudpickle.dumps(value, protocol=5)
-        except Exception as exc:
-            return _find_unpicklable(value, child_path, exc, depth + 1)
-    return path, obj, cause
 
 
 def _preload_modules() -> list[str]:
@@ -361,9 +196,9 @@ class WorkerPool:
         self._loop_thread = 0
         self._blob: shm.SharedRegion | None = None
         self._blob_size = 0
-        self._slots: list[_Slot] = []
-        self._free: list[_Slot] = []
-        self._waiters: collections.deque[asyncio.Future[_Slot]] = collections.deque()
+        self._slots: list[Slot] = []
+        self._free: list[Slot] = []
+        self._waiters: collections.deque[asyncio.Future[Slot]] = collections.deque()
         self._workers: dict[int, _Worker] = {}
         self._ready: list[_Worker] = []
         self._pending: collections.deque[TaskHandle] = collections.deque()
@@ -432,7 +267,7 @@ class WorkerPool:
         self._idle = asyncio.Event()
         self._idle.set()
         try:
-            blob = _pickle_processor(self._processor)
+            blob = pickle_processor(self._processor)
         except BaseException:
             self._state = _CLOSED
             raise
@@ -522,19 +357,19 @@ class WorkerPool:
         if self._in_flight > self._max_in_flight:
             self._max_in_flight = self._in_flight
 
-    def _new_slot(self) -> _Slot:
-        slot = _Slot(len(self._slots))
+    def _new_slot(self) -> Slot:
+        slot = Slot(len(self._slots))
         self._slots.append(slot)
         return slot
 
-    async def _wait_for_slot(self) -> _Slot:
+    async def _wait_for_slot(self) -> Slot:
         loop = self._loop
         assert loop is not None
         if self._unsent:
             # About to wait anyway: send the tasks buffered so far now rather than one loop
             # iteration later.
             self._flush()
-        waiter: asyncio.Future[_Slot] = loop.create_future()
+        waiter: asyncio.Future[Slot] = loop.create_future()
         self._waiters.append(waiter)
         try:
             return await waiter
@@ -543,7 +378,7 @@ class WorkerPool:
                 self._free_slot(waiter.result())
             raise
 
-    def _free_slot(self, slot: _Slot) -> None:
+    def _free_slot(self, slot: Slot) -> None:
         waiters = self._waiters
         while waiters:
             waiter = waiters.popleft()
@@ -553,7 +388,7 @@ class WorkerPool:
         self._in_flight -= 1
         self._free.append(slot)
 
-    def _abandon_slot(self, slot: _Slot, shared: bool) -> None:
+    def _abandon_slot(self, slot: Slot, shared: bool) -> None:
         """A finished handle was dropped unreleased. If its result lives in the slot, views of
         it may still be in use, so the slot continues with a new region and the old one lives
         as long as those views."""
@@ -566,13 +401,13 @@ class WorkerPool:
             self._replace_region(slot, slot.region.size)
         self._free_slot(slot)
 
-    def _replace_region(self, slot: _Slot, size: int) -> None:
+    def _replace_region(self, slot: Slot, size: int) -> None:
         region = shm.SharedRegion.create(size, f"fogverse-slot{slot.index}")
         slot.region.close()
         slot.region = region
         slot.generation += 1
 
-    def _fill(self, slot: _Slot, enc: shm.Encoded) -> None:
+    def _fill(self, slot: Slot, enc: shm.Encoded) -> None:
         needed = shm.measure(enc)
         if self._out_hint:
             needed = shm.align(needed) + self._out_hint
@@ -595,7 +430,7 @@ class WorkerPool:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             process = self._context.Process(
-                target=wire.worker_main,
+                target=worker_main,
                 args=(child_sock, index, self._worker_threads, os.getpid()),
                 name=f"fogverse-worker-{index}",
                 daemon=True,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from polling import wait_until
 
-from fogverse.parallel import worker as wire
+from fogverse.parallel import wire, worker
 
 TIMEOUT = 10.0
 
@@ -40,7 +40,7 @@ def replies_per_write(frames: bytes) -> list[list[tuple[int, Any]]]:
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     parent.settimeout(TIMEOUT)
     serving = threading.Thread(
-        target=wire._serve, args=(child, wire._Inbox(child), Identity()), daemon=True
+        target=worker._serve, args=(child, worker._Inbox(child), Identity()), daemon=True
     )
     serving.start()
     try:
@@ -113,7 +113,7 @@ def test_a_waiting_worker_sleeps_through_the_parent_reading_its_replies():
     try:
         for _ in range(reads):
             child.sendall(b"r" * 64)  # earlier replies, not yet read by the parent
-        inbox = wire._Inbox(child)
+        inbox = worker._Inbox(child)
         tids: list[int] = []
         frames: list[bytes | None] = []
 
