@@ -16,6 +16,7 @@ from typing import Any
 import aiokafka
 import pytest
 
+import fogverse.admin as kafka_admin
 import fogverse.transport.kafka as kafka_transport
 from fogverse import Consumer, ParallelConsumer, Producer
 
@@ -183,7 +184,7 @@ def test_the_master_passes_security_settings_to_its_producer_and_admin(
         async def create_topic(self, *args: Any, **kwargs: Any) -> None:
             return None
 
-    monkeypatch.setattr(kafka_transport, "KafkaAdmin", Admin)
+    monkeypatch.setattr(kafka_admin, "KafkaAdmin", Admin)
     master = Master(
         "control",
         "m",
@@ -205,10 +206,10 @@ class _Stop(Exception):
 def test_kafka_admin_gets_the_security_settings() -> None:
     from confluent_kafka import KafkaException
 
-    kafka_transport.KafkaAdmin(SERVERS, SASL_SSL_RD)  # librdkafka accepts them...
+    kafka_admin.KafkaAdmin(SERVERS, SASL_SSL_RD)  # librdkafka accepts them...
     with pytest.raises(KafkaException, match=r"security\.protocol"):
         # ...and really reads them: a wrong value is refused.
-        kafka_transport.KafkaAdmin(SERVERS, {**SASL_SSL_RD, "security.protocol": "BOGUS"})
+        kafka_admin.KafkaAdmin(SERVERS, {**SASL_SSL_RD, "security.protocol": "BOGUS"})
 
 
 def test_the_confluent_transports_get_the_security_settings() -> None:
