@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_SAMPLE", "STAGES", "Profiler", "Stamps"]
+__all__ = [
+    "DEFAULT_SAMPLE",
+    "STAGES",
+    "ProfileSummary",
+    "Profiler",
+    "Stamps",
+    "format_summary",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +61,34 @@ _BUCKETS = np.array(
         10.0,
     ]
 )
+
+
+class ProfileSummary(dict[str, Any]):
+    """:meth:`Profiler.summary`'s figures: a plain dict that prints as a table."""
+
+    def __str__(self) -> str:
+        return format_summary(self)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A profile summary as a few aligned lines: the counts, then one row per stage with its
+    p50, p95 and p99 in milliseconds and its share of the summed mean time per timed message.
+
+    This is what a profiled node logs when it ends."""
+    stages: dict[str, dict[str, float]] = summary.get("stages", {})
+    total = sum(s.get("mean", 0.0) for s in stages.values())
+    head = (
+        f"{summary.get('node', '?')}: {summary.get('messages', 0):,} messages, "
+        f"{summary.get('bytes_in', 0):,} B in, {summary.get('bytes_out', 0):,} B out; "
+        f"{summary.get('sampled', 0):,} timed (1 in {summary.get('sample', 1)})"
+    )
+    width = max([len("stage"), *map(len, stages)])
+    lines = [head, f"  {'stage':<{width}}  {'p50 ms':>9}  {'p95 ms':>9}  {'p99 ms':>9}  share"]
+    for name, s in stages.items():
+        share = s.get("mean", 0.0) / total if total > 0 else 0.0
+        ms = [s.get(p, 0.0) * 1e3 for p in ("p50", "p95", "p99")]
+        lines.append(f"  {name:<{width}}  {ms[0]:9.3f}  {ms[1]:9.3f}  {ms[2]:9.3f}  {share:5.1%}")
+    return "\n".join(lines)
 
 
 class Stamps:
@@ -205,21 +240,25 @@ class Profiler:
             self._csv_file.close()
             self._csv = self._csv_file = None
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> ProfileSummary:
         """Messages and bytes (exact), and mean/p50/p95/p99 seconds per stage over the recent
-        timed messages (``sampled`` of them so far, one in ``sample`` on average)."""
+        timed messages (``sampled`` of them so far, one in ``sample`` on average).
+
+        A dict; printed (``str()``, ``%s``) it is the table of :func:`format_summary`."""
         self.flush()
         with self._lock:
             recent = np.concatenate(self._recent) if self._recent else np.zeros((0, len(STAGES)))
-            out: dict[str, Any] = {
-                "node": self.node,
-                "messages": self.messages,
-                "bytes_in": self.bytes_in,
-                "bytes_out": self.bytes_out,
-                "sampled": self.count,
-                "sample": self.sample,
-                "stages": {},
-            }
+            out = ProfileSummary(
+                {
+                    "node": self.node,
+                    "messages": self.messages,
+                    "bytes_in": self.bytes_in,
+                    "bytes_out": self.bytes_out,
+                    "sampled": self.count,
+                    "sample": self.sample,
+                    "stages": {},
+                }
+            )
             for i, stage in enumerate(STAGES):
                 col = recent[:, i] if len(recent) else np.zeros(1)
                 out["stages"][stage] = {

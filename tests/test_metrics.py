@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import logging
 import math
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from fogverse import Consumer, MemoryBroker
-from fogverse.metrics import DEFAULT_SAMPLE, STAGES, Profiler
+from fogverse.metrics import DEFAULT_SAMPLE, STAGES, Profiler, ProfileSummary, format_summary
 
 
 class Slow(Consumer):
@@ -175,3 +176,48 @@ def test_a_bad_sample_in_the_environment_is_refused(monkeypatch):
 def test_profiling_is_off_by_default():
     node = Consumer("in", "memory://off", "g", producer_topic="out")
     assert node.profiler is None
+
+
+def test_the_summary_prints_as_an_aligned_table_in_milliseconds():
+    summary = ProfileSummary(
+        {
+            "node": "Detect",
+            "messages": 1800,
+            "bytes_in": 123456,
+            "bytes_out": 4567,
+            "sampled": 1800,
+            "sample": 1,
+            "stages": {
+                "receive_wait": {"mean": 0.030, "p50": 0.0299, "p95": 0.0341, "p99": 0.05},
+                "process": {"mean": 0.010, "p50": 0.0095, "p95": 0.0123456789, "p99": 0.02},
+                "ack_wait": {"mean": 0.0, "p50": 0.0, "p95": 0.0, "p99": 0.0},
+            },
+        }
+    )
+    lines = str(summary).splitlines()
+    assert lines[0] == "Detect: 1,800 messages, 123,456 B in, 4,567 B out; 1,800 timed (1 in 1)"
+    assert lines[1].split() == ["stage", "p50", "ms", "p95", "ms", "p99", "ms", "share"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert rows["process"] == ["9.500", "12.346", "20.000", "25.0%"]
+    assert rows["receive_wait"] == ["29.900", "34.100", "50.000", "75.0%"]
+    assert rows["ack_wait"] == ["0.000", "0.000", "0.000", "0.0%"]
+    # Aligned: every row is as long as the header, each column ends at the same place.
+    assert len({len(line) for line in lines[1:]}) == 1
+    assert str(summary) == format_summary(dict(summary))
+    assert summary["stages"]["process"]["p95"] == 0.0123456789, "still the exact figures"
+
+
+def test_a_profiled_node_logs_that_table_when_it_ends(caplog):
+    MemoryBroker.reset()
+    broker = MemoryBroker.named("prof-log")
+    for i in range(20):
+        broker.append("in", f"m{i}".encode(), None, [])
+    node = Forward("in", "memory://prof-log", "g", producer_topic="out")
+    with caplog.at_level(logging.INFO, logger="fogverse"):
+        _run_until(node, broker, 20)
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("profile: ")]
+    assert len(logged) == 1
+    text = logged[0].removeprefix("profile: ")
+    assert text.startswith("Forward: 20 messages")
+    assert [line.split()[0] for line in text.splitlines()[2:]] == list(STAGES)
+    assert "{" not in text, "not a raw dict"

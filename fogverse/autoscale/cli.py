@@ -55,6 +55,11 @@ def _run(args: argparse.Namespace) -> int:
     try:
         conf, scripts = load_config(args.config)
         master = AutoScaleComponent().master_auto_scaler(conf, scripts)
+        # A file is all this master will ever have: nothing can register functions later.
+        if master.deployer is not None and not scripts:
+            raise ConfigError(
+                ["AUTO_DEPLOYER needs deploy scripts: add a deploy_scripts section to the file"]
+            )
     except ConfigError as exc:
         print(f"fogverse master: {exc}", file=sys.stderr)
         return 2

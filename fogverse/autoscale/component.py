@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +20,8 @@ from fogverse.autoscale.workers import (
 )
 
 __all__ = ["AutoScaleComponent", "AutoScaleMaster"]
+
+logger = logging.getLogger(__name__)
 
 
 class AutoScaleMaster(Master):
@@ -39,16 +42,27 @@ class AutoScaleComponent:
         deploy_scripts: DeployScripts | None = None,
     ) -> AutoScaleMaster:
         """Build a master from the seed's configuration; raises :class:`ConfigError` at once
-        if the configuration cannot work."""
+        if the configuration cannot work.
+
+        The deployer looks a provider's function up in ``deploy_scripts`` when it deploys, so
+        functions registered after this call (the seed's README builds the master first and
+        registers them later) are used. A master with ``AUTO_DEPLOYER`` and an empty
+        ``DeployScripts`` starts with a warning; ``None`` is refused."""
         settings = validate_config(conf)
         workers = settings.workers
-        if Worker.AUTO_DEPLOYER in workers and not deploy_scripts:
-            raise ConfigError(
-                [
-                    "AUTO_DEPLOYER needs deploy scripts: pass a DeployScripts with at "
-                    "least one set_deploy_functions(provider, fn)"
-                ]
-            )
+        if Worker.AUTO_DEPLOYER in workers:
+            if deploy_scripts is None:
+                raise ConfigError(
+                    [
+                        "AUTO_DEPLOYER needs deploy scripts: pass a DeployScripts with at "
+                        "least one set_deploy_functions(provider, fn)"
+                    ]
+                )
+            if not deploy_scripts:
+                logger.warning(
+                    "AUTO_DEPLOYER has no deploy function yet: every scale-out fails (and is "
+                    "retried) until set_deploy_functions(provider, fn) registers one"
+                )
         services: list[Any] = []
         lock_server = None
         if Worker.DISTRIBUTED_LOCK_WORKER in workers:

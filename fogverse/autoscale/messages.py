@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -32,6 +33,7 @@ __all__ = [
     "encode_message",
     "now",
     "parse_message",
+    "stage_topic",
 ]
 
 SCHEMA_VERSION = 1
@@ -218,6 +220,28 @@ class AutoScaleRequest(ControlMessage):
     @property
     def stage(self) -> tuple[str, str]:
         return (self.source_topic, self.target_topic)
+
+
+def stage_topic(topics: str | Iterable[str], role: str = "source_topic") -> str:
+    """The one topic a stage is named by, from a topic or a list of topics.
+
+    A node keeps ``consumer_topic`` as a list (it may read several), and the seed's code hands
+    it on as it is (``source_topic=self.consumer_topic``): a list of one topic names that
+    topic; a list of several raises ``ValueError`` naming them, as a stage is scaled on one
+    input topic and nothing here can tell which one was meant.
+    """
+    if isinstance(topics, str):
+        return topics
+    names = list(topics)
+    if len(names) == 1 and isinstance(names[0], str):
+        return names[0]
+    if not names:
+        raise ValueError(f"{role} is an empty list: a stage is named by one topic")
+    listed = ", ".join(repr(n) for n in names)
+    raise ValueError(
+        f"{role} lists {len(names)} topics ({listed}): a stage is named by one topic; "
+        f"pass the one this stage should be scaled on"
+    )
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypedDict
 
 from fogverse.autoscale.messages import (
@@ -32,6 +32,7 @@ from fogverse.autoscale.messages import (
     Heartbeat,
     encode_message,
     now,
+    stage_topic,
 )
 from fogverse.config import default_servers
 from fogverse.plugins import Plugin
@@ -143,7 +144,7 @@ class Observer(Plugin):
 
     def send_auto_scale_request(
         self,
-        source_topic: str,
+        source_topic: str | Sequence[str],
         target_topic: str,
         topic_configs: dict[str, Any],
         *,
@@ -151,7 +152,13 @@ class Observer(Plugin):
     ) -> None:
         """Ask the master to scale the stage ``source_topic`` -> ``target_topic`` with
         ``topic_configs`` (``provider``, ``service_name``, ``max_instance``,
-        ``extra_configs``). Raises ``ValueError`` at once if ``topic_configs`` is malformed."""
+        ``extra_configs``).
+
+        ``source_topic`` may be a node's ``consumer_topic`` as it is: a list of one topic
+        stands for that topic. Raises ``ValueError`` at once if it lists several topics
+        (naming them) or if ``topic_configs`` is malformed."""
+        source_topic = stage_topic(source_topic, "source_topic")
+        target_topic = stage_topic(target_topic, "target_topic")
         spec = DeploySpec.from_dict(dict(topic_configs))
         req = AutoScaleRequest(
             self.instance_id, now(), source_topic, target_topic, spec, group_id or self.group_id

@@ -14,15 +14,16 @@ import hmac
 import json
 import logging
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
-if TYPE_CHECKING:
-    from fogverse.view.service import View
+from fogverse.view.config import ViewConfig
+from fogverse.view.figures import Figures
+from fogverse.view.frames import FrameStore
 
-__all__ = ["make_app"]
+__all__ = ["Served", "make_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,14 +42,29 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-_KEY: web.AppKey[View] = web.AppKey("view")
+
+
+class Served(Protocol):
+    """What the server reads from the view it serves (``fogverse.view.service.View`` is one).
+
+    The server depends on this shape, not on the service module, so that the service can
+    import the server without a circle."""
+
+    config: ViewConfig
+    figures: Figures
+    frames: FrameStore
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+_KEY: web.AppKey[Served] = web.AppKey("view")
 
 
 def _asset(name: str) -> bytes:
     return resources.files("fogverse.view").joinpath("static", name).read_bytes()
 
 
-def _host_allowed(request: web.Request, view: View) -> bool:
+def _host_allowed(request: web.Request, view: Served) -> bool:
     bound = view.config.host
     if bound in ("0.0.0.0", "::", ""):
         return True
@@ -158,7 +174,9 @@ async def _discard_incoming(ws: web.WebSocketResponse) -> None:
             break
 
 
-def make_app(view: View) -> web.Application:
+def make_app(view: Served) -> web.Application:
+    """The view's aiohttp application: the page, ``/api/figures``, the latest frame of a
+    topic and the frames' WebSocket stream, all GET and guarded (token or Host check)."""
     app = web.Application(middlewares=[_guard], client_max_size=4096)
     app[_KEY] = view
     app.router.add_get("/", _index)

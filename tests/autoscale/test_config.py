@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from fogverse.autoscale import ConfigError, MasterAutoScalerConfig, Worker
+from fogverse.autoscale import (
+    AutoScaleComponent,
+    ConfigError,
+    DeployScripts,
+    MasterAutoScalerConfig,
+    Worker,
+)
 from fogverse.autoscale.config import validate
 
 SEED: MasterAutoScalerConfig = {
@@ -88,3 +96,21 @@ def test_every_problem_is_reported_at_once() -> None:
 def test_a_lock_only_master_needs_no_kafka_settings() -> None:
     s = validate({"included_worker": [Worker.DISTRIBUTED_LOCK_WORKER]})
     assert not s.needs_kafka
+
+
+def test_the_seed_builds_its_master_first_and_registers_deploy_functions_later(caplog) -> None:
+    """The seed's README makes ``DeployScripts()`` empty, builds the master, and shows
+    ``set_deploy_functions`` only later: the deployer must see functions registered then."""
+    scripts = DeployScripts()
+    with caplog.at_level(logging.WARNING, logger="fogverse.autoscale"):
+        master = AutoScaleComponent().master_auto_scaler(SEED, scripts)
+    assert "no deploy function yet" in caplog.text
+    assert master.deployer is not None
+
+    def local(logger, config):
+        return None
+
+    scripts.set_deploy_functions("LOCAL", local)
+    assert master.deployer.scripts.get_deploy_function("LOCAL") is local
+    with pytest.raises(ConfigError, match="needs deploy scripts"):
+        AutoScaleComponent().master_auto_scaler(SEED, None)

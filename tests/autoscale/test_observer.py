@@ -169,6 +169,36 @@ def test_auto_scale_requests_go_out_at_once_and_are_resent_periodically() -> Non
     asyncio.run(scenario())
 
 
+def test_a_nodes_list_valued_consumer_topic_names_its_one_topic() -> None:
+    """The seed hands ``self.consumer_topic`` (a list here) on as ``source_topic``."""
+
+    async def scenario() -> None:
+        fake = FakeProducer()
+        obs = _observer(fake)
+        await obs.start()
+        spec = {"provider": "LOCAL", "service_name": "s", "max_instance": 2}
+        obs.send_auto_scale_request(source_topic=["frames"], target_topic="out", topic_configs=spec)
+        await until(
+            lambda: any(m["type"] == "auto_scale_request" for m in fake.sent), 5, "a request"
+        )
+        req = next(m for m in fake.sent if m["type"] == "auto_scale_request")
+        assert req["source_topic"] == "frames" and req["target_topic"] == "out"
+        assert obs.source_topic == "frames"
+        await obs.close()
+
+    asyncio.run(scenario())
+
+
+def test_several_consumer_topics_are_refused_naming_them() -> None:
+    obs = _observer(FakeProducer())
+    spec = {"provider": "LOCAL", "service_name": "s", "max_instance": 2}
+    with pytest.raises(ValueError, match=r"2 topics \('cam1', 'cam2'\)"):
+        obs.send_auto_scale_request(["cam1", "cam2"], "out", spec)
+    with pytest.raises(ValueError, match="empty"):
+        obs.send_auto_scale_request([], "out", spec)
+    assert obs.source_topic is None, "a refused request names no stage"
+
+
 def test_seed_one_liner_in_send_starts_the_observer_by_itself() -> None:
     MemoryBroker.reset()
     servers = f"memory://{uuid.uuid4().hex[:6]}"
