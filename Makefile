@@ -1,23 +1,28 @@
 # Two entry points a newcomer needs: `make demo` and `make test`. Both set everything up first.
+# `make docs` builds the documentation site into site/; `make dist` the sdist and wheel.
 SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test lint bench bench-quick kube-apiserver kube-apiserver-background clean
+.PHONY: setup test-tools demo docs dist test lint bench bench-quick kube-apiserver \
+	kube-apiserver-background clean
 
-# The virtual environment with FogVerse (editable) and its test/benchmark extras. Kafka's
+# The virtual environment with FogVerse (editable) and its test/benchmark/docs extras. Kafka's
 # jars are gathered from Maven Central into ~/.cache/fogverse on first use by the launcher.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench,metrics,onnx,demo,view]'
+	$(BIN)/pip install --quiet -e '.[test,bench,metrics,onnx,demo,view,docs]'
 	touch $@
 
-# The live view's browser tests drive Debian's headless Chromium (no browser download); the
-# Kubernetes tests run Debian's etcd.
 setup: $(VENV)/.installed
 	$(BIN)/python -c "from fogverse.broker.launcher import resolve_jars; resolve_jars()"
+
+# What only the tests need, from Debian's packages (installing them needs root): headless
+# Chromium for the live view's browser tests (no browser download), etcd for the Kubernetes
+# tests. `make demo` does without them.
+test-tools:
 	command -v chromium >/dev/null || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	command -v etcd >/dev/null || \
@@ -38,6 +43,16 @@ MODEL ?=
 demo: setup
 	$(BIN)/python examples/video_pipeline.py $(if $(MODEL),--model $(MODEL))
 
+# Strict: a warning (a broken link or anchor, a page left out of the nav, a docstring that
+# cannot be read) is an error.
+docs: setup
+	$(BIN)/mkdocs build --strict --quiet --site-dir site
+
+dist: setup
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist
+	$(BIN)/twine check --strict dist/*
+
 # mypy checks fogverse/ (its settings are in pyproject.toml) with zero errors allowed.
 lint: setup
 	$(BIN)/ruff check .
@@ -48,17 +63,23 @@ lint: setup
 # out failovers) and the long-running `slow` ones (scale-out, master restart, the short soak:
 # mostly waiting on timers) run in a second pytest process beside the rest, on brokers of
 # their own, so the suite's wall time is the longer of the two rather than their sum. Both
-# must pass.
+# must pass. The documentation site is built (strictly) beside them too: it takes seconds of
+# CPU and mostly waits. The sdist/wheel build, `twine check` and the installed wheel's run
+# are a `slow` test (tests/test_wheel.py).
 BESIDE := fault or slow
-test: kube-apiserver-background setup lint
+test: kube-apiserver-background setup test-tools lint
 	@set -o pipefail; \
+	$(BIN)/mkdocs build --strict --quiet --site-dir site >.pytest-docs.log 2>&1 & \
+	docs=$$!; \
 	$(BIN)/pytest -q -m "$(BESIDE)" -p no:cacheprovider --durations=10 >.pytest-beside.log 2>&1 & \
 	beside=$$!; \
 	$(BIN)/pytest -q -m "not ($(BESIDE))" --durations=20 | tee .pytest-rest.log; rest=$$?; \
 	wait $$beside; besides=$$?; \
+	wait $$docs; site=$$?; \
+	echo "== the documentation site (mkdocs build --strict): exit $$site"; cat .pytest-docs.log; \
 	echo "== broker-fault and slow scenarios (run beside the rest): exit $$besides"; cat .pytest-beside.log; \
 	echo "== the rest of the suite: exit $$rest"; tail -n 1 .pytest-rest.log; \
-	exit $$(( rest != 0 || besides != 0 ))
+	exit $$(( rest != 0 || besides != 0 || site != 0 ))
 
 bench: setup
 	$(BIN)/python -m benchmarks
@@ -67,4 +88,4 @@ bench-quick: setup
 	$(BIN)/python -m benchmarks --quick
 
 clean:
-	rm -rf $(VENV) dist build .pytest_cache .ruff_cache
+	rm -rf $(VENV) dist build site .pytest_cache .ruff_cache
