@@ -82,12 +82,19 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{summary.get('bytes_in', 0):,} B in, {summary.get('bytes_out', 0):,} B out; "
         f"{summary.get('sampled', 0):,} timed (1 in {summary.get('sample', 1)})"
     )
-    width = max([len("stage"), *map(len, stages)])
-    lines = [head, f"  {'stage':<{width}}  {'p50 ms':>9}  {'p95 ms':>9}  {'p99 ms':>9}  share"]
+    rows = []
     for name, s in stages.items():
         share = s.get("mean", 0.0) / total if total > 0 else 0.0
-        ms = [s.get(p, 0.0) * 1e3 for p in ("p50", "p95", "p99")]
-        lines.append(f"  {name:<{width}}  {ms[0]:9.3f}  {ms[1]:9.3f}  {ms[2]:9.3f}  {share:5.1%}")
+        ms = [f"{s.get(p, 0.0) * 1e3:.3f}" for p in ("p50", "p95", "p99")]
+        rows.append((name, *ms, f"{share:.1%}"))
+    header = ("stage", "p50 ms", "p95 ms", "p99 ms", "share")
+    # Columns as wide as their widest cell: a stage that waited minutes stays aligned too.
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    lines = [head]
+    for row in (header, *rows):
+        cells = [row[0].ljust(widths[0])]
+        cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+        lines.append("  " + "  ".join(cells))
     return "\n".join(lines)
 
 

@@ -190,7 +190,7 @@ def test_the_summary_prints_as_an_aligned_table_in_milliseconds():
             "stages": {
                 "receive_wait": {"mean": 0.030, "p50": 0.0299, "p95": 0.0341, "p99": 0.05},
                 "process": {"mean": 0.010, "p50": 0.0095, "p95": 0.0123456789, "p99": 0.02},
-                "ack_wait": {"mean": 0.0, "p50": 0.0, "p95": 0.0, "p99": 0.0},
+                "ack_wait": {"mean": 0.0, "p50": 0.0, "p95": 0.0, "p99": 120.4321},
             },
         }
     )
@@ -200,7 +200,7 @@ def test_the_summary_prints_as_an_aligned_table_in_milliseconds():
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
     assert rows["process"] == ["9.500", "12.346", "20.000", "25.0%"]
     assert rows["receive_wait"] == ["29.900", "34.100", "50.000", "75.0%"]
-    assert rows["ack_wait"] == ["0.000", "0.000", "0.000", "0.0%"]
+    assert rows["ack_wait"] == ["0.000", "0.000", "120432.100", "0.0%"]
     # Aligned: every row is as long as the header, each column ends at the same place.
     assert len({len(line) for line in lines[1:]}) == 1
     assert str(summary) == format_summary(dict(summary))
