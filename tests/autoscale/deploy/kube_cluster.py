@@ -11,28 +11,24 @@ Both processes die with the thread that started them (``PR_SET_PDEATHSIG``), and
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
 import secrets
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+# The broker launcher's own helpers: the same free ports and the same die-with-parent rule.
+from fogverse.broker.launcher import _die_with_parent, _free_ports
 
 __all__ = ["BUILD_SCRIPT", "KubeCluster", "build_apiserver"]
 
 ROOT = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = ROOT / "deploy" / "kubernetes" / "apiserver" / "build.sh"
 _HOST = "127.0.0.1"
-_PR_SET_PDEATHSIG = 1
 
 
 def build_apiserver(timeout: float = 1800.0) -> Path:
@@ -46,31 +42,6 @@ def build_apiserver(timeout: float = 1800.0) -> Path:
             f"{BUILD_SCRIPT} failed (exit {done.returncode}):\n{done.stderr[-4000:]}"
         )
     return Path(done.stdout.strip().splitlines()[-1])
-
-
-def _die_with_parent() -> Callable[[], None]:
-    libc = ctypes.CDLL(None, use_errno=True)
-    parent = os.getpid()
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl: nobody would kill us
-            os._exit(1)
-
-    return preexec
-
-
-def _free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind((_HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class KubeCluster:
@@ -208,7 +179,7 @@ class KubeCluster:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent() if sys.platform.startswith("linux") else None,
+            preexec_fn=_die_with_parent(),
         )
         self._procs.append((name, proc, log))
 
