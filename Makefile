@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup test-tools demo docs dist test lint bench bench-quick kube-apiserver \
+.PHONY: setup test-tools demo docs dist image test lint bench bench-quick kube-apiserver \
 	kube-apiserver-background clean
 
 # The virtual environment with FogVerse (editable) and its test/benchmark/docs extras. Kafka's
@@ -52,6 +52,12 @@ dist: setup
 	rm -rf dist
 	$(BIN)/python -m build --outdir dist
 	$(BIN)/twine check --strict dist/*
+
+# The node image (deploy/image/Containerfile) with podman: installs podman, runc and debootstrap
+# from Debian if missing (as root), builds the base from Debian's packages (no registry is
+# reached), then the image; each step is skipped when done (the tag is a hash of the content).
+image: $(VENV)/.installed
+	$(BIN)/python deploy/image/build.py
 
 # mypy checks fogverse/ (its settings are in pyproject.toml) with zero errors allowed.
 lint: setup
