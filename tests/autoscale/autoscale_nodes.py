@@ -1,7 +1,8 @@
 """Nodes the auto-scaling tests start as real processes (through the LOCAL provider).
 
-Configured by environment, as a deployment would be: the LOCAL provider sets CONSUMER_TOPIC,
-PRODUCER_TOPIC, GROUP_ID, FOGVERSE_INSTANCE_ID and the observer's topic and servers.
+Configured by environment, as a deployment would be: the LOCAL (or DOCKER) provider sets
+CONSUMER_TOPIC, PRODUCER_TOPIC, GROUP_ID, FOGVERSE_INSTANCE_ID and the observer's topic and
+servers. The engine tests run the same file in containers of the node image.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class SlowStage(Consumer):
             source_topic=self.consumer_topic[0],
             target_topic=self.producer_topic,
             topic_configs={
-                "provider": "LOCAL",
+                "provider": os.environ.get("SLOW_STAGE_PROVIDER", "LOCAL"),
                 "service_name": "slow",
                 "max_instance": int(os.environ.get("SLOW_STAGE_MAX", "4")),
                 "extra_configs": {},

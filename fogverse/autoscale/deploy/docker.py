@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ __all__ = ["DockerDeployer", "DockerHandle", "DockerService"]
 logger = logging.getLogger(__name__)
 
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_.-]")
+_RUNNING = frozenset({"created", "running", "restarting", "paused"})
 
 
 @dataclass
@@ -41,20 +43,57 @@ class DockerService:
 
 
 class DockerHandle:
+    """A started container: ``alive()`` asks the engine, ``stop()`` stops and removes it."""
+
     def __init__(self, container: Any, service: DockerService, instance_id: str) -> None:
         self.container = container
         self.service = service
         self.instance_id = instance_id
+        self.exit_code: int | None = None
+        """The container's exit status once :meth:`stop` returned (0: it drained)."""
+        self.status_interval = 1.0
+        self._alive: bool | None = None
+        self._checked_at = 0.0
 
     @property
     def id(self) -> str:
         return str(self.container.id)
 
-    def stop(self) -> None:
-        """Stop the container (SIGTERM, then SIGKILL after ``stop_timeout``) and remove it."""
+    def alive(self) -> bool:
+        """Whether the container still runs. The master asks on every tick, from its event
+        loop: the engine is asked at most once per ``status_interval`` seconds."""
+        now = time.monotonic()
+        if self._alive is None or now - self._checked_at >= self.status_interval:
+            try:
+                self.container.reload()
+                self._alive = self.container.status in _RUNNING
+            except Exception as exc:
+                if type(exc).__name__ != "NotFound":
+                    raise
+                self._alive = False  # removed by someone else
+            self._checked_at = now
+        return self._alive
+
+    def stop(self) -> int | None:
+        """SIGTERM (a FogVerse node drains, commits and exits 0), SIGKILL after
+        ``stop_timeout`` seconds; remove it unless ``remove_on_stop`` is off. Returns the
+        container's exit status."""
         self.container.stop(timeout=self.service.stop_timeout)
+        self.exit_code = int(
+            self.container.wait(timeout=self.service.stop_timeout + 30)["StatusCode"]
+        )
+        self._alive = False
+        if self.exit_code != 0:
+            logger.warning(
+                "container %s of %s exited with status %d after SIGTERM (137: killed after %d s)",
+                self.id[:12],
+                self.instance_id,
+                self.exit_code,
+                self.service.stop_timeout,
+            )
         if self.service.remove_on_stop:
             self.container.remove()
+        return self.exit_code
 
     def __repr__(self) -> str:
         return f"<DockerHandle {self.instance_id} container={self.id[:12]}>"
@@ -91,6 +130,8 @@ class DockerDeployer:
                     base_url=base_url, version=api_version, timeout=timeout
                 )
         self.client = client
+        self.handles: list[DockerHandle] = []
+        """Every container this deployer started, in order."""
 
     def __call__(self, log: logging.Logger, config: DeployConfig) -> DockerHandle | None:
         name = config.get("service_name", "")
@@ -135,4 +176,6 @@ class DockerDeployer:
         log.info(
             "DOCKER: started %s as container %s (%s)", name, str(container.id)[:12], instance_id
         )
-        return DockerHandle(container, service, instance_id)
+        handle = DockerHandle(container, service, instance_id)
+        self.handles.append(handle)
+        return handle

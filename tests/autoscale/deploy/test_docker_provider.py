@@ -30,20 +30,23 @@ def engine() -> Any:
             "Id": cid,
             "Name": "/" + req.query["name"][0],
             "Config": req.json(),
-            "State": {"Running": False},
+            "State": {"Running": False, "Status": "created"},
         }
         return 201, {"Id": cid, "Warnings": []}
 
     def start(req: Request, m: Any) -> tuple[int, Any]:
-        containers[m["id"]]["State"]["Running"] = True
+        containers[m["id"]]["State"].update(Running=True, Status="running")
         return 204, None
 
     def inspect(req: Request, m: Any) -> tuple[int, Any]:
         return (200, containers[m["id"]]) if m["id"] in containers else (404, {"message": "no"})
 
     def stop(req: Request, m: Any) -> tuple[int, Any]:
-        containers[m["id"]]["State"]["Running"] = False
+        containers[m["id"]]["State"].update(Running=False, Status="exited")
         return 204, None
+
+    def wait(req: Request, m: Any) -> tuple[int, Any]:
+        return 200, {"StatusCode": 0 if not containers[m["id"]]["State"]["Running"] else 137}
 
     def remove(req: Request, m: Any) -> tuple[int, Any]:
         containers.pop(m["id"])
@@ -55,6 +58,7 @@ def engine() -> Any:
         server.route("POST", rf"/{API}/containers/(?P<id>\w+)/start", start)
         server.route("GET", rf"/{API}/containers/(?P<id>\w+)/json", inspect)
         server.route("POST", rf"/{API}/containers/(?P<id>\w+)/stop", stop)
+        server.route("POST", rf"/{API}/containers/(?P<id>\w+)/wait", wait)
         server.route("DELETE", rf"/{API}/containers/(?P<id>\w+)", remove)
         server.containers = containers  # type: ignore[attr-defined]
         yield server
@@ -111,9 +115,12 @@ def test_deploy_creates_and_starts_a_labelled_container_and_stop_removes_it(
     assert ("POST", f"/{API}/containers/{cid}/start") in engine.calls()
     assert engine.containers[cid]["State"]["Running"]  # type: ignore[attr-defined]
 
+    assert handle.alive()
     asyncio.run(stop_handle(handle))  # as the master does: sync stop() runs in a thread
     stop = next(r for r in engine.requests if r.path.endswith("/stop"))
     assert stop.query.get("t") == ["7"]
+    assert handle.exit_code == 0
+    assert deployer.handles == [handle]
     assert engine.calls()[-1] == ("DELETE", f"/{API}/containers/{cid}")
     assert not engine.containers  # type: ignore[attr-defined]
 
