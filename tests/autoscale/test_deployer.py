@@ -377,6 +377,36 @@ def test_scale_in_keeps_min_instance_and_never_stops_instances_it_did_not_start(
     assert not [r for r in rig.deployer.records if r.action == "scale-in"]
 
 
+def test_scale_in_happens_when_ticks_do_not_divide_the_window() -> None:
+    """A real loop's ticks drift (0.25 s asked, 0.26 s taken): the evidence must still be
+    seen to cover the window, or scale-in waits for a tick to land on its edge by chance."""
+
+    async def scenario() -> Rig:
+        rig = Rig(
+            deploy_delay=1.0,
+            after_heartbeat_delay=0.0,
+            scale_in=True,
+            stabilisation_window=4.0,
+            max_instance=3,
+        )
+        rig.deployer.recommend(STAGE, 3, "test", ttl=1000)
+        for _ in range(2):
+            await rig.tick()
+            rig.beat(rig.calls[-1]["instance_id"])
+            rig.clock.advance(1.0)
+        assert rig.deployer.counts(STAGE) == (3, 0)
+        for _ in range(200):  # 52 s of "one is enough"
+            rig.clock.advance(0.26)
+            rig.beat_all()
+            rig.deployer.recommend(STAGE, 1, "test", ttl=1000)
+            await rig.tick()
+        return rig
+
+    rig = run(scenario())
+    assert [h.stopped for h in rig.handles] == [True, True]
+    assert rig.deployer.counts(STAGE) == (1, 0)
+
+
 def test_a_veto_holds_a_scale_out_back() -> None:
     async def scenario() -> None:
         rig = Rig(deploy_delay=0.0, after_heartbeat_delay=0.0)

@@ -233,7 +233,12 @@ class AutoDeployer(PeriodicWorker):
             if want is None:
                 continue
             st.history.append((current, want))
-            while st.history and current - st.history[0][0] > self.settings.stabilisation_window:
+            # Trimmed to the window, but the newest sample at or before its start stays: it
+            # shows the evidence covers the whole window. (Dropping it too left the oldest
+            # sample up to a tick short of the window, so scale-in waited for a tick to land
+            # on the window's edge by chance.)
+            window = self.settings.stabilisation_window
+            while len(st.history) > 1 and current - st.history[1][0] >= window:
                 st.history.popleft()
             if st.busy:
                 continue
