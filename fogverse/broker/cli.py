@@ -3,6 +3,9 @@
 ``start --brokers 3`` starts a replicated cluster instead (see :mod:`fogverse.broker.cluster`):
 the bootstrap address then lists every node.
 
+``run`` starts one in the foreground instead and stops it on SIGTERM or SIGINT: the command of a
+broker container, or of any supervisor that keeps its own processes.
+
 ``start`` writes the bootstrap address to stdout, so ``export FOGVERSE_BOOTSTRAP=$(fogverse broker
 start)`` works. The broker's pid, ports and data directory are kept in ``broker.json`` under
 ``$FOGVERSE_STATE_DIR`` (default: the FogVerse cache directory, ``~/.cache/fogverse``).
@@ -17,7 +20,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,6 +75,15 @@ def register(subparsers: Any) -> None:
     start.add_argument("--version", default=DEFAULT_KAFKA_VERSION, help="Apache Kafka version")
     start.add_argument("--timeout", type=float, default=120.0, help="start-up deadline, seconds")
     start.set_defaults(func=_start)
+
+    run = sub.add_parser("run", help="run a broker in the foreground until SIGTERM/SIGINT")
+    run.add_argument("--port", type=int, help="client port (default: a free one)")
+    run.add_argument("--controller-port", type=int, help="KRaft controller port")
+    run.add_argument("--data-dir", type=Path, help="keep the data here (default: temporary)")
+    run.add_argument("--heap", default="256m", help="JVM heap, e.g. 512m (default: 256m)")
+    run.add_argument("--version", default=DEFAULT_KAFKA_VERSION, help="Apache Kafka version")
+    run.add_argument("--timeout", type=float, default=120.0, help="start-up deadline, seconds")
+    run.set_defaults(func=_run)
 
     stop = sub.add_parser("stop", help="stop the broker started by `fogverse broker start`")
     stop.add_argument("--timeout", type=float, default=10.0, help="seconds before SIGKILL")
@@ -175,6 +189,36 @@ def _start(args: argparse.Namespace) -> int:
         logger.info("Broker %s (pid %s), log %s", broker.bootstrap, broker.pid, broker.log_path)
         sys.stdout.write(f"{broker.bootstrap}\n")
         return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    broker = LocalKafka(
+        port=args.port,
+        controller_port=args.controller_port,
+        data_dir=args.data_dir,
+        version=args.version,
+        heap=args.heap,
+        start_timeout=args.timeout,
+    )
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    try:
+        broker.start()
+    except BrokerError as exc:
+        logger.error("%s", exc)
+        return 1
+    try:
+        logger.info("Broker %s (pid %s), log %s", broker.bootstrap, broker.pid, broker.log_path)
+        sys.stdout.write(f"{broker.bootstrap}\n")
+        sys.stdout.flush()
+        while not stopping.wait(1.0):
+            if not broker.is_running():
+                logger.error("the broker exited on its own; log: %s", broker.log_path)
+                return 1
+        return 0
+    finally:
+        broker.stop()
 
 
 def _start_cluster(args: argparse.Namespace, path: Path) -> int:

@@ -300,6 +300,35 @@ def test_cli_start_status_stop(tmp_path: Path) -> None:
         _kill_jvms_under(tmp_path)
 
 
+@needs_tools
+@pytest.mark.kafka
+def test_cli_run_serves_in_the_foreground_until_sigterm(tmp_path: Path) -> None:
+    """``fogverse broker run``: a container's broker; SIGTERM stops the JVM and exits 0."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fogverse", "broker", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        bootstrap = proc.stdout.readline().strip()  # blocks until the broker answers
+        assert bootstrap.startswith("127.0.0.1:"), bootstrap
+        assert _admin(bootstrap).list_topics(timeout=10).brokers
+        jvms = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        assert jvms
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        wait_until(lambda: not any(pid_alive(p) for p in jvms), 20, "the JVM to exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _kill_jvms_under(tmp_path)
+
+
 def test_session_fixtures_share_one_broker(kafka_bootstrap: str, kafka_admin) -> None:
     metadata = kafka_admin.list_topics(timeout=10)
     assert metadata.brokers
