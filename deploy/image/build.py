@@ -2,6 +2,7 @@
 
     python deploy/image/build.py                        # base built here from Debian's packages
     python deploy/image/build.py --base python:3.11-slim   # a registry's base instead
+    python deploy/image/build.py --broker               # also the demo's broker image
 
 Prints the image's name (``localhost/fogverse-node:<content hash>``, also tagged ``:latest``)
 on stdout. The tag is a hash of everything that goes into the image (the Containerfile, the
@@ -14,7 +15,10 @@ exists, nothing is built. The steps, each skipped when already done:
    (no registry is needed, or reachable, on these machines);
 3. FogVerse's wheel and every dependency's, built on the host (``pip wheel``), so the image
    build installs them with ``--no-index`` and needs no network or certificates;
-4. ``podman build`` of deploy/image/Containerfile.
+4. ``podman build`` of deploy/image/Containerfile;
+5. with ``--broker``, the demo's broker image (deploy/image/Containerfile.broker: the node
+   image, Debian's Java runtime and the Kafka jars ``fogverse broker`` gathered on the host),
+   whose name is printed on a second line.
 
 Podman runs with deploy/podman/containers.conf (``CONTAINERS_CONF``) unless the environment
 names another. Concurrent builds (two test processes) wait on one lock file.
@@ -37,16 +41,20 @@ from pathlib import Path
 
 __all__ = [
     "BASE_IMAGE",
+    "BROKER_IMAGE",
     "CONTAINERS_CONF",
     "DEFAULT_EXTRAS",
     "IMAGE",
     "build",
+    "build_broker",
     "ensure_tools",
     "podman_env",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERFILE = ROOT / "deploy" / "image" / "Containerfile"
+BROKER_CONTAINERFILE = ROOT / "deploy" / "image" / "Containerfile.broker"
+BROKER_IMAGE = "localhost/fogverse-broker"
 CONTAINERS_CONF = ROOT / "deploy" / "podman" / "containers.conf"
 IMAGE = "localhost/fogverse-node"
 BASE_IMAGE = "localhost/fogverse-base:bookworm"
@@ -228,6 +236,9 @@ def build(base: str | None = None, extras: str = DEFAULT_EXTRAS, *, force: bool 
                         "podman",
                         "build",
                         "--network=host",
+                        # The bind-mounted wheels are not part of a layer's cache key: a
+                        # cached layer would keep an older FogVerse.
+                        "--no-cache",
                         "--build-arg",
                         f"BASE={base}",
                         "--build-arg",
@@ -244,13 +255,55 @@ def build(base: str | None = None, extras: str = DEFAULT_EXTRAS, *, force: bool 
     return tag
 
 
+def build_broker(node: str, *, force: bool = False) -> str:
+    """Build (unless it exists) and return the broker image's name, on top of ``node``."""
+    from fogverse.broker.launcher import DEFAULT_KAFKA_VERSION, resolve_jars
+
+    version = DEFAULT_KAFKA_VERSION
+    with _lock("build"):
+        digest = hashlib.sha256(
+            f"{image_id(node)}\n{version}\n".encode() + BROKER_CONTAINERFILE.read_bytes()
+        )
+        tag = f"{BROKER_IMAGE}:{digest.hexdigest()[:12]}"
+        if image_exists(tag) and not force:
+            log(f"{tag} is up to date")
+        else:
+            started = time.monotonic()
+            jars = resolve_jars(version)
+            with tempfile.TemporaryDirectory(dir=cache_dir(), prefix="context-") as context:
+                shutil.copytree(jars, Path(context) / f"kafka-{version}")
+                _run(
+                    [
+                        "podman",
+                        "build",
+                        "--network=host",
+                        "--build-arg",
+                        f"NODE={node}",
+                        "--build-arg",
+                        f"KAFKA_VERSION={version}",
+                        "-f",
+                        str(BROKER_CONTAINERFILE),
+                        "-t",
+                        tag,
+                        context,
+                    ]
+                )
+            log(f"{tag} built in {time.monotonic() - started:.0f} s")
+        _run(["podman", "tag", tag, f"{BROKER_IMAGE}:latest"])
+    return tag
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--base", help="base image (default: one built here from Debian's packages)")
     p.add_argument("--extras", default=DEFAULT_EXTRAS, help="FogVerse extras to install")
     p.add_argument("--force", action="store_true", help="build even if the image exists")
+    p.add_argument("--broker", action="store_true", help="also build the demo's broker image")
     args = p.parse_args(argv)
-    print(build(args.base, args.extras, force=args.force))
+    node = build(args.base, args.extras, force=args.force)
+    print(node, flush=True)
+    if args.broker:
+        print(build_broker(node, force=args.force))
     return 0
 
 

@@ -121,12 +121,29 @@ def test_node_image_builds_and_runs_fogverse_as_a_non_root_user(
     assert config["User"] == "fogverse"
     out = engine.containers.run(
         node_image,
-        ["-c", "import os, fogverse, cv2, onnxruntime, skimage; print(os.getuid())"],
+        ["-c", f"import os, cv2, onnxruntime, skimage\n{_SOURCES}\nprint(os.getuid(), sources())"],
         entrypoint=["python3"],
         labels=session_label,
         remove=True,
     )
-    assert out.strip() == b"10001"
+    uid, digest = out.decode().split()
+    assert uid == "10001"
+    # The image's FogVerse is this checkout's (a stale build cache would not be).
+    namespace: dict[str, Any] = {}
+    exec(_SOURCES, namespace)
+    assert digest == namespace["sources"]()
+
+
+# A digest of the installed fogverse package's Python sources.
+_SOURCES = (
+    "import hashlib, pathlib, fogverse\n"
+    "def sources():\n"
+    "    root = pathlib.Path(fogverse.__file__).parent\n"
+    "    h = hashlib.sha256()\n"
+    "    for f in sorted(root.rglob('*.py')):\n"
+    "        h.update(str(f.relative_to(root)).encode() + f.read_bytes())\n"
+    "    return h.hexdigest()"
+)
 
 
 @pytest.mark.timeout(420)
