@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 
 .PHONY: setup test-tools demo docs dist image test lint bench bench-quick kube-apiserver \
-	kube-apiserver-background clean
+	kube-apiserver-background clean demo-containers
 
 # The virtual environment with FogVerse (editable) and its test/benchmark/docs extras. Kafka's
 # jars are gathered from Maven Central into ~/.cache/fogverse on first use by the launcher.
@@ -58,6 +58,13 @@ dist: setup
 # reached), then the image; each step is skipped when done (the tag is a hash of the content).
 image: $(VENV)/.installed
 	$(BIN)/python deploy/image/build.py
+
+# The demo as containers (deploy/demo/compose.yaml): broker, camera, detector, sink and live
+# view, each in its own container through podman's Docker-compatible API; builds the images
+# first if needed (the broker's: the node image plus Debian's Java and Kafka's jars).
+FRAMES ?= 300
+demo-containers: $(VENV)/.installed
+	$(BIN)/python deploy/demo/run.py --frames $(FRAMES)
 
 # mypy checks fogverse/ (its settings are in pyproject.toml) with zero errors allowed.
 lint: setup
