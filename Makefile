@@ -78,17 +78,20 @@ lint: setup
 # their own, so the suite's wall time is the longer of the two rather than their sum. Both
 # must pass. The documentation site is built (strictly) beside them too: it takes seconds of
 # CPU and mostly waits. The sdist/wheel build, `twine check` and the installed wheel's run
-# are a `slow` test (tests/test_wheel.py).
+# are a `slow` test (tests/test_wheel.py). The container images the slow engine tests use are
+# built beside them from the start (a no-op when up to date; the tests wait for it on its
+# lock, and build themselves if it failed).
 BESIDE := fault or slow
 test: kube-apiserver-background setup test-tools lint
 	@set -o pipefail; \
+	$(BIN)/python deploy/image/build.py --broker >.image-build.log 2>&1 & image=$$!; \
 	$(BIN)/mkdocs build --strict --quiet --site-dir site >.pytest-docs.log 2>&1 & \
 	docs=$$!; \
 	$(BIN)/pytest -q -m "$(BESIDE)" -p no:cacheprovider --durations=10 >.pytest-beside.log 2>&1 & \
 	beside=$$!; \
 	$(BIN)/pytest -q -m "not ($(BESIDE))" --durations=20 | tee .pytest-rest.log; rest=$$?; \
 	wait $$beside; besides=$$?; \
-	wait $$docs; site=$$?; \
+	wait $$docs; site=$$?; wait $$image; \
 	echo "== the documentation site (mkdocs build --strict): exit $$site"; cat .pytest-docs.log; \
 	echo "== broker-fault and slow scenarios (run beside the rest): exit $$besides"; cat .pytest-beside.log; \
 	echo "== the rest of the suite: exit $$rest"; tail -n 1 .pytest-rest.log; \

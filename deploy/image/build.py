@@ -97,9 +97,11 @@ def ensure_tools() -> None:
     if os.geteuid() != 0:
         raise SystemExit(f"missing {', '.join(missing)}: apt-get install {' '.join(missing)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    # Another apt-get (a test installing its own tools) may hold dpkg's lock: wait for it.
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "-q"]
     with _lock("apt"):
-        subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-q", *TOOLS.values()], check=True, env=env)
+        subprocess.run([*apt, "update"], check=True, env=env)
+        subprocess.run([*apt, "install", "-y", *TOOLS.values()], check=True, env=env)
 
 
 @contextlib.contextmanager
