@@ -208,21 +208,29 @@ def test_master_scales_containers_out_and_in_through_the_engine(
                     lambda: f"the backlog to drain (is {backlog(tally)})",
                 )
                 facts["scaled_to"] = master.deployer.counts(stage)[0]
-                facts["sent_at_scale"] = len(tally.sent)
                 # In: the load drops; the master may now stop what it started.
                 feed.rate = TAIL_RATE
                 master.deployer.settings = dataclasses.replace(
                     master.deployer.settings, scale_in=True
                 )
-                started = [h for h in deployer.handles if h is not first]
+
+                def ours() -> list[Any]:
+                    return [h for h in deployer.handles if h is not first]
+
+                # Down to the first container (the only one the master did not start); a
+                # container the master started meanwhile must be stopped too.
                 await until(
-                    lambda: all(h.exit_code is not None for h in started),
+                    lambda: (
+                        all(h.exit_code is not None for h in ours())
+                        and master.deployer.counts(stage) == (1, 0)
+                    ),
                     180,
                     lambda: (
                         "the master to stop its containers "
-                        f"({[(h.instance_id, h.exit_code) for h in started]})"
+                        f"({[(h.instance_id, h.exit_code) for h in ours()]})"
                     ),
                 )
+                started = ours()
                 await feed.stop()
                 await until(
                     lambda: tally.sent <= tally.out.keys(),
