@@ -86,6 +86,8 @@ def podman_env() -> dict[str, str]:
 
 def _run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     log("$ " + " ".join(cmd))
+    # Only the images' names go to stdout (callers read them): the tools' output goes to stderr.
+    kwargs.setdefault("stdout", sys.stderr)
     return subprocess.run(cmd, check=True, text=True, env=podman_env(), **kwargs)  # type: ignore[call-overload]
 
 
