@@ -152,7 +152,6 @@ def run(args: argparse.Namespace) -> int:
         "DEMO_PREFIX": f"demo-{run_id}",
         "FRAMES": str(args.frames),
         "FPS": str(args.fps),
-        "EXAMPLES_DIR": str(ROOT / "examples"),
         "OUTPUT_DIR": str(output),
     }
     spec = substitute(yaml.safe_load(COMPOSE.read_text()), variables)

@@ -63,7 +63,16 @@ DEFAULT_EXTRAS = "metrics,onnx,demo,view,autoscale,docker,kubernetes"
 BASE_PACKAGES = ("python3", "python3-venv")
 TOOLS = {"podman": "podman", "runc": "runc", "debootstrap": "debootstrap"}
 # The image's content: these paths (files, or every file under a folder) are hashed into its tag.
-SOURCES = ("pyproject.toml", "README.md", "fogverse", "processors", "deploy/image/Containerfile")
+SOURCES = (
+    "pyproject.toml",
+    "README.md",
+    "fogverse",
+    "processors",
+    "examples",
+    "deploy/image/Containerfile",
+)
+# Not part of the image: what the examples write when run on the host.
+EXCLUDED = ("__pycache__", "output")
 
 
 def log(message: str) -> None:
@@ -188,13 +197,17 @@ def build_base() -> str:
     return BASE_IMAGE
 
 
+def _excluded(path: Path) -> bool:
+    return any(part in EXCLUDED for part in path.relative_to(ROOT).parts)
+
+
 def content_hash(base_id: str, extras: str) -> str:
     digest = hashlib.sha256(f"{base_id}\n{extras}\n".encode())
     for name in SOURCES:
         path = ROOT / name
         files = sorted(path.rglob("*")) if path.is_dir() else [path]
         for f in files:
-            if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc":
+            if f.is_file() and not _excluded(f) and f.suffix != ".pyc":
                 digest.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
 
@@ -235,6 +248,11 @@ def build(base: str | None = None, extras: str = DEFAULT_EXTRAS, *, force: bool 
             started = time.monotonic()
             with tempfile.TemporaryDirectory(dir=cache_dir(), prefix="context-") as context:
                 build_wheels(Path(context) / "wheels", extras)
+                shutil.copytree(
+                    ROOT / "examples",
+                    Path(context) / "examples",
+                    ignore=shutil.ignore_patterns(*EXCLUDED, "*.pyc"),
+                )
                 _run(
                     [
                         "podman",
