@@ -91,6 +91,17 @@ class Delivery:
         else:
             ack.add_done_callback(lambda fut: self._on_ack(fut, fallback))
 
+    def output_acked(self, exc: BaseException | None) -> None:
+        """An output counted in ``pending`` (see ``track``) was settled: acknowledged when
+        ``exc`` is ``None``, else it goes to ``on_failure``. A transport's
+        ``send_nowait`` calls this directly, with no future between."""
+        if exc is None:
+            self.pending -= 1
+            if self.sealed and self.pending == 0:
+                self._finish()
+            return
+        self._replace(self.on_failure(self, "send", exc))
+
     def _on_ack(self, fut: asyncio.Future[Any], fallback: Fallback | None = None) -> None:
         if not fut.cancelled() and fut.exception() is None:
             self.pending -= 1

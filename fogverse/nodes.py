@@ -13,13 +13,13 @@ import inspect
 import logging
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from fogverse.codec import CONTENT_TYPE_HEADER as CONTENT_TYPE
 from fogverse.codec import Codec, CodecName, get_codec
 from fogverse.config import default_servers, resolve, split_topics
-from fogverse.delivery import current_delivery
+from fogverse.delivery import Delivery, current_delivery
 from fogverse.plugins import Plugin
 from fogverse.record import Headers, Record, TopicPartition
 from fogverse.runnable import Runnable
@@ -177,6 +177,42 @@ class _Output:
             return asyncio.ensure_future(_call_after(ack, callback))
         return ack
 
+    def _output_sender(self) -> Callable[[Any, Delivery], bool] | None:
+        # What send() does for an output of the input being processed, without its coroutine
+        # and future: the loop's path unless send is overridden (on the class or the
+        # instance) or the transport cannot. Plugins see every output either way.
+        if type(self).send is not _Output.send or "send" in vars(self):
+            return None
+        send_nowait = getattr(self.producer, "send_nowait", None)
+        if send_nowait is None:
+            return None
+
+        def send_now(data: Any, delivery: Delivery) -> bool:
+            topic = self.producer_topic
+            if topic is None:
+                raise ValueError("no topic to send to: set producer_topic or PRODUCER_TOPIC")
+            record = delivery.record
+            headers = record.headers
+            content_type = delivery.content_type
+            if content_type is not None:
+                # Our codec re-encoded the payload: its content type replaces the input's.
+                headers = [(k, v) for k, v in headers if k != CONTENT_TYPE]
+                headers.append((CONTENT_TYPE, content_type.encode()))
+            delivery.pending += 1
+            try:
+                sent = send_nowait(topic, data, record.key, headers, delivery.output_acked)
+            except BaseException:
+                delivery.pending -= 1
+                raise
+            if not sent:
+                delivery.pending -= 1
+                return False
+            for plugin in self._senders:
+                plugin.on_send(self, topic, 1)
+            return True
+
+        return send_now
+
 
 async def _call_after(ack: asyncio.Future[Any], callback: Callable[..., Any]) -> Any:
     result = callback(await ack)
@@ -291,14 +327,23 @@ class Consumer(_Output, Runnable):
 
     async def receive(self) -> Record | None:
         if not self._buffer:
-            assert self.consumer is not None
-            records = await self.consumer.getmany(self.poll_timeout, self.max_poll_records)
-            if self.always_read_last and records:
-                records = self._latest_only(records)
-            self._buffer.extend(records)
+            await self._refill()
             if not self._buffer:
                 return None
         return self._buffer.popleft()
+
+    async def _refill(self) -> None:
+        """Fetch the next batch of records into ``_buffer`` (nothing if none came in time)."""
+        assert self.consumer is not None
+        records = await self.consumer.getmany(self.poll_timeout, self.max_poll_records)
+        if self.always_read_last and records:
+            records = self._latest_only(records)
+        self._buffer.extend(records)
+
+    def _input_batches(self) -> tuple[deque[Record], Callable[[], Awaitable[None]]] | None:
+        if type(self).receive is not Consumer.receive or "receive" in vars(self):
+            return None  # the user's own receive() decides what an input is
+        return self._buffer, self._refill
 
     def decode(self, data: Any) -> Any:
         if not self.auto_decode or not isinstance(data, bytes | bytearray | memoryview):
@@ -324,4 +369,7 @@ class Consumer(_Output, Runnable):
 
     def _drop_buffered(self, tps: set[TopicPartition]) -> None:
         if self._buffer:
-            self._buffer = deque(r for r in self._buffer if r.tp not in tps)
+            # In place: the batch loop holds this deque.
+            kept = [r for r in self._buffer if r.tp not in tps]
+            self._buffer.clear()
+            self._buffer.extend(kept)

@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,7 +26,7 @@ from fogverse.delivery import (
     current_delivery,
     error_headers,
 )
-from fogverse.metrics import DEFAULT_SAMPLE, Profiler
+from fogverse.metrics import DEFAULT_SAMPLE, Profiler, Stamps
 from fogverse.offsets import OffsetTracker
 from fogverse.plugins import Plugin, discover, overrides
 from fogverse.record import Headers, Record, UnreadableRecord, UnreadableRecordError
@@ -296,7 +297,106 @@ class Runnable:
     # The hot path: per message it checks cheap flags instead of calling absent hooks or
     # probing results for awaitables, so a pass-through node spends its time in Kafka.
 
+    def _input_batches(self) -> tuple[deque[Record], Callable[[], Awaitable[None]]] | None:
+        """Where a node whose input arrives in batches keeps them (a buffer the node may
+        prune on a rebalance) and the coroutine function that refills it; ``None``: inputs
+        come one at a time from ``receive`` (a Producer's source, a user's own receive)."""
+        return None
+
+    def _output_sender(self) -> Callable[[Any, Delivery], bool] | None:
+        """A function that queues one output for a delivery without waiting, if it can now
+        (room in the producer's buffer), and says whether it did; ``None``: the loop always
+        awaits ``send`` (it is the user's own, or the node has no producer)."""
+        return None
+
     async def _serial_loop(self) -> None:
+        batches = self._input_batches()
+        if batches is None or self._hooks:
+            await self._message_loop()
+        else:
+            await self._batch_loop(*batches)
+
+    async def _batch_loop(
+        self, buffer: deque[Record], refill: Callable[[], Awaitable[None]]
+    ) -> None:
+        """The serial loop over a batch at a time: every input of a fetched batch goes through
+        decode, process, encode and send in one plain loop, with no coroutine, future or
+        event-loop turn per input unless a step is a coroutine or the producer is full."""
+        loop = asyncio.get_running_loop()
+        last_yield = loop.time()
+        tracker, dead_letter, die = self._tracker, self._dead_letter, self._die
+        decode, process, encode = self.decode, self.process, self.encode
+        async_decode, async_process = self._async_decode, self._async_process
+        async_encode = self._async_encode
+        send_now, profiler = self._output_sender(), self.profiler
+        set_current = current_delivery.set
+        now = Profiler.now
+        while not self._stopping:
+            if not buffer:
+                await refill()
+                continue
+            start = profiler.pick() if profiler is not None else 0
+            record = buffer.popleft()
+            self.message = record
+            delivery = Delivery(record, tracker, dead_letter, die)
+            stamps = None
+            if profiler is not None:
+                stamps = self._profile_input(delivery, profiler, start)
+            set_current(delivery)
+            stage = "decode"
+            try:
+                if type(record) is UnreadableRecord:
+                    raise UnreadableRecordError(
+                        f"the Kafka client could not parse this record ({record.reason}); "
+                        "its coordinates are in these headers"
+                    )
+                data = decode(record.value)
+                if async_decode:
+                    data = await data
+                if stamps is not None:
+                    stamps.decoded = now()
+                stage = "process"
+                result = process(data)
+                if async_process or inspect.iscoroutine(result):
+                    result = await result
+                if stamps is not None:
+                    stamps.processed = now()
+                stage = "encode"
+                if result is not None:
+                    out = encode(result)
+                    if async_encode:
+                        out = await out
+                    if profiler is not None:
+                        _count_output(profiler, stamps, out)
+                    if send_now is None or not send_now(out, delivery):
+                        await self.send(out)
+                    if stamps is not None:
+                        stamps.sent = now()
+            except Exception as exc:
+                await dead_letter(delivery, stage, exc)
+            finally:
+                delivery.seal()
+            # A batch of buffered inputs and sync steps never suspend: let the committer,
+            # the delivery reports and the rebalance callbacks run every few milliseconds.
+            if loop.time() - last_yield > _YIELD_EVERY:
+                await asyncio.sleep(0)
+                last_yield = loop.time()
+
+    @staticmethod
+    def _profile_input(delivery: Delivery, profiler: Profiler, start: int) -> Stamps | None:
+        delivery.profiler = profiler
+        profiler.messages += 1
+        value = delivery.record.value
+        size = len(value) if isinstance(value, _SIZED) else 0
+        profiler.bytes_in += size
+        if not start:
+            return None
+        delivery.stamps = stamps = profiler.timed(start)
+        stamps.received = profiler.now()
+        stamps.size_in = size
+        return stamps
+
+    async def _message_loop(self) -> None:
         loop = asyncio.get_running_loop()
         last_yield = loop.time()
         while not self._stopping:
@@ -335,15 +435,7 @@ class Runnable:
         )
         delivery = Delivery(record, self._tracker, self._dead_letter, self._die)
         if profiler is not None:
-            delivery.profiler = profiler
-            profiler.messages += 1
-            value = record.value
-            size = len(value) if isinstance(value, _SIZED) else 0
-            profiler.bytes_in += size
-            if start:
-                delivery.stamps = stamps = profiler.timed(start)
-                stamps.received = profiler.now()
-                stamps.size_in = size
+            self._profile_input(delivery, profiler, start)
         current_delivery.set(delivery)
         if hooks:
             await self._hook("_after_receive", message)
@@ -402,11 +494,7 @@ class Runnable:
         profiler = delivery.profiler
         stamps = delivery.stamps
         if profiler is not None:
-            size = len(out) if isinstance(out, _SIZED) else 0
-            profiler.bytes_out += size
-            if stamps is not None:
-                stamps.encoded = Profiler.now()
-                stamps.size_out += size
+            _count_output(profiler, stamps, out)
         if hooks:
             await self._hook("_after_encode", out)
             await self._hook("_before_send", out)
@@ -544,6 +632,14 @@ class Runnable:
 
     def _drop_buffered(self, tps: set[tuple[str, int]]) -> None:
         return None
+
+
+def _count_output(profiler: Profiler, stamps: Stamps | None, out: Any) -> None:
+    size = len(out) if isinstance(out, _SIZED) else 0
+    profiler.bytes_out += size
+    if stamps is not None:
+        stamps.encoded = Profiler.now()
+        stamps.size_out += size
 
 
 def _where(record: Record) -> str:

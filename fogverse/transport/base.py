@@ -8,10 +8,13 @@ from typing import Any, Protocol, runtime_checkable
 
 from fogverse.record import Headers, Record, TopicPartition
 
-__all__ = ["ConsumerTransport", "ProducerTransport", "RebalanceCallback"]
+__all__ = ["AckCallback", "ConsumerTransport", "ProducerTransport", "RebalanceCallback"]
 
 # A coroutine function: librdkafka's callbacks hand it to the event loop from their thread.
 RebalanceCallback = Callable[[set[TopicPartition]], Coroutine[Any, Any, None]]
+AckCallback = Callable[[BaseException | None], None]
+"""Called on the event-loop thread once a record is settled: ``None`` when the broker
+acknowledged it, else why it was not delivered."""
 
 
 @runtime_checkable
@@ -58,6 +61,22 @@ class ProducerTransport(Protocol):
         """Queue a record; the returned future resolves once the broker acknowledged it.
 
         Awaiting ``send`` itself only waits for room in the send buffer (backpressure).
+        """
+        ...
+
+    def send_nowait(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers | None,
+        on_ack: AckCallback,
+    ) -> bool:
+        """Queue a record if the send buffer has room now, without a future: ``on_ack`` gets
+        its outcome (it may be called before this returns, e.g. for a record refused
+        locally). ``False``: no room, nothing was queued (``send`` waits for room).
+
+        The node loop's path for every output: no coroutine and no future per record.
         """
         ...
 

@@ -43,7 +43,7 @@ from confluent_kafka import (
 
 from fogverse.record import Headers, Record, UnreadableRecord
 from fogverse.record import TopicPartition as TP
-from fogverse.transport.base import RebalanceCallback
+from fogverse.transport.base import AckCallback, RebalanceCallback
 
 __all__ = [
     "ConfluentConsumerTransport",
@@ -58,6 +58,13 @@ _librdkafka_logger = logging.getLogger(__name__ + ".librdkafka")
 # (a commit, close) waits at most this long behind an idle consume().
 _CONSUME_SLICE = 0.05
 _WAKE = object()  # queued when a rebalance coroutine finishes, to wake the waiting thread
+
+
+# librdkafka's consumer defaults, set deliberately (the figures are in benchmarks/README.md):
+# - fetch.queue.backoff.ms: librdkafka's 1000 pauses fetching for a second whenever its
+#   local queue holds queued.min.messages, so a node that drains the queue quickly waits on
+#   an empty one: it capped a 1 KiB pass-through at about 80 k msg/s (issue 26).
+CONSUMER_DEFAULTS: dict[str, Any] = {"fetch.queue.backoff.ms": 100}
 
 
 class KafkaDeliveryError(KafkaException):
@@ -162,7 +169,7 @@ class ConfluentConsumerTransport:
         self.on_assign: RebalanceCallback | None = None
         self.on_revoke: RebalanceCallback | None = None
         conf = _common_config(bootstrap_servers, client_id)
-        conf.update({"group.id": group_id, "auto.offset.reset": "earliest"})
+        conf.update({"group.id": group_id, "auto.offset.reset": "earliest", **CONSUMER_DEFAULTS})
         if (config or {}).get("group.protocol") != "consumer":  # KIP-848: the broker decides
             # aiokafka's default rather than librdkafka's 45 s: a crashed member's partitions
             # move to the others after 10 s, whichever client the node uses.
@@ -511,6 +518,16 @@ def _on_delivery(fut: asyncio.Future[Any], err: KafkaError | None, msg: Message)
         fut.set_exception(KafkaDeliveryError(err, msg.topic()))
 
 
+def _plain_bytes(value: Any, key: Any, refused: TypeError) -> tuple[Any, Any]:
+    """``produce()`` refused ``value`` or ``key``: the bytes it takes, if they are buffers
+    (bytearray, memoryview) it does not; else the TypeError stands."""
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value), key
+    if isinstance(key, bytearray | memoryview):
+        return value, bytes(key)
+    raise refused
+
+
 class ConfluentProducerTransport:
     """A confluent-kafka producer; ``acks=all`` and idempotence unless the user says otherwise.
 
@@ -580,6 +597,40 @@ class ConfluentProducerTransport:
             # Dropping the last reference destroys the client and ends librdkafka's threads.
             self.producer = None
 
+    def send_nowait(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers | None,
+        on_ack: AckCallback,
+    ) -> bool:
+        producer = self.producer
+        if producer is None:
+            raise RuntimeError("the producer is not running (call start() first)")
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            # Inside producer.poll() on the event-loop thread.
+            on_ack(None if err is None else KafkaDeliveryError(err, msg.topic()))
+
+        while True:
+            try:
+                producer.produce(topic, value, key, -1, report, None, 0, headers or None)
+                break
+            except BufferError:
+                return False
+            except KafkaException as exc:
+                on_ack(KafkaDeliveryError(exc.args[0], topic))
+                return True
+            except TypeError as exc:
+                value, key = _plain_bytes(value, key, exc)
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            if not wakeup.done():
+                wakeup.set_result(None)
+        return True
+
     async def send(
         self,
         topic: str,
@@ -609,14 +660,8 @@ class ConfluentProducerTransport:
                 # Refused locally (too large, unknown topic...): fails like a broker refusal.
                 fut.set_exception(KafkaDeliveryError(exc.args[0], topic))
                 return fut
-            except TypeError:
-                if isinstance(value, bytearray | memoryview):
-                    value = bytes(value)
-                    continue
-                if isinstance(key, bytearray | memoryview):
-                    key = bytes(key)
-                    continue
-                raise
+            except TypeError as exc:
+                value, key = _plain_bytes(value, key, exc)
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None

@@ -19,7 +19,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from fogverse.admin import KafkaAdmin
 from fogverse.record import Headers, Record, UnreadableRecord
 from fogverse.record import TopicPartition as TP
-from fogverse.transport.base import RebalanceCallback
+from fogverse.transport.base import AckCallback, RebalanceCallback
 from fogverse.transport.kafka_batch import Batcher
 from fogverse.transport.kafka_fetch import SafeFetch, UnparsedRecord
 
@@ -360,8 +360,33 @@ class KafkaProducerTransport:
             ack = await batcher.send(topic, value, key, headers)
         return ack
 
+    def send_nowait(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers | None,
+        on_ack: AckCallback,
+    ) -> bool:
+        if self._dead is not None:
+            raise copy.copy(self._dead)
+        if self.batcher is None:
+            return False
+        ack = self.batcher.send_nowait(topic, value, key, headers)
+        if ack is None:
+            return False
+        ack.add_done_callback(lambda fut: on_ack(_outcome(fut)))
+        return True
+
     async def flush(self) -> None:
         if self.batcher is not None:
             await self.batcher.flush()
         if self.producer is not None:
             await self.producer.flush()
+
+
+def _outcome(fut: asyncio.Future[Any]) -> BaseException | None:
+    if fut.cancelled():
+        return asyncio.CancelledError("delivery cancelled")
+    return fut.exception()
+

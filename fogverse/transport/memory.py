@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from fogverse.record import Headers, Record, TopicPartition
-from fogverse.transport.base import RebalanceCallback
+from fogverse.transport.base import AckCallback, RebalanceCallback
 
 __all__ = ["MemoryBroker", "MemoryConsumerTransport", "MemoryProducerTransport"]
 
@@ -233,6 +233,18 @@ class MemoryProducerTransport:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.set_result(rec)
         return fut
+
+    def send_nowait(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers | None,
+        on_ack: AckCallback,
+    ) -> bool:
+        self.broker.append(topic, value, key, headers)
+        on_ack(None)
+        return True
 
     async def flush(self) -> None:
         return None

@@ -35,7 +35,6 @@ def _produce(bootstrap: str, topic: str, items: list[tuple[Any, bytes, Any]]) ->
     for key, value, headers in items:
         p.produce(topic, value, key, headers=headers)
     assert p.flush(30) == 0
-    p.close()
 
 
 def _confluent_node(bootstrap: str, src: str, group: str, cls: type = Consumer, **kw: Any) -> Any:

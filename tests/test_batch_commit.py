@@ -1,0 +1,119 @@
+"""The node loop handles a fetched batch at a time, but commits per input: an input whose
+output the broker has not acknowledged holds back the commit of itself and of every later
+input of its batch, however many of those were acknowledged. On the real broker through
+both clients."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from backends import committed_kafka, produce_kafka, read_kafka
+from polling import until
+
+from fogverse import Consumer
+from fogverse.transport.base import AckCallback, ProducerTransport
+
+N = 20
+WITHHELD = 7
+
+
+class WithholdAck:
+    """The node's own producer transport, except that the acknowledgement of the record whose
+    value is ``withheld`` never reaches the node (the record itself goes to Kafka)."""
+
+    def __init__(self, inner: ProducerTransport, withheld: bytes) -> None:
+        self.inner = inner
+        self.withheld = withheld
+        self.held: list[BaseException | None] = []
+        self.forwarded = 0
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    async def flush(self) -> None:
+        await self.inner.flush()
+
+    async def send(self, topic: str, value: Any, key: Any = None, headers: Any = None) -> Any:
+        ack = await self.inner.send(topic, value, key, headers)
+        if value != self.withheld:
+            ack.add_done_callback(self._forwarded)
+            return ack
+        ack.add_done_callback(lambda fut: self.held.append(fut.exception()))
+        return asyncio.get_running_loop().create_future()  # never resolved
+
+    def _forwarded(self, _: Any) -> None:
+        self.forwarded += 1
+
+    def send_nowait(
+        self, topic: str, value: Any, key: Any, headers: Any, on_ack: AckCallback
+    ) -> bool:
+        def forward(exc: BaseException | None) -> None:
+            if value == self.withheld:
+                self.held.append(exc)
+                return
+            self.forwarded += 1
+            on_ack(exc)
+
+        return self.inner.send_nowait(topic, value, key, headers, forward)
+
+
+class Echo(Consumer):
+    commit_interval = 0.05
+    drain_timeout = 1.0  # the withheld ack never comes: stop without waiting long for it
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[int] = []
+
+    async def _refill(self) -> None:
+        before = len(self._buffer)
+        await super()._refill()
+        if len(self._buffer) > before:
+            self.batches.append(len(self._buffer) - before)
+
+
+@pytest.mark.parametrize("client", ["confluent", "aiokafka"])
+def test_unacknowledged_output_holds_back_its_batch_commit(
+    kafka_bootstrap, new_topic, monkeypatch, client
+):
+    monkeypatch.setenv("FOGVERSE_KAFKA_CLIENT", client)
+    src, out = new_topic(), new_topic()
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    asyncio.run(
+        produce_kafka(kafka_bootstrap, src, [(None, f"m{i}".encode(), []) for i in range(N)])
+    )
+    node = Echo(src, kafka_bootstrap, group, producer_topic=out, input_codec="bytes")
+    assert node.kafka_client == client
+    withhold = WithholdAck(node.producer, f"m{WITHHELD}".encode())
+    node.producer = withhold
+
+    def committed() -> Any:
+        return asyncio.to_thread(committed_kafka, kafka_bootstrap, group, src)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(node.run())
+        try:
+            # Every output reached Kafka; every ack but the withheld one reached the node.
+            await until(lambda: withhold.forwarded == N - 1 and withhold.held, 60, "the acks")
+            assert withhold.held == [None]  # the broker acknowledged it: only the node waits
+            got = await read_kafka(kafka_bootstrap, out, N)
+            assert sorted(r.value for r in got) == sorted(f"m{i}".encode() for i in range(N))
+
+            async def up_to_withheld() -> bool:
+                return await committed() == WITHHELD
+
+            await until(up_to_withheld, 60, "the inputs before the withheld one", interval=0.1)
+        finally:
+            node.stop()
+            await asyncio.wait_for(task, 60)
+        # The stop drained (in vain for the withheld ack) and committed what it could.
+        assert await committed() == WITHHELD
+
+    asyncio.run(scenario())
+    assert sum(node.batches) == N and len(node.batches) < N  # fetched in batches
