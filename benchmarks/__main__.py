@@ -101,11 +101,13 @@ def run(
             keep(doc)
     if "kafka" in suites:
         from benchmarks.kafka import bench_passthrough, bench_pipeline, bench_scaling, broker
+        from benchmarks.stage import bench_stage
 
         with broker(bootstrap) as servers:
             keep(bench_pipeline(servers, quick, show_progress=show_progress))
             keep(bench_scaling(servers, quick, show_progress=show_progress))
             keep(bench_passthrough(servers, quick, show_progress=show_progress))
+            keep(bench_stage(servers, quick, show_progress=show_progress))
 
     summary = _summarize(docs, quick, suites, machine, started, time.perf_counter() - t0)
     _publish(summary, docs, out, plots)

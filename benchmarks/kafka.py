@@ -72,6 +72,8 @@ logger = logging.getLogger(__name__)
 
 TRANSPORTS = ("aiokafka", "confluent")
 LOOP = "confluent-kafka loop"
+LOOP_UNTUNED = "confluent-kafka loop, librdkafka defaults"
+QUIX = "quixstreams"
 _MODEL_SIZE = 640
 _LATENCY_SAMPLES = 2000
 
@@ -102,6 +104,9 @@ class KafkaSettings:
     passthrough_transports: tuple[str, ...]
     profile_transport: str  # whose per-stage profile and cProfile run are reported
     passthrough_size: int = 1024
+    passthrough_sizes: tuple[tuple[int, int], ...] = ((100, 150_000), (100 * 1024, 3_000))
+    """(message bytes, messages) of the by-size rows."""
+    passthrough_size_reps: int = 3
     lag_interval: float = 0.25
     warmup_frames: int = 4
     drain_timeout: float = 60.0
@@ -131,6 +136,8 @@ def settings_for(quick: bool) -> KafkaSettings:
             pipeline_transport=default_transport(),
             passthrough_messages=3000,
             passthrough_reps=1,
+            passthrough_sizes=((100, 3000), (100 * 1024, 200)),
+            passthrough_size_reps=1,
             passthrough_transports=transports,
             profile_transport=profiled,
             lag_interval=0.2,
@@ -888,7 +895,18 @@ class HighWatermark:
             self._stop.wait(0.005)
 
     def __enter__(self) -> HighWatermark:
-        self._total()  # connect before the clock starts
+        from confluent_kafka import KafkaException
+
+        # Connect before the clock starts; a new topic's leaders may not be known here yet.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self._total()
+                break
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
         self._thread.start()
         return self
 
@@ -969,6 +987,52 @@ def plain_loop(
     if reached is None:
         raise RuntimeError("the output topic never held every record")
     return {"rate": n / (reached - t0), "cpu_us_per_msg": cpu / n * 1e6}
+
+
+def quix_available() -> bool:
+    """Whether Quix Streams (the ``bench`` extra) is importable here."""
+    try:
+        import quixstreams  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def quix_passthrough(bootstrap: str, src: str, out: str, n: int) -> dict[str, float]:
+    """Quix Streams doing the same at-least-once pass-through with its defaults (which set
+    fetch.queue.backoff.ms=100), one process, as its users run it."""
+    from quixstreams import Application
+
+    app = Application(
+        broker_address=bootstrap,
+        consumer_group=f"bench-quix-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        loglevel="WARNING",
+        use_changelog_topics=False,
+    )
+    first: list[tuple[float, float]] = []
+
+    def mark_first(value: bytes) -> bytes:
+        if not first:
+            first.append((time.perf_counter(), time.process_time()))
+        return value
+
+    src_topic = app.topic(src, value_deserializer="bytes", key_deserializer="bytes")
+    out_topic = app.topic(out, value_serializer="bytes", key_serializer="bytes")
+    app.dataframe(src_topic).apply(mark_first).to_topic(out_topic)
+    with HighWatermark(bootstrap, out, n) as mark:
+
+        def stop_when_done() -> None:
+            mark.done.wait(600)
+            app.stop()
+
+        threading.Thread(target=stop_when_done, name="bench-quix-stop", daemon=True).start()
+        app.run()
+        cpu1 = time.process_time()
+    if mark.reached is None or not first:
+        raise RuntimeError("Quix Streams never wrote every record")
+    t0, cpu0 = first[0]
+    return {"rate": n / (mark.reached - t0), "cpu_us_per_msg": (cpu1 - cpu0) / n * 1e6}
 
 
 class _PassThrough(Consumer):
@@ -1113,8 +1177,10 @@ async def run_transport_passthrough(
 
 
 def _variants(settings: KafkaSettings) -> list[tuple[str, str | None, bool]]:
-    """``(label, transport, profile)``; transport ``None`` is the plain loop."""
-    out: list[tuple[str, str | None, bool]] = [(LOOP, None, False)]
+    """``(label, transport, profile)``; transport ``None`` is a baseline (a plain loop, Quix)."""
+    out: list[tuple[str, str | None, bool]] = [(LOOP, None, False), (LOOP_UNTUNED, None, False)]
+    if quix_available():
+        out.append((QUIX, None, False))
     for t in settings.passthrough_transports:  # side by side: their ratio is a paired one
         out += [(f"node[{t}]", t, False), (f"node[{t}]+profile", t, True)]
         out.append((f"transport[{t}]", t, False))
@@ -1124,8 +1190,13 @@ def _variants(settings: KafkaSettings) -> list[tuple[str, str | None, bool]]:
 def _passthrough_run(
     bootstrap: str, src: str, out: str, n: int, label: str, transport: str | None, profile: bool
 ) -> dict[str, Any]:
-    if transport is None:
+    if label == LOOP:
         return plain_loop(bootstrap, src, out, n)
+    if label == LOOP_UNTUNED:
+        return plain_loop(bootstrap, src, out, n, consumer_conf={})
+    if label == QUIX:
+        return quix_passthrough(bootstrap, src, out, n)
+    assert transport is not None
     if label.startswith("transport["):
         return run_async(lambda: run_transport_passthrough(bootstrap, src, out, n, transport))
     return run_async(
@@ -1150,7 +1221,9 @@ def bench_passthrough(
     fill(bootstrap, src, n, settings.passthrough_size)
     variants = _variants(settings)
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in variants}
-    bar = progress(len(variants) * settings.passthrough_reps, "kafka pass-through", show_progress)
+    total = len(variants) * settings.passthrough_reps
+    total += len(settings.passthrough_sizes) * settings.passthrough_size_reps * 3
+    bar = progress(total, "kafka pass-through", show_progress)
     with _own_node_settings(), contextlib.closing(bar):
         try:
             for _, (label, transport, profile) in interleaved(variants, settings.passthrough_reps):
@@ -1162,6 +1235,7 @@ def bench_passthrough(
                 finally:
                     delete_topics(admin, [out])
                 bar.update()
+            sizes = _by_size(bootstrap, admin, settings, bar)
             out = create_topic(admin, "bench-pt-out")
             try:
                 cpu_profile = cpu_profile_node(
@@ -1173,7 +1247,59 @@ def bench_passthrough(
             delete_topics(admin, [src])
     doc = _passthrough_doc(settings, runs, variants, quick, started, t0, load_before)
     doc["metrics"]["cpu_profile"] = cpu_profile
+    doc["metrics"]["sizes"] = sizes
     return doc
+
+
+def _by_size(bootstrap: str, admin: Any, settings: KafkaSettings, bar: Any) -> dict[str, Any]:
+    """How the cost grows with the message size: the tuned loop, Quix Streams and the node on
+    its default transport, interleaved, per size."""
+    node = f"node[{default_transport()}]"
+    labels = [LOOP, *([QUIX] if quix_available() else []), node]
+    out: dict[str, Any] = {}
+    for size, n in settings.passthrough_sizes:
+        src = create_topic(admin, "bench-pt-size")
+        try:
+            fill(bootstrap, src, n, size)
+            runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+            for _, label in interleaved(labels, settings.passthrough_size_reps):
+                dst = create_topic(admin, "bench-pt-out")
+                try:
+                    transport = default_transport() if label == node else None
+                    runs[label].append(
+                        _passthrough_run(bootstrap, src, dst, n, label, transport, False)
+                    )
+                finally:
+                    delete_topics(admin, [dst])
+                bar.update()
+        finally:
+            delete_topics(admin, [src])
+        loop_rates = [r["rate"] for r in runs[LOOP]]
+        out[str(size)] = {
+            "messages": n,
+            "load_average_after": round(os.getloadavg()[0], 2),
+            **{
+                label: {
+                    "rate": summarize([r["rate"] for r in rs], 1),
+                    "cpu_us_per_msg": round(statistics.median(r["cpu_us_per_msg"] for r in rs), 2),
+                    "vs_loop": round(median_ratio([r["rate"] for r in rs], loop_rates), 3),
+                    **(
+                        {
+                            "vs_quix": round(
+                                median_ratio(
+                                    [r["rate"] for r in rs], [r["rate"] for r in runs[QUIX]]
+                                ),
+                                3,
+                            )
+                        }
+                        if QUIX in runs
+                        else {}
+                    ),
+                }
+                for label, rs in runs.items()
+            },
+        }
+    return out
 
 
 def cpu_profile_node(
@@ -1243,12 +1369,18 @@ def _passthrough_doc(
 
     def entry(label: str) -> dict[str, Any]:
         rates = [r["rate"] for r in runs[label]]
-        return {
+        out = {
             "rate": summarize(rates, 1),
             "cpu_us_per_msg": round(statistics.median(r["cpu_us_per_msg"] for r in runs[label]), 2),
             "vs_loop": round(median_ratio(rates, loop_rates), 3),
             "vs_loop_runs": [round(a / b, 3) for a, b in zip(rates, loop_rates, strict=True)],
         }
+        for name, key in ((LOOP_UNTUNED, "vs_loop_untuned"), (QUIX, "vs_quix")):
+            if name in runs and name != label:
+                other = [r["rate"] for r in runs[name]]
+                out[key] = round(median_ratio(rates, other), 3)
+                out[key + "_runs"] = [round(a / b, 3) for a, b in zip(rates, other, strict=True)]
+        return out
 
     nodes = {label: entry(label) for label, _, _ in variants if label.startswith("node[")}
     transports = {label: entry(label) for label, _, _ in variants if label.startswith("transport[")}
@@ -1275,7 +1407,8 @@ def _passthrough_doc(
         "transports": list(settings.passthrough_transports),
         "default_transport": default_transport(),
         "loop": "consume(500) -> produce each (acks=all, idempotent, linger 5 ms) -> flush -> "
-        "commit",
+        f"commit; consumer tuned with {TUNED_LOOP_CONSUMER} (the untuned loop: librdkafka's "
+        "defaults, as this suite ran it before)",
         "unit": "messages/s",
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
@@ -1298,7 +1431,8 @@ def _passthrough_doc(
                 "cpu_us_per_msg": round(
                     statistics.median(r["cpu_us_per_msg"] for r in runs[LOOP]), 2
                 ),
-            }
+            },
+            **{name: entry(name) for name in (LOOP_UNTUNED, QUIX) if name in runs},
         },
         machine=machine_info(),
         started=started,

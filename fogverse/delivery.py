@@ -36,7 +36,10 @@ Fallback = Callable[[BaseException], Awaitable[None]]
 """Called with a dead letter's failure: sends (and tracks) a replacement, or raises."""
 
 
-class Delivery:
+class Delivery(Pending):
+    """One input from receive until it may be committed; it is its own entry in the offset
+    tracker (``token`` is itself while the tracker waits for it)."""
+
     __slots__ = (
         "content_type",
         "on_failure",
@@ -61,7 +64,7 @@ class Delivery:
         self.tracker = tracker
         self.token: Pending | None = None
         if tracker is not None and record.partition is not None and record.offset is not None:
-            self.token = tracker.begin((record.topic or "", record.partition), record.offset)
+            self.token = tracker.begin((record.topic or "", record.partition), record.offset, self)
         self.pending = 0
         self.sealed = False
         self.content_type: str | None = None

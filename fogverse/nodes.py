@@ -93,8 +93,10 @@ class _Output:
     producer: ProducerTransport | None = None
     kafka_client: KafkaClient = "aiokafka"
     """Kafka client library behind the node: ``"aiokafka"`` (default) or ``"confluent"``
-    (librdkafka, several times faster; ``consumer_conf``/``producer_conf`` then take
-    librdkafka properties such as ``"fetch.min.bytes"``). FOGVERSE_KAFKA_CLIENT overrides."""
+    (librdkafka: about twice as fast in the node loop, see benchmarks/README.md; not the
+    default yet because dynamic partitioning's join does not complete on it).
+    ``consumer_conf`` and ``producer_conf`` take either client's spelling on confluent
+    (``"fetch.min.bytes"`` or aiokafka's ``fetch_min_bytes``). FOGVERSE_KAFKA_CLIENT overrides."""
     auto_encode: bool = True
     """Encode results with ``output_codec`` (the seed's flag; ``False`` sends them as is)."""
     auto_decode: bool = True

@@ -19,15 +19,15 @@ __all__ = ["OffsetTracker", "Pending"]
 
 class Pending:
     """One input offset that is in flight; ``OffsetTracker.done`` finishes it and
-    ``OffsetTracker.abandon`` gives up on it."""
+    ``OffsetTracker.abandon`` gives up on it. A subclass (the node's per-input
+    :class:`~fogverse.delivery.Delivery`) can be its own entry: see ``OffsetTracker.begin``."""
 
-    __slots__ = ("abandoned", "done", "offset", "partition")
+    __slots__ = ("abandoned", "done", "in_log", "offset")
 
-    def __init__(self, partition: _Partition, offset: int) -> None:
-        self.partition = partition
-        self.offset = offset
-        self.done = False
-        self.abandoned = False
+    in_log: _Partition
+    offset: int
+    done: bool
+    abandoned: bool
 
     @property
     def waited_for(self) -> bool:
@@ -56,11 +56,17 @@ class OffsetTracker:
     def in_flight(self) -> int:
         return self._count
 
-    def begin(self, tp: TopicPartition, offset: int) -> Pending:
+    def begin(self, tp: TopicPartition, offset: int, p: Pending | None = None) -> Pending:
+        """Track ``offset`` of ``tp`` as in flight, in ``p`` if given (an object that is its
+        own entry saves one per input), else in a new :class:`Pending`."""
         part = self._parts.get(tp)
         if part is None:
             part = self._parts[tp] = _Partition()
-        p = Pending(part, offset)
+        if p is None:
+            p = Pending()
+        p.in_log = part
+        p.offset = offset
+        p.done = p.abandoned = False
         part.inflight.append(p)
         self._count += 1
         if self._count == 1:
@@ -71,7 +77,7 @@ class OffsetTracker:
         if p.done or p.abandoned:  # not p.waited_for, without a property call per message
             return
         p.done = True
-        part = p.partition
+        part = p.in_log
         q = part.inflight
         while q and q[0].done:
             part.watermark = q.popleft().offset + 1

@@ -17,6 +17,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
+from types import CoroutineType
 from typing import Any
 
 from fogverse.delivery import (
@@ -357,7 +358,7 @@ class Runnable:
                     stamps.decoded = now()
                 stage = "process"
                 result = process(data)
-                if async_process or inspect.iscoroutine(result):
+                if async_process or type(result) is CoroutineType:
                     result = await result
                 if stamps is not None:
                     stamps.processed = now()

@@ -1,7 +1,7 @@
-"""Kafka transports on confluent-kafka (librdkafka): the fast alternative to aiokafka.
+"""Kafka transports on confluent-kafka (librdkafka): the faster of the nodes' two clients.
 
-``config`` takes librdkafka properties (dotted keys such as ``"fetch.min.bytes"``), not
-aiokafka's keyword arguments.
+``config`` takes librdkafka properties (dotted keys such as ``"fetch.min.bytes"``); aiokafka's
+keyword arguments (``fetch_min_bytes``, the seed's spelling) are translated to them.
 
 Threads. confluent-kafka serializes the calls made on one ``Consumer``: a ``commit()`` from
 one thread waits until another thread's ``consume()`` returns (measured on 2.16). So one
@@ -57,6 +57,8 @@ _librdkafka_logger = logging.getLogger(__name__ + ".librdkafka")
 # The consumer thread waits on librdkafka in slices this long, so a job queued by the loop
 # (a commit, close) waits at most this long behind an idle consume().
 _CONSUME_SLICE = 0.05
+# About the most value bytes the consumer thread reads ahead of the node (and one batch at most).
+_READ_AHEAD_BYTES = 16 * 2**20
 _WAKE = object()  # queued when a rebalance coroutine finishes, to wake the waiting thread
 
 
@@ -97,15 +99,37 @@ def _common_config(bootstrap_servers: str, client_id: str | None) -> dict[str, A
     return conf
 
 
-def _config_hint(conf: Mapping[str, Any], what: str, exc: KafkaException) -> Exception | None:
-    """A clearer error when librdkafka refused what look like aiokafka keyword arguments."""
-    odd = [k for k in conf if "_" in k and "." not in k and not k.endswith(("_cb", "logger"))]
-    if not odd:
-        return None
-    return ValueError(
-        f"{what} config takes librdkafka properties (e.g. 'auto.offset.reset'), "
-        f"not aiokafka keyword arguments: {odd}: {exc}"
-    )
+# aiokafka keyword arguments whose librdkafka property is not the same words joined by dots.
+_RENAMED = {
+    # How often a client looks for new partitions (dynamic partitioning caps it): aiokafka
+    # refreshes all its metadata at this age, librdkafka its topics' at this interval.
+    "metadata_max_age_ms": "topic.metadata.refresh.interval.ms",
+    "fetch_max_wait_ms": "fetch.wait.max.ms",
+    "max_batch_size": "batch.size",
+    "max_request_size": "message.max.bytes",
+    "sasl_plain_username": "sasl.username",
+    "sasl_plain_password": "sasl.password",
+    "ssl_cafile": "ssl.ca.location",
+    "ssl_certfile": "ssl.certificate.location",
+    "ssl_keyfile": "ssl.key.location",
+}
+# aiokafka keywords that configure nothing in librdkafka (a Python SSL context: librdkafka
+# verifies against the system's store or ssl.ca.location).
+_IGNORED = frozenset({"ssl_context", "api_version"})
+
+
+def librdkafka_config(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """``conf`` with aiokafka keyword arguments (``session_timeout_ms``, the seed's
+    spelling) given as the librdkafka properties they set (``session.timeout.ms``), so a
+    node's settings work on either client; librdkafka's own names pass through."""
+    out: dict[str, Any] = {}
+    for key, value in conf.items():
+        if "_" in key and "." not in key and not key.endswith(("_cb", "logger")):
+            if key in _IGNORED:
+                continue
+            key = _RENAMED.get(key) or key.replace("_", ".")
+        out[key] = value
+    return out
 
 
 # ---- consumer --------------------------------------------------------------------------
@@ -170,11 +194,12 @@ class ConfluentConsumerTransport:
         self.on_revoke: RebalanceCallback | None = None
         conf = _common_config(bootstrap_servers, client_id)
         conf.update({"group.id": group_id, "auto.offset.reset": "earliest", **CONSUMER_DEFAULTS})
-        if (config or {}).get("group.protocol") != "consumer":  # KIP-848: the broker decides
+        config = librdkafka_config(config or {})
+        if config.get("group.protocol") != "consumer":  # KIP-848: the broker decides
             # aiokafka's default rather than librdkafka's 45 s: a crashed member's partitions
             # move to the others after 10 s, whichever client the node uses.
             conf["session.timeout.ms"] = 10_000
-        conf.update(config or {})
+        conf.update(config)
         # At-least-once depends on this: offsets move only when the node commits them.
         conf["enable.auto.commit"] = False
         self.config = conf
@@ -191,22 +216,24 @@ class ConfluentConsumerTransport:
         self._closed = False
         # Replaced (never mutated) by the consumer thread, read by the loop.
         self._assigned: frozenset[TP] = frozenset()
-        # Records of a getmany() that was cancelled while its consume() ran: served next.
+        # Records served before the next getmany(): those of a getmany() cancelled while its
+        # consume() ran, and those the thread read ahead while the node was busy (only the
+        # event loop touches the list). ``_handing``: records the thread handed over that
+        # have not reached the list yet (under the lock).
         self._leftover: list[Record] = []
+        self._lock = threading.Lock()
+        self._handing = 0
+        self._batch = 500  # the last getmany()'s max_records: how far the thread reads ahead
+        self._record_size = 1024  # mean value size of the last records read
+        self._subscribed = False
 
     # -- lifecycle (event loop) --------------------------------------------------------------
 
     async def start(self) -> None:
         # librdkafka is not fork-safe: the client is made here, in the process that uses it.
         self._loop = asyncio.get_running_loop()
-        try:
-            self.consumer = Consumer(self.config)
-        except KafkaException as exc:
-            hint = _config_hint(self.config, "consumer", exc)
-            if hint is None:
-                raise
-            raise hint from exc
-        self._closed = False
+        self.consumer = Consumer(self.config)
+        self._closed = self._subscribed = False
         self._thread = threading.Thread(
             target=self._serve, name=f"fogverse-consumer-{self.config['group.id']}", daemon=True
         )
@@ -231,10 +258,17 @@ class ConfluentConsumerTransport:
     # -- the protocol (event loop) -----------------------------------------------------------
 
     async def getmany(self, timeout: float, max_records: int) -> list[Record]:
-        if self._leftover:
-            out, self._leftover = self._leftover[:max_records], self._leftover[max_records:]
-            return out
-        return await self._submit(self._consume, max_records, timeout, settle=self._settle_records)
+        self._batch = max_records
+        if not self._leftover:
+            records = await self._submit(
+                self._consume, max_records, timeout, settle=self._settle_records
+            )
+            if not self._leftover:
+                return records  # type: ignore[no-any-return]
+            # Records read ahead reached the loop first: they come before these.
+            self._leftover.extend(records)
+        out, self._leftover = self._leftover[:max_records], self._leftover[max_records:]
+        return out
 
     async def commit(self, offsets: dict[TP, int]) -> None:
         if offsets:
@@ -292,9 +326,55 @@ class ConfluentConsumerTransport:
 
     # -- the consumer thread -----------------------------------------------------------------
 
+    def _read_ahead(self) -> None:
+        """While no job waits: serve the group (rebalance callbacks run only inside
+        consume()) and read the next batch ahead of the node's getmany(): at most one
+        batch, and about _READ_AHEAD_BYTES of values, once the node took the last one. A
+        node that joins before it reads (dynamic partitioning waits for its assignment)
+        gets its partitions this way, as on aiokafka, whose group membership runs in the
+        background."""
+        with self._lock:
+            busy = self._handing > 0
+        if busy or self._leftover:
+            # Records wait in librdkafka's queue; rebalances wait for the next consume().
+            job = self._wait_job(_CONSUME_SLICE)
+            if job is not None:
+                self._deferred.append(job)
+            return
+        room = min(self._batch, max(1, _READ_AHEAD_BYTES // max(1, self._record_size)))
+        records = self._consume(room, _CONSUME_SLICE)
+        if not records:
+            return
+        size = sum(len(r.value) for r in records if r.value is not None)
+        self._record_size = size // len(records)
+        with self._lock:
+            self._handing += len(records)
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody reads any more
+            self._loop.call_soon_threadsafe(self._hand_over, records)
+
+    def _hand_over(self, records: list[Record]) -> None:
+        self._leftover.extend(records)
+        with self._lock:
+            self._handing -= len(records)
+
+    def _wait_job(self, timeout: float) -> Any:
+        try:
+            return self._jobs.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
     def _serve(self) -> None:
         while not self._closed:
-            job = self._deferred.popleft() if self._deferred else self._jobs.get()
+            if self._deferred:
+                job = self._deferred.popleft()
+            elif not self._subscribed:
+                job = self._jobs.get()
+            else:
+                job = self._jobs.get_nowait() if not self._jobs.empty() else None
+                if job is None:
+                    self._read_ahead()
+                    continue
             if job is None:
                 break
             if job is _WAKE:
@@ -318,6 +398,7 @@ class ConfluentConsumerTransport:
             on_revoke=self._revoked_cb,
             on_lost=self._lost_cb,
         )
+        self._subscribed = True
 
     def _close(self) -> None:
         assert self.consumer is not None
@@ -550,7 +631,7 @@ class ConfluentProducerTransport:
     ) -> None:
         conf = _common_config(bootstrap_servers, client_id)
         conf.update({"acks": "all", "enable.idempotence": True, "linger.ms": 5})
-        conf.update(config or {})
+        conf.update(librdkafka_config(config or {}))
         self.config = conf
         self.producer: Producer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -560,13 +641,7 @@ class ConfluentProducerTransport:
     async def start(self) -> None:
         # librdkafka is not fork-safe: the client is made here, in the process that uses it.
         self._loop = asyncio.get_running_loop()
-        try:
-            self.producer = Producer(self.config)
-        except KafkaException as exc:
-            hint = _config_hint(self.config, "producer", exc)
-            if hint is None:
-                raise
-            raise hint from exc
+        self.producer = Producer(self.config)
         self._poller = self._loop.create_task(self._poll_loop(), name="fogverse-producer-poll")
 
     async def stop(self) -> None:
