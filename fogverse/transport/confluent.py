@@ -57,8 +57,6 @@ _librdkafka_logger = logging.getLogger(__name__ + ".librdkafka")
 # The consumer thread waits on librdkafka in slices this long, so a job queued by the loop
 # (a commit, close) waits at most this long behind an idle consume().
 _CONSUME_SLICE = 0.05
-# About the most value bytes the consumer thread reads ahead of the node (and one batch at most).
-_READ_AHEAD_BYTES = 16 * 2**20
 _WAKE = object()  # queued when a rebalance coroutine finishes, to wake the waiting thread
 
 
@@ -216,16 +214,8 @@ class ConfluentConsumerTransport:
         self._closed = False
         # Replaced (never mutated) by the consumer thread, read by the loop.
         self._assigned: frozenset[TP] = frozenset()
-        # Records served before the next getmany(): those of a getmany() cancelled while its
-        # consume() ran, and those the thread read ahead while the node was busy (only the
-        # event loop touches the list). ``_handing``: records the thread handed over that
-        # have not reached the list yet (under the lock).
+        # Records of a getmany() that was cancelled while its consume() ran: served next.
         self._leftover: list[Record] = []
-        self._lock = threading.Lock()
-        self._handing = 0
-        self._batch = 500  # the last getmany()'s max_records: how far the thread reads ahead
-        self._record_size = 1024  # mean value size of the last records read
-        self._subscribed = False
 
     # -- lifecycle (event loop) --------------------------------------------------------------
 
@@ -233,7 +223,7 @@ class ConfluentConsumerTransport:
         # librdkafka is not fork-safe: the client is made here, in the process that uses it.
         self._loop = asyncio.get_running_loop()
         self.consumer = Consumer(self.config)
-        self._closed = self._subscribed = False
+        self._closed = False
         self._thread = threading.Thread(
             target=self._serve, name=f"fogverse-consumer-{self.config['group.id']}", daemon=True
         )
@@ -258,17 +248,10 @@ class ConfluentConsumerTransport:
     # -- the protocol (event loop) -----------------------------------------------------------
 
     async def getmany(self, timeout: float, max_records: int) -> list[Record]:
-        self._batch = max_records
-        if not self._leftover:
-            records = await self._submit(
-                self._consume, max_records, timeout, settle=self._settle_records
-            )
-            if not self._leftover:
-                return records  # type: ignore[no-any-return]
-            # Records read ahead reached the loop first: they come before these.
-            self._leftover.extend(records)
-        out, self._leftover = self._leftover[:max_records], self._leftover[max_records:]
-        return out
+        if self._leftover:
+            out, self._leftover = self._leftover[:max_records], self._leftover[max_records:]
+            return out
+        return await self._submit(self._consume, max_records, timeout, settle=self._settle_records)
 
     async def commit(self, offsets: dict[TP, int]) -> None:
         if offsets:
@@ -326,55 +309,9 @@ class ConfluentConsumerTransport:
 
     # -- the consumer thread -----------------------------------------------------------------
 
-    def _read_ahead(self) -> None:
-        """While no job waits: serve the group (rebalance callbacks run only inside
-        consume()) and read the next batch ahead of the node's getmany(): at most one
-        batch, and about _READ_AHEAD_BYTES of values, once the node took the last one. A
-        node that joins before it reads (dynamic partitioning waits for its assignment)
-        gets its partitions this way, as on aiokafka, whose group membership runs in the
-        background."""
-        with self._lock:
-            busy = self._handing > 0
-        if busy or self._leftover:
-            # Records wait in librdkafka's queue; rebalances wait for the next consume().
-            job = self._wait_job(_CONSUME_SLICE)
-            if job is not None:
-                self._deferred.append(job)
-            return
-        room = min(self._batch, max(1, _READ_AHEAD_BYTES // max(1, self._record_size)))
-        records = self._consume(room, _CONSUME_SLICE)
-        if not records:
-            return
-        size = sum(len(r.value) for r in records if r.value is not None)
-        self._record_size = size // len(records)
-        with self._lock:
-            self._handing += len(records)
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody reads any more
-            self._loop.call_soon_threadsafe(self._hand_over, records)
-
-    def _hand_over(self, records: list[Record]) -> None:
-        self._leftover.extend(records)
-        with self._lock:
-            self._handing -= len(records)
-
-    def _wait_job(self, timeout: float) -> Any:
-        try:
-            return self._jobs.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
     def _serve(self) -> None:
         while not self._closed:
-            if self._deferred:
-                job = self._deferred.popleft()
-            elif not self._subscribed:
-                job = self._jobs.get()
-            else:
-                job = self._jobs.get_nowait() if not self._jobs.empty() else None
-                if job is None:
-                    self._read_ahead()
-                    continue
+            job = self._deferred.popleft() if self._deferred else self._jobs.get()
             if job is None:
                 break
             if job is _WAKE:
@@ -398,7 +335,6 @@ class ConfluentConsumerTransport:
             on_revoke=self._revoked_cb,
             on_lost=self._lost_cb,
         )
-        self._subscribed = True
 
     def _close(self) -> None:
         assert self.consumer is not None
