@@ -602,6 +602,13 @@ def _passthrough_table(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _run_note(summary: dict[str, Any]) -> str:
+    command = summary["params"].get("command", "")
+    if command.startswith("python -m benchmarks"):
+        return f"`{command}`"
+    return command  # a composed run says in its own words where each result came from
+
+
 def markdown(summary: dict[str, Any], docs: list[dict[str, Any]]) -> str:
     """``latest.md``: the machine, the targets, then one table per benchmark."""
     machine = summary["machine"]
@@ -610,8 +617,7 @@ def markdown(summary: dict[str, Any], docs: list[dict[str, Any]]) -> str:
         "",
         f"Machine: {describe_machine(machine)}; load average at the start "
         f"{', '.join(str(x) for x in machine['load_average'])}. "
-        f"Run: `python -m benchmarks{' --quick' if summary['mode'] == 'quick' else ''}` "
-        f"({summary['duration_s']:.0f} s).",
+        f"Run: {_run_note(summary)} ({summary['duration_s']:.0f} s).",
     ]
     arroyo = machine["packages"].get("sentry-arroyo")
     if arroyo:

@@ -36,6 +36,7 @@ _EXPECTED = {
     "kafka.pipeline.json",
     "kafka.passthrough.json",
     "kafka.scaling.json",
+    "kafka.stage.json",
 }
 
 
@@ -164,15 +165,30 @@ def test_quick_run_writes_well_formed_results(kafka_bootstrap: str, tmp_path: Pa
         assert entry["rate"]["median"] > 0 and entry["vs_loop"] > 0, entry
     default = passthrough["params"]["default_transport"]
     alone = passthrough["metrics"]["transports"][f"transport[{default}]"]["vs_loop"]
-    assert by_id["kafka.passthrough.vs_loop"]["transport_alone"] == alone
-    assert "transport alone" in by_id["kafka.passthrough.vs_loop"]["detail"]
+    assert by_id["kafka.passthrough.vs_tuned_loop"]["transport_alone"] == alone
+    assert "transport alone" in by_id["kafka.passthrough.vs_tuned_loop"]["detail"]
     if default == "aiokafka":  # one thread: its CPU per message bounds any node on it
-        assert by_id["kafka.passthrough.vs_loop"]["transport_alone_cpu_bound"] > 0
+        assert by_id["kafka.passthrough.vs_tuned_loop"]["transport_alone_cpu_bound"] > 0
+    # The untuned loop (what the suite measured before) and the peers run beside the node.
+    baselines = passthrough["baselines"]
+    assert "confluent-kafka loop, librdkafka defaults" in baselines
+    assert by_id["kafka.passthrough.vs_loop"]["measured"] is not None
+    peers = "quixstreams" in baselines
+    assert (by_id["kafka.passthrough.vs_quix"]["measured"] is not None) == peers
+    sizes = passthrough["metrics"]["sizes"]
+    assert set(sizes) == {"100", str(100 * 1024)}
+    for entry in sizes.values():
+        assert entry[f"node[{default}]"]["rate"]["median"] > 0, entry
+    stage = json.loads((tmp_path / "kafka.stage.json").read_text())
+    assert set(stage["metrics"]) == {"fogverse p=1", "fogverse p=2"}
+    assert {"loop", "loop x2 (one group)"} <= set(stage["baselines"])
+    assert ("quixstreams" in stage["baselines"]) == peers
+    assert by_id["kafka.stage.vs_loop_x2"]["measured"] is not None
 
     for png in summary["plots"]:
         assert (tmp_path / png).read_bytes()[:8] == _PNG, png
-    # One plot per result, except the detector's per-step breakdown (a table).
-    plotted = _EXPECTED - {"detect.breakdown.json"}
+    # One plot per result, except the detector's per-step breakdown and the stage (tables).
+    plotted = _EXPECTED - {"detect.breakdown.json", "kafka.stage.json"}
     assert sorted(summary["plots"]) == sorted(
         n.removesuffix(".json").replace(".", "_") + ".png" for n in plotted
     )
