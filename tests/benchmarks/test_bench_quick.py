@@ -91,7 +91,7 @@ def test_quick_run_writes_well_formed_results(kafka_bootstrap: str, tmp_path: Pa
         assert doc["mode"] == "quick"
 
     # Every target was measured by this run (met or not: speed is not checked here).
-    assert len(summary["targets"]) == 10
+    assert len(summary["targets"]) == 15
     for target in summary["targets"]:
         assert isinstance(target["measured"], int | float), target["id"]
         assert math.isfinite(target["measured"])
