@@ -389,4 +389,3 @@ def _outcome(fut: asyncio.Future[Any]) -> BaseException | None:
     if fut.cancelled():
         return asyncio.CancelledError("delivery cancelled")
     return fut.exception()
-
