@@ -624,15 +624,36 @@ class ConfluentProducerTransport:
             # Inside producer.poll() on the event-loop thread.
             on_ack(None if err is None else KafkaDeliveryError(err, msg.topic()))
 
+        try:
+            refused = self._produce(topic, value, key, report, headers)
+        except BufferError:
+            return False
+        if refused is not None:
+            on_ack(KafkaDeliveryError(refused.args[0], topic))
+        return True
+
+    def _produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        on_delivery: Callable[[KafkaError | None, Message], None],
+        headers: Headers | None,
+    ) -> KafkaException | None:
+        """One ``produce()`` (``BufferError``: librdkafka's queue is full), then the poller is
+        woken. A local refusal (too large, unknown topic...) is returned, to fail like a
+        broker's."""
+        producer = self.producer
+        assert producer is not None
         while True:
             try:
-                producer.produce(topic, value, key, -1, report, None, 0, headers or None)
+                # Positional: topic, value, key, partition (-1: partitioner), on_delivery,
+                # on_delivery alias, timestamp (0: now), headers.
+                # (list is invariant: our (str, bytes) pairs are among the pairs it takes.)
+                producer.produce(topic, value, key, -1, on_delivery, None, 0, headers or None)  # type: ignore[arg-type]
                 break
-            except BufferError:
-                return False
             except KafkaException as exc:
-                on_ack(KafkaDeliveryError(exc.args[0], topic))
-                return True
+                return exc
             except TypeError as exc:
                 value, key = _plain_bytes(value, key, exc)
         wakeup = self._wakeup
@@ -640,7 +661,7 @@ class ConfluentProducerTransport:
             self._wakeup = None
             if not wakeup.done():
                 wakeup.set_result(None)
-        return True
+        return None
 
     async def send(
         self,
@@ -657,27 +678,15 @@ class ConfluentProducerTransport:
         delay = 0.0005
         while True:
             try:
-                # Positional: topic, value, key, partition (-1: partitioner), on_delivery,
-                # on_delivery alias, timestamp (0: now), headers.
-                # (list is invariant: our (str, bytes) pairs are among the pairs it takes.)
-                producer.produce(topic, value, key, -1, cb, None, 0, headers or None)  # type: ignore[arg-type]
+                refused = self._produce(topic, value, key, cb, headers)
                 break
             except BufferError:
                 # librdkafka's queue is full: serve delivery reports and let it drain.
                 producer.poll(0)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.05)
-            except KafkaException as exc:
-                # Refused locally (too large, unknown topic...): fails like a broker refusal.
-                fut.set_exception(KafkaDeliveryError(exc.args[0], topic))
-                return fut
-            except TypeError as exc:
-                value, key = _plain_bytes(value, key, exc)
-        wakeup = self._wakeup
-        if wakeup is not None:
-            self._wakeup = None
-            if not wakeup.done():
-                wakeup.set_result(None)
+        if refused is not None:
+            fut.set_exception(KafkaDeliveryError(refused.args[0], topic))
         return fut
 
     async def flush(self) -> None:
