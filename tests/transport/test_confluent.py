@@ -453,7 +453,8 @@ def test_config_defaults_and_aiokafka_style_keys_are_translated():
         await transport.start()
 
     # What librdkafka does not know still fails at start, naming the property.
-    bad = ConfluentConsumerTransport(["t"], "127.0.0.1:1", "g", config={"max_poll_records": 5})
-    with pytest.raises(KafkaException, match=r"max\.poll\.records"):
+    # (librdkafka 2.16 learnt max.poll.records, which this test once used.)
+    bad = ConfluentConsumerTransport(["t"], "127.0.0.1:1", "g", config={"no_such_thing_ms": 5})
+    with pytest.raises(KafkaException, match=r"no\.such\.thing\.ms"):
         asyncio.run(start(bad))
     assert bad._thread is None  # nothing was started
