@@ -7,6 +7,7 @@ behind. Never the speed: figures from a shared CI machine mean nothing.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -91,8 +92,14 @@ def test_quick_run_writes_well_formed_results(kafka_bootstrap: str, tmp_path: Pa
         assert doc["mode"] == "quick"
 
     # Every target was measured by this run (met or not: speed is not checked here).
+    # Quix Streams is not in the bench extra (it pins an older confluent-kafka): its targets
+    # are measured only where it is installed.
     assert len(summary["targets"]) == 15
+    quix = importlib.util.find_spec("quixstreams") is not None
     for target in summary["targets"]:
+        if "quix" in target["id"] and not quix:
+            assert target["measured"] is None, target["id"]
+            continue
         assert isinstance(target["measured"], int | float), target["id"]
         assert math.isfinite(target["measured"])
         assert isinstance(target["met"], bool)
