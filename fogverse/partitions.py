@@ -274,7 +274,12 @@ class ConsumerStart(Plugin):
     def refresh_metadata(self, transport: Any) -> None:
         """Cap the metadata age of a not-yet-started transport (its ``config`` dict)."""
         config = getattr(transport, "config", None)
-        if isinstance(config, MutableMapping):
+        if isinstance(config, MutableMapping) and "bootstrap.servers" in config:
+            # A confluent transport's config: librdkafka's properties, already translated.
+            key = "topic.metadata.refresh.interval.ms"
+            if config.get(key) is None or config[key] > self.metadata_max_age_ms:
+                config[key] = self.metadata_max_age_ms
+        elif isinstance(config, MutableMapping):
             refresh_metadata_often(config, self.metadata_max_age_ms)
         elif _is_raw_aiokafka(transport):
             logger.info(
@@ -432,9 +437,11 @@ class ConsumerStart(Plugin):
             raise DynamicPartitionError(
                 f"{consumer_id}: the consumer did not start within {timeout:g} s"
             ) from None
-        # aiokafka rebalances in its own background task; this only looks. A member that joined
-        # gets nothing while the group's leader still sees the old partition count: it waits
-        # for the leader's next metadata refresh and the rebalance that follows.
+        # aiokafka rebalances in its own background task; this only looks. librdkafka serves
+        # the group only inside a read: its transport's serve_group() reads and puts back. A
+        # member that joined gets nothing while the group's leader still sees the old partition
+        # count: it waits for the leader's next metadata refresh and the rebalance that follows.
+        serve_group = getattr(consumer, "serve_group", None)
         while not (assignment := _assigned(consumer, topics)):
             if deadline is not None and loop.time() >= deadline:
                 logger.warning(
@@ -444,7 +451,10 @@ class ConsumerStart(Plugin):
                     timeout,
                 )
                 return frozenset()
-            await asyncio.sleep(_ASSIGNMENT_POLL)
+            if serve_group is not None:
+                await serve_group(_ASSIGNMENT_POLL)
+            else:
+                await asyncio.sleep(_ASSIGNMENT_POLL)
         return assignment
 
     @staticmethod

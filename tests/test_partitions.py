@@ -269,9 +269,13 @@ async def lock_is_free(
 # ---- what must be shown ---------------------------------------------------------------------
 
 
+# On confluent-kafka the joiner must read to be served by the group (serve_group()): without
+# it no member ever got a partition.
+@pytest.mark.parametrize("client", ["aiokafka", "confluent"])
 def test_consumers_join_one_by_one_while_a_producer_runs(
-    kafka_bootstrap, kafka_admin, topic_name, lock_server
+    kafka_bootstrap, kafka_admin, topic_name, lock_server, client, monkeypatch
 ):
+    monkeypatch.setenv("FOGVERSE_KAFKA_CLIENT", client)
     topic, group = topic_name(), f"g-{uuid.uuid4().hex[:8]}"
 
     async def scenario() -> None:

@@ -265,6 +265,14 @@ class ConfluentConsumerTransport:
     def assignment(self) -> set[TP]:
         return set(self._assigned)
 
+    async def serve_group(self, timeout: float) -> None:
+        """Take part in the group for up to ``timeout`` s, or until a rebalance ran, without
+        handing out a record: what it reads is put back, so the next ``getmany()`` starts
+        there. librdkafka serves a member's joins and rebalances only inside a read, so a
+        caller that waits for its partitions before it reads (ConsumerStart) calls this while
+        it waits; aiokafka does the same in a task of its own."""
+        await self._call(self._serve_group, timeout)
+
     # -- plumbing between the loop and the consumer thread -----------------------------------
 
     def _submit(
@@ -367,6 +375,28 @@ class ConfluentConsumerTransport:
             owned = self._assigned
             out = [r for r in out if (r.topic, r.partition) in owned]
         return out
+
+    def _serve_group(self, timeout: float) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        rebalances = self._rebalances
+        deadline = time.monotonic() + timeout
+        while self._rebalances == rebalances:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._jobs.empty() or self._deferred:
+                return
+            for msg in consumer.consume(1, min(remaining, _CONSUME_SLICE)):
+                if msg.error() is not None:
+                    continue
+                tp = (msg.topic(), msg.partition())
+                try:
+                    consumer.seek(TopicPartition(tp[0], tp[1], msg.offset()))
+                except KafkaException:
+                    # Not put back while we still own it: the node would read past it and
+                    # a later commit would skip it.
+                    if tp in self._assigned:
+                        raise
+                    # Given up inside this consume(): its next owner reads it from Kafka.
 
     def _commit(self, offsets: dict[TP, int]) -> None:
         assert self.consumer is not None

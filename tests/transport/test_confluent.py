@@ -422,6 +422,48 @@ def test_cancelled_getmany_loses_no_records_and_stop_leaves_no_threads(kafka_boo
     }
 
 
+def test_serve_group_joins_and_hands_out_nothing(kafka_bootstrap, new_topic):
+    """A member that waits for its partitions before it reads (ConsumerStart) gets them
+    through serve_group(), and what serve_group() read on the way is read again, once, in
+    order, by the first getmany()s: nothing skipped, nothing twice."""
+    topic = new_topic(partitions=2)
+    n = 200
+    _produce(kafka_bootstrap, topic, [(str(i).encode(), b"m%d" % i, None) for i in range(n)])
+
+    async def main() -> tuple[set[Any], list[Any], int]:
+        t = ConfluentConsumerTransport([topic], kafka_bootstrap, _group())
+        await t.start()
+        try:
+            # Without serve_group() nothing reads, so no partition ever arrives.
+            await asyncio.sleep(0.5)
+            assert not t.assignment()
+            calls = 0
+
+            async def joined() -> bool:
+                nonlocal calls
+                calls += 1
+                await t.serve_group(0.2)
+                return len(t.assignment()) == 2
+
+            await until(joined, 60, "the assignment", interval=0)
+            # Keep serving after the join: it reads records and must put each back.
+            for _ in range(5):
+                await t.serve_group(0.1)
+            return t.assignment(), await _read_all(t, n), calls
+        finally:
+            await t.stop()
+
+    assignment, records, calls = asyncio.run(main())
+    assert assignment == {(topic, 0), (topic, 1)}
+    assert calls >= 1
+    by_partition: dict[int, list[int]] = collections.defaultdict(list)
+    for r in records:
+        by_partition[r.partition].append(r.offset)
+    assert len(records) == n
+    for offsets in by_partition.values():
+        assert offsets == list(range(len(offsets))), "a record was skipped or read twice"
+
+
 def test_config_defaults_and_aiokafka_style_keys_are_translated():
     c = ConfluentConsumerTransport(
         ["t"], "127.0.0.1:1", "g", client_id="me", config={"enable.auto.commit": True}
