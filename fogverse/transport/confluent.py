@@ -386,11 +386,12 @@ class ConfluentConsumerTransport:
             if remaining <= 0 or not self._jobs.empty() or self._deferred:
                 return
             for msg in consumer.consume(1, min(remaining, _CONSUME_SLICE)):
-                if msg.error() is not None:
+                topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+                if msg.error() is not None or topic is None or partition is None or offset is None:
                     continue
-                tp = (msg.topic(), msg.partition())
+                tp = (topic, partition)
                 try:
-                    consumer.seek(TopicPartition(tp[0], tp[1], msg.offset()))
+                    consumer.seek(TopicPartition(topic, partition, offset))
                 except KafkaException:
                     # Not put back while we still own it: the node would read past it and
                     # a later commit would skip it.
