@@ -12,7 +12,9 @@ writes the result to a fresh topic, at least once. Variants, interleaved in roun
 - ``quixstreams``: Quix Streams running the stage in ``sdf.apply``, one process (as its users
   run it: it has no process pool);
 - ``fogverse p=1``, ``fogverse p=2``: a ``ParallelConsumer`` on its default transport with
-  ``process_number`` workers and ``max_running_task=8``.
+  ``process_number`` workers and ``max_running_task=8``;
+- ``fogverse p=2 [other]``: the same p=2 node on the other transport this machine has, so
+  that the choice of the default is measured on this workload in the same run.
 
 The clock runs from the first frame a variant consumed until the output topic holds every
 frame (the same criterion for all). Each run uses a fresh output topic and group.
@@ -46,10 +48,12 @@ from benchmarks.kafka import (
     _admin,
     _own_node_settings,
     _preprocessor,
+    available_transports,
     create_topic,
     default_transport,
     delete_topics,
     quix_available,
+    use_transport,
 )
 
 __all__ = ["bench_stage"]
@@ -188,7 +192,9 @@ def run_quix(bootstrap: str, src: str, out: str, n: int) -> dict[str, Any]:
     return {"rate": n / (mark.reached - first[0]), "cpu_ms_per_frame": cpu / n * 1e3}
 
 
-async def run_fogverse(bootstrap: str, src: str, out: str, n: int, p: int) -> dict[str, Any]:
+async def run_fogverse(
+    bootstrap: str, src: str, out: str, n: int, p: int, transport: str | None = None
+) -> dict[str, Any]:
     from fogverse.parallel.runnable import ParallelConsumer
 
     class Stage(ParallelConsumer):
@@ -206,6 +212,8 @@ async def run_fogverse(bootstrap: str, src: str, out: str, n: int, p: int) -> di
         producer_topic=out,
         input_codec="bytes",
     )
+    if transport is not None:
+        use_transport(node, transport)
     with HighWatermark(bootstrap, out, n, PARTITIONS) as mark:
         cpu0 = time.process_time()
         task = asyncio.create_task(node.run(p, MAX_RUNNING_TASK, _preprocessor(QUALITY)))
@@ -227,7 +235,9 @@ def _variants() -> list[str]:
     out = [LOOP, LOOP2]
     if quix_available():
         out.append(QUIX)
-    return [*out, "fogverse p=1", "fogverse p=2"]
+    default = default_transport()
+    other = [f"fogverse p=2 [{t}]" for t in available_transports() if t != default]
+    return [*out, "fogverse p=1", "fogverse p=2", *other]
 
 
 def _run(bootstrap: str, src: str, out: str, n: int, label: str) -> dict[str, Any]:
@@ -237,8 +247,11 @@ def _run(bootstrap: str, src: str, out: str, n: int, label: str) -> dict[str, An
         return run_loops(bootstrap, src, out, n, 2)
     if label == QUIX:
         return run_quix(bootstrap, src, out, n)
-    p = int(label.rsplit("=", 1)[1])
-    return run_async(lambda: run_fogverse(bootstrap, src, out, n, p))
+    # "fogverse p=<n>" or "fogverse p=<n> [<transport>]"
+    spec, _, transport = label.removeprefix("fogverse p=").partition(" [")
+    return run_async(
+        lambda: run_fogverse(bootstrap, src, out, n, int(spec), transport.rstrip("]") or None)
+    )
 
 
 def bench_stage(

@@ -187,7 +187,9 @@ def test_quick_run_writes_well_formed_results(kafka_bootstrap: str, tmp_path: Pa
     for entry in sizes.values():
         assert entry[f"node[{default}]"]["rate"]["median"] > 0, entry
     stage = json.loads((tmp_path / "kafka.stage.json").read_text())
-    assert set(stage["metrics"]) == {"fogverse p=1", "fogverse p=2"}
+    # p=2 on the transport that is not the default, measured beside it.
+    other = "confluent" if stage["params"]["default_transport"] == "aiokafka" else "aiokafka"
+    assert set(stage["metrics"]) == {"fogverse p=1", "fogverse p=2", f"fogverse p=2 [{other}]"}
     assert {"loop", "loop x2 (one group)"} <= set(stage["baselines"])
     assert ("quixstreams" in stage["baselines"]) == peers
     assert by_id["kafka.stage.vs_loop_x2"]["measured"] is not None
