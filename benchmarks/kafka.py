@@ -49,7 +49,7 @@ from benchmarks.common import (
     summarize,
 )
 from fogverse import Consumer, Producer, Record
-from fogverse.parallel.runnable import ParallelConsumer
+from fogverse.node.parallel import ParallelConsumer
 
 __all__ = [
     "TRANSPORTS",

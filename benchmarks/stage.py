@@ -195,7 +195,7 @@ def run_quix(bootstrap: str, src: str, out: str, n: int) -> dict[str, Any]:
 async def run_fogverse(
     bootstrap: str, src: str, out: str, n: int, p: int, transport: str | None = None
 ) -> dict[str, Any]:
-    from fogverse.parallel.runnable import ParallelConsumer
+    from fogverse.node.parallel import ParallelConsumer
 
     class Stage(ParallelConsumer):
         first: float | None = None

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fogverse.app import run
-from fogverse.delivery import Hold
-from fogverse.nodes import Consumer, Producer
+from fogverse.node.delivery import Hold
+from fogverse.node.io import Consumer, Producer
+from fogverse.node.loop import Runnable
 from fogverse.processor import Processor
 from fogverse.record import Record
-from fogverse.runnable import Runnable
 from fogverse.transport.memory import MemoryBroker
 
 __all__ = [
@@ -29,7 +29,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from fogverse.parallel.runnable import ParallelConsumer, ParallelProducer, ParallelRunnable
+    from fogverse.node.parallel import ParallelConsumer, ParallelProducer, ParallelRunnable
 
 _PARALLEL = ("ParallelConsumer", "ParallelProducer", "ParallelRunnable")
 
@@ -37,7 +37,7 @@ _PARALLEL = ("ParallelConsumer", "ParallelProducer", "ParallelRunnable")
 def __getattr__(name: str) -> Any:
     # The process-pool machinery loads only for nodes that use it.
     if name in _PARALLEL:
-        from fogverse.parallel import runnable
+        from fogverse.node import parallel
 
-        return getattr(runnable, name)
+        return getattr(parallel, name)
     raise AttributeError(f"module 'fogverse' has no attribute {name!r}")

@@ -48,7 +48,7 @@ def _run(args: argparse.Namespace) -> int:
     elif callable(obj) and not hasattr(obj, "run"):
         obj = obj()
     # A parallel node's module was imported by the target itself; don't load it otherwise.
-    parallel = sys.modules.get("fogverse.parallel.runnable")
+    parallel = sys.modules.get("fogverse.node.parallel")
     if parallel is not None and isinstance(obj, parallel.ParallelRunnable):
         run(obj.run(args.process_number, args.max_running_task))
     else:

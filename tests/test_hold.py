@@ -13,7 +13,7 @@ from backends import Backend, produce_kafka
 from polling import until
 
 from fogverse import Consumer
-from fogverse.delivery import Hold
+from fogverse.node.delivery import Hold
 
 ERR = "fogverse.error."
 

@@ -95,15 +95,15 @@ def test_the_core_is_what_it_says() -> None:
     names = {_module_name(p) for p in core_modules()}
     for expected in (
         "fogverse",
-        "fogverse.runnable",
-        "fogverse.nodes",
-        "fogverse.delivery",
-        "fogverse.offsets",
+        "fogverse.node.loop",
+        "fogverse.node.io",
+        "fogverse.node.delivery",
+        "fogverse.node.offsets",
         "fogverse.codec",
         "fogverse.plugins",
         "fogverse.transport.kafka",
         "fogverse.parallel.pool",
-        "fogverse.parallel.runnable",
+        "fogverse.node.parallel",
     ):
         assert expected in names
     assert not any(_is_add_on(n) or n.startswith("fogverse.broker") for n in names)

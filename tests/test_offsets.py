@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from fogverse.offsets import OffsetTracker
+from fogverse.node.offsets import OffsetTracker
 
 TP = ("t", 0)
 OTHER = ("t", 1)

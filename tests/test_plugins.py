@@ -161,7 +161,7 @@ def test_a_plugin_failing_on_stop_is_logged_and_the_node_still_closes(
         node.stop()
         await task
 
-    with caplog.at_level(logging.ERROR, logger="fogverse.runnable"):
+    with caplog.at_level(logging.ERROR, logger="fogverse.node.loop"):
         asyncio.run(scenario())
     assert events[-1] == "close_producer", "the producer was closed after the failing plugin"
     assert "plugin bug" in caplog.text

@@ -22,8 +22,8 @@ from confluent_kafka import KafkaError
 from polling import until
 
 from fogverse import Consumer
+from fogverse.node.loop import FatalDeliveryError
 from fogverse.record import Headers
-from fogverse.runnable import FatalDeliveryError
 from fogverse.transport.confluent import KafkaDeliveryError
 from fogverse.transport.memory import MemoryBroker, MemoryProducerTransport
 

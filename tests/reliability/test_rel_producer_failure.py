@@ -16,7 +16,7 @@ from aiokafka.producer.sender import Sender
 from backends import produce_kafka, read_kafka
 
 from fogverse import Consumer
-from fogverse.runnable import FatalDeliveryError
+from fogverse.node.loop import FatalDeliveryError
 from fogverse.transport.kafka import KafkaProducerTransport, SenderDied
 
 pytestmark = pytest.mark.fault

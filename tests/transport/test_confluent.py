@@ -39,7 +39,7 @@ def _produce(bootstrap: str, topic: str, items: list[tuple[Any, bytes, Any]]) ->
 
 def _confluent_node(bootstrap: str, src: str, group: str, cls: type = Consumer, **kw: Any) -> Any:
     """A node built as usual, then moved onto the confluent transports (as the node setting
-    will do once nodes.py selects them)."""
+    will do once fogverse/node/io.py selects them)."""
     consumer_conf = kw.pop("consumer_conf", None)
     producer_conf = kw.pop("producer_conf", None)
     node = cls(src, bootstrap, group, **kw)

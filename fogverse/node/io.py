@@ -19,10 +19,10 @@ from typing import Any, Literal
 from fogverse.codec import CONTENT_TYPE_HEADER as CONTENT_TYPE
 from fogverse.codec import Codec, CodecName, get_codec
 from fogverse.config import default_servers, resolve, split_topics
-from fogverse.delivery import Delivery, current_delivery
+from fogverse.node.delivery import Delivery, current_delivery
+from fogverse.node.loop import Runnable
 from fogverse.plugins import Plugin
 from fogverse.record import Headers, Record, TopicPartition
-from fogverse.runnable import Runnable
 from fogverse.transport.base import ConsumerTransport, ProducerTransport
 from fogverse.transport.memory import (
     SCHEME,

@@ -15,14 +15,14 @@ from collections import deque
 from typing import Literal
 
 from fogverse.codec import AutoCodec, Codec
-from fogverse.delivery import Delivery, current_delivery
 from fogverse.metrics import Profiler
-from fogverse.nodes import Consumer, Producer
+from fogverse.node.delivery import Delivery, current_delivery
+from fogverse.node.io import Consumer, Producer
+from fogverse.node.loop import Runnable
 from fogverse.parallel.errors import TaskFailed, WorkerCrashed
 from fogverse.parallel.pool import TaskHandle, WorkerPool
 from fogverse.processor import Processor
 from fogverse.record import TopicPartition
-from fogverse.runnable import Runnable
 
 __all__ = ["ParallelConsumer", "ParallelProducer", "ParallelRunnable"]
 

@@ -1,7 +1,7 @@
 """The node loop: start → loop { receive → decode → process → encode → send } → close.
 
 Every step has ``_before_X`` / ``_after_X`` hooks (sync or async). Inputs are tracked from
-receive until every record sent for them is acknowledged (see :mod:`fogverse.delivery`);
+receive until every record sent for them is acknowledged (see :mod:`fogverse.node.delivery`);
 offsets are committed in the background up to each partition's contiguous watermark.
 """
 
@@ -20,15 +20,15 @@ from collections.abc import Awaitable, Callable
 from types import CoroutineType
 from typing import Any
 
-from fogverse.delivery import (
+from fogverse.metrics import DEFAULT_SAMPLE, Profiler, Stamps
+from fogverse.node.delivery import (
     ERROR_HEADER_PREFIX,
     Delivery,
     Hold,
     current_delivery,
     error_headers,
 )
-from fogverse.metrics import DEFAULT_SAMPLE, Profiler, Stamps
-from fogverse.offsets import OffsetTracker
+from fogverse.node.offsets import OffsetTracker
 from fogverse.plugins import Plugin, discover, overrides
 from fogverse.record import Headers, Record, UnreadableRecord, UnreadableRecordError
 from fogverse.transport.base import ConsumerTransport, ProducerTransport
@@ -119,7 +119,7 @@ class Runnable:
 
     def hold(self) -> Hold:
         """Keep the input being processed uncommitted after ``process`` returns, until the
-        returned :class:`~fogverse.delivery.Hold` is released.
+        returned :class:`~fogverse.node.delivery.Hold` is released.
 
         For joins and windows: a frame that waits for its detections calls ``hold()`` and
         returns ``None``; when the detections arrive, the node sends (or draws) the pair and

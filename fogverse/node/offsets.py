@@ -20,7 +20,7 @@ __all__ = ["OffsetTracker", "Pending"]
 class Pending:
     """One input offset that is in flight; ``OffsetTracker.done`` finishes it and
     ``OffsetTracker.abandon`` gives up on it. A subclass (the node's per-input
-    :class:`~fogverse.delivery.Delivery`) can be its own entry: see ``OffsetTracker.begin``."""
+    :class:`~fogverse.node.delivery.Delivery`) can be its own entry: see ``OffsetTracker.begin``."""
 
     __slots__ = ("abandoned", "done", "in_log", "offset")
 

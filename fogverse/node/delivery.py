@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fogverse.metrics import Profiler, Stamps
-from fogverse.offsets import OffsetTracker, Pending
+from fogverse.node.offsets import OffsetTracker, Pending
 from fogverse.record import Headers, Record
 
 __all__ = ["ERROR_HEADER_PREFIX", "Delivery", "Hold", "current_delivery", "error_headers"]
