@@ -1,5 +1,5 @@
 """Faults inside a parallel node's process tree beyond a worker's death (which
-tests/parallel/test_parallel_runnable.py covers): the forkserver that starts the workers."""
+tests/node/test_parallel.py covers): the forkserver that starts the workers."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import pytest
 from backends import produce_kafka, read_kafka
 from polling import until
 
-NODES = str(Path(__file__).with_name("pipeline_nodes.py"))
+NODES = str(Path(__file__).parent.parent / "pipeline_nodes.py")
 
 
 def _start_node(bootstrap: str, src: str, out: str, group: str, delay: float):
