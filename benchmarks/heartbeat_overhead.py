@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from fogverse import Consumer
+from fogverse.admin import admin_client
 from fogverse.autoscale import Observer
 
 
@@ -94,9 +95,9 @@ def _broker() -> Iterator[str]:
 
 
 def _topics(servers: str, names: list[str], delete: bool = False) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import NewTopic
 
-    admin = AdminClient({"bootstrap.servers": servers})
+    admin = admin_client(servers)
     if delete:
         futures = admin.delete_topics(names)
     else:

@@ -49,6 +49,7 @@ from benchmarks.common import (
     summarize,
 )
 from fogverse import Consumer, Producer, Record
+from fogverse.admin import admin_client
 from fogverse.node.parallel import ParallelConsumer
 
 __all__ = [
@@ -207,9 +208,7 @@ def _own_node_settings() -> Iterator[None]:
 
 
 def _admin(bootstrap: str) -> Any:
-    from confluent_kafka.admin import AdminClient
-
-    return AdminClient({"bootstrap.servers": bootstrap})
+    return admin_client(bootstrap)
 
 
 def create_topic(admin: Any, prefix: str, partitions: int = 1) -> str:

@@ -38,6 +38,7 @@ from benchmarks.kafka import broker
 from benchmarks.keda import CAMERA, table
 from benchmarks.keda import _run as simulate
 from benchmarks.scaling_sim import Load, Metrics, StageParams, step_ramp_load, summary
+from fogverse.admin import admin_client
 from fogverse.autoscale import AutoScaleComponent, DeployScripts
 from fogverse.autoscale.messages import Heartbeat, encode_message
 from fogverse.autoscale.workers.lag import GroupOffsets, measure_lag
@@ -70,10 +71,9 @@ to the compressed load."""
 
 
 def _admin(bootstrap: str) -> Any:
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    return admin, NewTopic
+    return admin_client(bootstrap), NewTopic
 
 
 class _Feeder:
