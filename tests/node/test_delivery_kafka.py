@@ -1,4 +1,5 @@
-"""At-least-once on the real broker: crashes lose nothing, graceful stops redo nothing."""
+"""At-least-once on the real broker, on each of the nodes' Kafka clients: crashes lose
+nothing, graceful stops redo nothing."""
 
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ from pathlib import Path
 
 import pytest
 from backends import produce_kafka, read_kafka
+from kafka_clients import EACH_CLIENT, assert_running_on, assert_started_on
 from polling import until
 
 NODES = str(Path(__file__).parent.parent / "pipeline_nodes.py")
 
 
-def _start_node(bootstrap: str, src: str, out: str, group: str, delay: float):
+def _start_node(bootstrap: str, src: str, out: str, group: str, delay: float, client: str):
     env = {
         **os.environ,
+        "FOGVERSE_KAFKA_CLIENT": client,
         "CONSUMER_TOPIC": src,
         "PRODUCER_TOPIC": out,
         "GROUP_ID": group,
@@ -46,7 +49,19 @@ def nodes():
         p.wait(10)
 
 
-def test_sigkill_mid_stream_then_restart_loses_nothing(kafka_bootstrap, new_topic, nodes):
+def _stop(node: subprocess.Popen, sig: int, client: str) -> tuple[int, str]:
+    """Signal the node; once it is gone, check from its log which transport it ran.
+    Returns its exit code and log."""
+    assert_running_on(node.pid, client)
+    node.send_signal(sig)
+    code = node.wait(60)
+    log = node.stderr.read().decode(errors="replace")
+    assert_started_on(log, client)
+    return code, log
+
+
+@EACH_CLIENT
+def test_sigkill_mid_stream_then_restart_loses_nothing(kafka_bootstrap, new_topic, nodes, client):
     src, out = new_topic(partitions=2), new_topic()
     group = f"g-{uuid.uuid4().hex[:8]}"
     n = 600
@@ -56,7 +71,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(kafka_bootstrap, new_topi
         )
     )
     for round_ in range(3):
-        node = _start_node(kafka_bootstrap, src, out, group, delay=0.004)
+        node = _start_node(kafka_bootstrap, src, out, group, 0.004, client)
         nodes.append(node)
         target = (round_ + 1) * n // 4
 
@@ -64,9 +79,8 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(kafka_bootstrap, new_topi
             return len(await read_kafka(kafka_bootstrap, out, target, timeout=1.0)) >= target
 
         asyncio.run(until(progressed, 90, f"{target} outputs", interval=0.1))
-        node.send_signal(signal.SIGKILL)
-        node.wait(10)
-    nodes.append(_start_node(kafka_bootstrap, src, out, group, delay=0.0))
+        _stop(node, signal.SIGKILL, client)
+    nodes.append(_start_node(kafka_bootstrap, src, out, group, 0.0, client))
 
     async def everything():
         got = await read_kafka(kafka_bootstrap, out, n, timeout=1.0)
@@ -78,10 +92,13 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(kafka_bootstrap, new_topi
     missing = {f"m{i}".encode() for i in range(n)} - set(counts)
     assert not missing, f"lost {len(missing)} messages"
     dups = sum(c - 1 for c in counts.values())
-    print(f"\nSIGKILL x3: sent {n}, received {len(got)}, lost 0, duplicates {dups}")
+    print(f"\nSIGKILL x3 ({client}): sent {n}, received {len(got)}, lost 0, duplicates {dups}")
 
 
-def test_sigterm_drains_commits_and_restart_redoes_nothing(kafka_bootstrap, new_topic, nodes):
+@EACH_CLIENT
+def test_sigterm_drains_commits_and_restart_redoes_nothing(
+    kafka_bootstrap, new_topic, nodes, client
+):
     src, out = new_topic(), new_topic()
     group = f"g-{uuid.uuid4().hex[:8]}"
     n = 300
@@ -90,19 +107,19 @@ def test_sigterm_drains_commits_and_restart_redoes_nothing(kafka_bootstrap, new_
             kafka_bootstrap, src, [(str(i).encode(), f"m{i}".encode(), []) for i in range(n)]
         )
     )
-    node = _start_node(kafka_bootstrap, src, out, group, delay=0.01)
+    node = _start_node(kafka_bootstrap, src, out, group, 0.01, client)
     nodes.append(node)
 
     async def started():
         return len(await read_kafka(kafka_bootstrap, out, 50, timeout=1.0)) >= 50
 
     asyncio.run(until(started, 90, "50 outputs", interval=0.1))
-    node.send_signal(signal.SIGTERM)
-    assert node.wait(60) == 0, node.stderr.read().decode()[-3000:]
+    code, log = _stop(node, signal.SIGTERM, client)
+    assert code == 0, log[-3000:]
     before = len(asyncio.run(read_kafka(kafka_bootstrap, out, n, timeout=2.0)))
     assert 50 <= before < n
 
-    nodes.append(_start_node(kafka_bootstrap, src, out, group, delay=0.0))
+    nodes.append(_start_node(kafka_bootstrap, src, out, group, 0.0, client))
 
     async def everything():
         return len(await read_kafka(kafka_bootstrap, out, n, timeout=1.0)) >= n
@@ -113,3 +130,4 @@ def test_sigterm_drains_commits_and_restart_redoes_nothing(kafka_bootstrap, new_
     counts = collections.Counter(r.value for r in got)
     assert set(counts) == {f"m{i}".encode() for i in range(n)}
     assert max(counts.values()) == 1, "a restart after SIGTERM re-processed acknowledged input"
+    print(f"\nSIGTERM, restart ({client}): sent {n}, received {len(got)}, lost 0, duplicates 0")

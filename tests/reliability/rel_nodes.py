@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 
@@ -20,8 +21,23 @@ from fogverse.autoscale import enable_heartbeats
 # counted apart from another node's reading the same input.
 DEAD_LETTER_TOPIC = os.environ.get("DEAD_LETTER_TOPIC") or None
 
+logger = logging.getLogger(__name__)
 
-class Echo(Consumer):
+
+class TellsTransport:
+    """Logs the classes of the node's Kafka clients once both have started (the line
+    ``rel_harness.transports`` reads back): a scenario run "on confluent" proves it was."""
+
+    async def start_consumer(self) -> None:
+        await super().start_consumer()  # type: ignore[misc]
+        logger.info(
+            "transports started: consumer=%s producer=%s",
+            type(self.consumer).__name__,  # type: ignore[attr-defined]
+            type(self.producer).__name__,  # type: ignore[attr-defined]
+        )
+
+
+class Echo(TellsTransport, Consumer):
     """Passes each input on after ``ECHO_DELAY`` seconds (awaited, so the loop stays live)."""
 
     delay = float(os.environ.get("ECHO_DELAY", "0.005"))
@@ -45,7 +61,7 @@ class Sleep(Processor):
         return data
 
 
-class ParallelEcho(ParallelConsumer):
+class ParallelEcho(TellsTransport, ParallelConsumer):
     """``Echo`` with the pause in two worker processes."""
 
     processor = Sleep(float(os.environ.get("ECHO_DELAY", "0.005")))
