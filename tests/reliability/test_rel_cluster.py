@@ -4,6 +4,11 @@ master grows a topic meanwhile. A Consumer and a ParallelConsumer (real processe
 its own output and dead-letter topic) read the same input; every id is counted on both
 outputs. Nothing may be lost; duplicates are reported.
 
+The nodes run on the Kafka transport FOGVERSE_KAFKA_CLIENT names (aiokafka if unset), checked
+once they run; the leader-SIGKILL scenario runs on both transports whatever it says (the
+others take 30-60 s each, so on confluent only when asked:
+``FOGVERSE_KAFKA_CLIENT=confluent pytest tests/reliability/test_rel_cluster.py``).
+
 One cluster serves the whole module (the ``kafka_cluster`` fixture): every test brings back
 whatever node it took down before it ends.
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import re
 import socket
 import subprocess
@@ -24,6 +30,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kafka_clients import KAFKA_CLIENTS
 from rel_harness import Feeder, Nodes, Reader, Tally, node_env, report_row, until
 
 from fogverse.broker import LocalKafkaCluster
@@ -62,15 +69,18 @@ class Pipeline:
     """A feeder, a reader and two nodes (Consumer ``Echo``, ParallelConsumer
     ``ParallelEcho``) on the cluster, each node with its own output and dead-letter topic."""
 
-    def __init__(self, cluster: LocalKafkaCluster, tmp_path: Path, scenario: str) -> None:
+    def __init__(
+        self, cluster: LocalKafkaCluster, tmp_path: Path, scenario: str, client: str
+    ) -> None:
         self.cluster = cluster
+        self.client = client
         self.bootstrap = cluster.bootstrap
         self.src = _topic(cluster, partitions=2)
         self.out = {kind: _topic(cluster) for kind in ("serial", "parallel")}
         self.dlq = {kind: _topic(cluster) for kind in ("serial", "parallel")}
         self.tally = {
-            "serial": Tally(f"cluster: {scenario}: Consumer"),
-            "parallel": Tally(f"cluster: {scenario}: ParallelConsumer"),
+            "serial": Tally(f"cluster: {scenario}: Consumer: {client}"),
+            "parallel": Tally(f"cluster: {scenario}: ParallelConsumer: {client}"),
         }
         self.nodes = Nodes(tmp_path)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -85,6 +95,7 @@ class Pipeline:
             self.src,
             self.out[kind],
             f"g-{kind}-{self.src}",
+            self.client,
             DEAD_LETTER_TOPIC=self.dlq[kind],
         )
         self.procs[kind] = self.nodes.start(target, env, kind)
@@ -118,6 +129,8 @@ class Pipeline:
             await until(
                 lambda: len(serial.out) >= 50 and len(parallel.out) >= 50, 120, "both nodes to run"
             )
+            for proc in self.procs.values():
+                self.nodes.assert_transport(proc, self.client)
             feeding = asyncio.create_task(f.send(2 * PER_PHASE, rate=RATE))
             # Mid-stream, by progress rather than time: a backlog in the nodes, more arriving.
             await until(
@@ -154,8 +167,18 @@ class Pipeline:
                 assert not tally.dead, f"{tally.scenario}: dead-lettered {sorted(tally.dead)[:10]}"
 
 
-def _run(cluster: LocalKafkaCluster, tmp_path: Path, scenario: str, fault: Any, **kw: Any) -> None:
-    pipeline = Pipeline(cluster, tmp_path, scenario)
+def _run(
+    cluster: LocalKafkaCluster,
+    tmp_path: Path,
+    scenario: str,
+    fault: Any,
+    client: str | None = None,
+    **kw: Any,
+) -> None:
+    """``client``: the nodes' Kafka transport, checked once they run (``None``: whatever
+    FOGVERSE_KAFKA_CLIENT says, else the default)."""
+    client = client or os.environ.get("FOGVERSE_KAFKA_CLIENT") or "aiokafka"
+    pipeline = Pipeline(cluster, tmp_path, scenario, client)
     try:
         notes = asyncio.run(pipeline.run(fault))
         for kind, proc in pipeline.procs.items():
@@ -177,7 +200,8 @@ def _bring_back(cluster: LocalKafkaCluster) -> None:
     cluster.wait_in_sync()
 
 
-def test_leader_of_the_input_then_of_the_output_sigkilled(kafka_cluster, tmp_path):
+@pytest.mark.parametrize("client", KAFKA_CLIENTS)
+def test_leader_of_the_input_then_of_the_output_sigkilled(kafka_cluster, tmp_path, client):
     async def fault(p: Pipeline) -> str:
         took = []
         for topic in (p.src, p.out["serial"]):
@@ -194,7 +218,8 @@ def test_leader_of_the_input_then_of_the_output_sigkilled(kafka_cluster, tmp_pat
             "each brought back; the nodes were not restarted"
         )
 
-    _run(kafka_cluster, tmp_path, "SIGKILL the input's partition leader, then the output's", fault)
+    scenario = "SIGKILL the input's partition leader, then the output's"
+    _run(kafka_cluster, tmp_path, scenario, fault, client)
 
 
 def test_a_broker_frozen_longer_than_the_session_timeout(kafka_cluster, tmp_path):
