@@ -24,20 +24,21 @@ DEAD_LETTER_TOPIC = os.environ.get("DEAD_LETTER_TOPIC") or None
 logger = logging.getLogger(__name__)
 
 
-class TellsTransport:
+class TellsTransport(Consumer):
     """Logs the classes of the node's Kafka clients once both have started (the line
-    ``rel_harness.transports`` reads back): a scenario run "on confluent" proves it was."""
+    ``kafka_clients.assert_started_on`` reads back): a scenario run "on confluent" proves
+    it was."""
 
     async def start_consumer(self) -> None:
-        await super().start_consumer()  # type: ignore[misc]
+        await super().start_consumer()
         logger.info(
             "transports started: consumer=%s producer=%s",
-            type(self.consumer).__name__,  # type: ignore[attr-defined]
-            type(self.producer).__name__,  # type: ignore[attr-defined]
+            type(self.consumer).__name__,
+            type(self.producer).__name__,
         )
 
 
-class Echo(TellsTransport, Consumer):
+class Echo(TellsTransport):
     """Passes each input on after ``ECHO_DELAY`` seconds (awaited, so the loop stays live)."""
 
     delay = float(os.environ.get("ECHO_DELAY", "0.005"))
