@@ -93,8 +93,8 @@ class _Output:
     producer: ProducerTransport | None = None
     kafka_client: KafkaClient = "aiokafka"
     """Kafka client library behind the node: ``"aiokafka"`` (default) or ``"confluent"``
-    (librdkafka: about twice as fast in the node loop, see benchmarks/README.md; not the
-    default yet because dynamic partitioning's join does not complete on it).
+    (librdkafka: the faster one in every side-by-side run; not the default yet, for the reasons
+    in benchmarks/README.md).
     ``consumer_conf`` and ``producer_conf`` take either client's spelling on confluent
     (``"fetch.min.bytes"`` or aiokafka's ``fetch_min_bytes``). FOGVERSE_KAFKA_CLIENT overrides."""
     auto_encode: bool = True
