@@ -2,9 +2,16 @@
 
 The parent keeps Kafka, decoding and encoding; workers only run the Processor. The pool's
 ``submit`` is the bounded window: while ``max_running_task`` tasks are in flight the node
-stops receiving, so memory stays bounded whatever the backlog. Results leave through a
-single emitter, in input order per partition by default (``ordered=False`` trades that for
-completion order).
+stops receiving, so memory stays bounded whatever the backlog. Results leave in input order
+per partition by default (``ordered=False`` trades that for completion order).
+
+A node that reads batches (a :class:`~fogverse.Consumer` with its own ``receive``) and has no
+hooks admits a fetched batch into the window in one plain loop, and a finished result is
+encoded and queued on the producer straight from the pool's completion callback: no
+coroutine, future or event-loop turn per frame while the window has room and the producer
+has space. What cannot finish there (a failure to dead-letter, an async ``encode``, a full
+producer, a user's own ``send``) goes to the single emitter task, which also keeps the order:
+while it holds anything, later results queue behind it.
 """
 
 from __future__ import annotations
@@ -12,29 +19,38 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from types import CoroutineType
+from typing import Any, Literal
 
 from fogverse.codec import AutoCodec, Codec
 from fogverse.metrics import Profiler
 from fogverse.node.delivery import Delivery, current_delivery
 from fogverse.node.io import Consumer, Producer
-from fogverse.node.loop import Runnable
+from fogverse.node.loop import _YIELD_EVERY, Runnable, _count_output
 from fogverse.parallel.errors import TaskFailed, WorkerCrashed
 from fogverse.parallel.pool import TaskHandle, WorkerPool
 from fogverse.processor import Processor
-from fogverse.record import TopicPartition
+from fogverse.record import Record, TopicPartition, UnreadableRecord, UnreadableRecordError
 
 __all__ = ["ParallelConsumer", "ParallelProducer", "ParallelRunnable"]
 
 logger = logging.getLogger(__name__)
 
 
+_NO_OUTPUT: Any = object()
+
+
 class _Task:
-    __slots__ = ("delivery", "handle")
+    __slots__ = ("delivery", "failed", "handle", "out")
 
     def __init__(self, delivery: Delivery, handle: TaskHandle) -> None:
         self.delivery = delivery
         self.handle = handle
+        # Set when the completion callback got part of the way: the encoded output still to
+        # be sent (the producer was full), or the stage that raised and its exception.
+        self.out: Any = _NO_OUTPUT
+        self.failed: tuple[str, Exception] | None = None
 
 
 class ParallelRunnable(Runnable):
@@ -96,23 +112,19 @@ class ParallelRunnable(Runnable):
         assert self.pool is not None
         self._ready: asyncio.Queue[_Task] = asyncio.Queue()
         self._lanes: dict[TopicPartition | None, deque[_Task]] = {}
-        self._outstanding = 0
+        self._outstanding = 0  # admitted and not yet emitted
+        self._queued = 0  # handed to the emitter and not yet emitted by it
         self._all_emitted = asyncio.Event()
         self._all_emitted.set()
+        self._finish_now = self._completer()
+        batches = self._input_batches()
         emitter = asyncio.create_task(self._emit_loop())
-        loop = asyncio.get_running_loop()
-        last_yield = loop.time()
         try:
-            while not self._stopping and not emitter.done():
-                delivery = await self._next()
-                if delivery is None:
-                    continue
-                await self._submit(delivery)
-                # With free slots and buffered records nothing suspends: let the emitter run.
-                if loop.time() - last_yield > 0.005:
-                    await asyncio.sleep(0)
-                    last_yield = loop.time()
-            # Drain: everything admitted leaves through the emitter before we return.
+            if batches is not None and not self._hooks:
+                await self._admit_batches(*batches, emitter)
+            else:
+                await self._admit_each(emitter)
+            # Drain: everything admitted is emitted before we return.
             waiter = asyncio.create_task(self._all_emitted.wait())
             await asyncio.wait([waiter, emitter], return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
@@ -120,6 +132,77 @@ class ParallelRunnable(Runnable):
             emitter.cancel()
         if emitter.done() and not emitter.cancelled() and emitter.exception() is not None:
             raise emitter.exception()  # type: ignore[misc]
+
+    # ---- admission ----------------------------------------------------------------------
+
+    async def _admit_batches(
+        self,
+        buffer: deque[Record],
+        refill: Callable[[], Awaitable[None]],
+        emitter: asyncio.Task[None],
+    ) -> None:
+        """Admit fetched records into the window in one plain loop: decode each and hand it
+        to the pool, suspending only to refill the buffer, for a coroutine ``decode``, or
+        while the window is full."""
+        pool = self.pool
+        assert pool is not None
+        try_submit, submit = pool.try_submit, pool.submit
+        loop = asyncio.get_running_loop()
+        last_yield = loop.time()
+        tracker, dead_letter, die = self._tracker, self._dead_letter, self._die
+        decode, async_decode = self.decode, self._async_decode
+        profiler = self.profiler
+        set_current = current_delivery.set
+        while not self._stopping and not emitter.done():
+            if not buffer:
+                await refill()
+                continue
+            start = profiler.pick() if profiler is not None else 0
+            record = buffer.popleft()
+            self.message = record
+            delivery = Delivery(record, tracker, dead_letter, die)
+            stamps = None
+            if profiler is not None:
+                stamps = self._profile_input(delivery, profiler, start)
+            set_current(delivery)
+            try:
+                if type(record) is UnreadableRecord:
+                    raise UnreadableRecordError(
+                        f"the Kafka client could not parse this record ({record.reason}); "
+                        "its coordinates are in these headers"
+                    )
+                data = decode(record.value)
+                if async_decode or type(data) is CoroutineType:
+                    data = await data
+            except Exception as exc:
+                await dead_letter(delivery, "decode", exc)
+                delivery.seal()
+                continue
+            if stamps is not None:
+                stamps.decoded = Profiler.now()
+            handle = try_submit(data)
+            if handle is None:  # the window is full: wait for a slot
+                handle = await submit(data)
+            self._admitted(delivery, handle)
+            # Buffered records and free slots never suspend: let the group heartbeat, the
+            # committer and the emitter run every few milliseconds.
+            if loop.time() - last_yield > _YIELD_EVERY:
+                await asyncio.sleep(0)
+                last_yield = loop.time()
+
+    async def _admit_each(self, emitter: asyncio.Task[None]) -> None:
+        """Admit inputs one at a time from ``receive``, with every hook."""
+        loop = asyncio.get_running_loop()
+        last_yield = loop.time()
+        while not self._stopping and not emitter.done():
+            delivery = await self._next()
+            if delivery is None:
+                continue
+            await self._submit(delivery)
+            # With free slots and buffered records nothing suspends: let the emitter run.
+            if loop.time() - last_yield > _YIELD_EVERY:
+                await asyncio.sleep(0)
+                last_yield = loop.time()
 
     async def _submit(self, delivery: Delivery) -> None:
         assert self.pool is not None
@@ -130,23 +213,84 @@ class ParallelRunnable(Runnable):
             await self._dead_letter(delivery, "decode", exc)
             delivery.seal()
             return
-        handle = await self.pool.submit(data)
+        self._admitted(delivery, await self.pool.submit(data))
+
+    def _admitted(self, delivery: Delivery, handle: TaskHandle) -> None:
         if delivery.stamps is not None:
             delivery.stamps.admitted = Profiler.now()
         task = _Task(delivery, handle)
         self._outstanding += 1
         self._all_emitted.clear()
         if self.ordered:
-            lane = self._lanes.setdefault(delivery.record.tp, deque())
+            tp = delivery.record.tp
+            lane = self._lanes.get(tp)
+            if lane is None:
+                lane = self._lanes[tp] = deque()
             lane.append(task)
             handle.add_done_callback(lambda _h: self._release_lane(lane))
         else:
-            handle.add_done_callback(lambda _h: self._ready.put_nowait(task))
+            handle.add_done_callback(lambda _h: self._finished(task))
+
+    # ---- emission -----------------------------------------------------------------------
 
     def _release_lane(self, lane: deque[_Task]) -> None:
-        # Hand results to the emitter only from the head of the lane: input order holds.
+        # Results leave only from the head of the lane: input order holds.
         while lane and lane[0].handle.done():
-            self._ready.put_nowait(lane.popleft())
+            self._finished(lane.popleft())
+
+    def _finished(self, task: _Task) -> None:
+        """A task is done and next in its order: emit it now if that can be done without
+        waiting, else through the emitter (and so must every later one while it is busy)."""
+        finish = self._finish_now
+        if finish is None or self._queued or not finish(task):
+            self._queued += 1
+            self._ready.put_nowait(task)
+
+    def _completer(self) -> Callable[[_Task], bool] | None:
+        """What emits a finished task from the pool's completion callback (encode and queue
+        its output on the producer); it says whether it did all of it. ``None`` when no task
+        can be finished there: hooks, an async ``encode`` or a ``send`` of the user's own."""
+        send_now = self._output_sender()
+        if send_now is None or self._hooks or self._async_encode:
+            return None
+        encode, set_current, now = self.encode, current_delivery.set, Profiler.now
+
+        def finish(task: _Task) -> bool:
+            handle = task.handle
+            if handle.exception() is not None:
+                return False  # to be dead-lettered: that awaits the producer
+            delivery = task.delivery
+            stamps = delivery.stamps
+            if stamps is not None:
+                stamps.processed = now()
+            result = handle.result()
+            if result is not None:
+                set_current(delivery)
+                self.message = delivery.record
+                try:
+                    out = encode(result)
+                    if delivery.profiler is not None:
+                        _count_output(delivery.profiler, stamps, out)
+                    if not send_now(out, delivery):
+                        task.out = out  # the producer is full: the emitter awaits send
+                        return False
+                except Exception as exc:
+                    task.failed = ("encode", exc)
+                    return False
+                if stamps is not None:
+                    stamps.sent = now()
+            # The output is in the producer's buffer now: the slot can take the next task.
+            handle.release()
+            delivery.seal()
+            self._emitted()
+            return True
+
+        return finish
+
+    def _emitted(self) -> None:
+        self._outstanding -= 1
+        if self._outstanding == 0:
+            self._all_emitted.set()
 
     async def _emit_loop(self) -> None:
         while True:
@@ -154,9 +298,8 @@ class ParallelRunnable(Runnable):
             try:
                 await self._emit(task)
             finally:
-                self._outstanding -= 1
-                if self._outstanding == 0:
-                    self._all_emitted.set()
+                self._queued -= 1
+                self._emitted()
 
     async def _emit(self, task: _Task) -> None:
         delivery = task.delivery
@@ -164,6 +307,15 @@ class ParallelRunnable(Runnable):
         self.message = delivery.record
         stage = "process"
         try:
+            if task.failed is not None:
+                await self._dead_letter(delivery, *task.failed)
+                return
+            if task.out is not _NO_OUTPUT:
+                stage = "encode"
+                await self.send(task.out)
+                if delivery.stamps is not None:
+                    delivery.stamps.sent = Profiler.now()
+                return
             try:
                 result = await task.handle
             except TaskFailed as exc:

@@ -289,19 +289,31 @@ class WorkerPool:
 
     async def submit(self, data: Any) -> TaskHandle:
         """Queue ``data`` for ``process()``; waits while ``max_running_task`` tasks hold slots."""
+        task = self.try_submit(data)
+        if task is not None:
+            return task
+        slot = await self._wait_for_slot()
+        if self._state != _RUNNING:  # closed while this slot was being handed over
+            self._free_slot(slot)
+            self._raise_not_running()
+        return self._start_task(slot, data)
+
+    def try_submit(self, data: Any) -> TaskHandle | None:
+        """:meth:`submit` without waiting: the task's handle, or ``None`` while
+        ``max_running_task`` tasks hold slots (or others already wait for one)."""
         if self._state != _RUNNING:
             self._raise_not_running()
-        if self._free:
+        if self._free and not self._waiters:
             slot = self._free.pop()
-            self._take()
         elif len(self._slots) < self._max_running:
             slot = self._new_slot()
-            self._take()
         else:
-            slot = await self._wait_for_slot()
-            if self._state != _RUNNING:  # closed while this slot was being handed over
-                self._free_slot(slot)
-                self._raise_not_running()
+            return None
+        self._take()
+        return self._start_task(slot, data)
+
+    def _start_task(self, slot: Slot, data: Any) -> TaskHandle:
+        """Put ``data`` in ``slot`` (already counted in flight) and dispatch its task."""
         try:
             packed = shm.pack(data)
             inline: bytes | None = None
