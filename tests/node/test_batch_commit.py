@@ -1,20 +1,25 @@
 """The node loop handles a fetched batch at a time, but commits per input: an input whose
 output the broker has not acknowledged holds back the commit of itself and of every later
 input of its batch, however many of those were acknowledged. On the real broker through
-both clients."""
+both clients, for the serial loop and for a ParallelConsumer's batch path."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from typing import Any
 
+import cloudpickle
 import pytest
 from backends import committed_kafka, produce_kafka, read_kafka
 from polling import until
 
-from fogverse import Consumer
+from fogverse import Consumer, ParallelConsumer, Processor
 from fogverse.transport.base import AckCallback, ProducerTransport
+
+# Processors defined here travel to workers by value, as a user's script's would.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 N = 20
 WITHHELD = 7
@@ -78,17 +83,42 @@ class Echo(Consumer):
             self.batches.append(len(self._buffer) - before)
 
 
-@pytest.mark.parametrize("client", ["confluent", "aiokafka"])
-def test_unacknowledged_output_holds_back_its_batch_commit(
-    kafka_bootstrap, new_topic, monkeypatch, client
-):
+class Identity(Processor):
+    def process(self, data: Any) -> Any:
+        return data
+
+
+class ParallelEcho(ParallelConsumer):
+    commit_interval = 0.05
+    drain_timeout = 1.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[int] = []
+        self.one_at_a_time = 0
+
+    async def _refill(self) -> None:
+        before = len(self._buffer)
+        await super()._refill()
+        if len(self._buffer) > before:
+            self.batches.append(len(self._buffer) - before)
+
+    async def _next(self) -> Any:
+        self.one_at_a_time += 1  # the per-input path: this test is about the batch path
+        return await super()._next()
+
+
+def _run_withheld(
+    kafka_bootstrap: str, new_topic: Any, monkeypatch: Any, client: str, parallel: bool
+) -> Any:
     monkeypatch.setenv("FOGVERSE_KAFKA_CLIENT", client)
     src, out = new_topic(), new_topic()
     group = f"g-{uuid.uuid4().hex[:8]}"
     asyncio.run(
         produce_kafka(kafka_bootstrap, src, [(None, f"m{i}".encode(), []) for i in range(N)])
     )
-    node = Echo(src, kafka_bootstrap, group, producer_topic=out, input_codec="bytes")
+    kind = ParallelEcho if parallel else Echo
+    node = kind(src, kafka_bootstrap, group, producer_topic=out, input_codec="bytes")
     assert node.kafka_client == client
     withhold = WithholdAck(node.producer, f"m{WITHHELD}".encode())
     node.producer = withhold
@@ -97,7 +127,10 @@ def test_unacknowledged_output_holds_back_its_batch_commit(
         return asyncio.to_thread(committed_kafka, kafka_bootstrap, group, src)
 
     async def scenario() -> None:
-        task = asyncio.create_task(node.run())
+        if parallel:
+            task = asyncio.create_task(node.run(2, 4, Identity()))
+        else:
+            task = asyncio.create_task(node.run())
         try:
             # Every output reached Kafka; every ack but the withheld one reached the node.
             await until(lambda: withhold.forwarded == N - 1 and withhold.held, 60, "the acks")
@@ -117,3 +150,19 @@ def test_unacknowledged_output_holds_back_its_batch_commit(
 
     asyncio.run(scenario())
     assert sum(node.batches) == N and len(node.batches) < N  # fetched in batches
+    return node
+
+
+@pytest.mark.parametrize("client", ["confluent", "aiokafka"])
+def test_unacknowledged_output_holds_back_its_batch_commit(
+    kafka_bootstrap, new_topic, monkeypatch, client
+):
+    _run_withheld(kafka_bootstrap, new_topic, monkeypatch, client, parallel=False)
+
+
+@pytest.mark.parametrize("client", ["confluent", "aiokafka"])
+def test_parallel_unacknowledged_output_holds_back_its_batch_commit(
+    kafka_bootstrap, new_topic, monkeypatch, client
+):
+    node = _run_withheld(kafka_bootstrap, new_topic, monkeypatch, client, parallel=True)
+    assert node.one_at_a_time == 0, "the inputs did not take the batch path"

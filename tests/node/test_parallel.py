@@ -17,7 +17,7 @@ import cloudpickle
 import numpy as np
 import psutil
 import pytest
-from backends import produce_kafka, read_kafka
+from backends import committed_kafka, produce_kafka, read_kafka
 from polling import wait_until
 
 from fogverse import ParallelConsumer, Processor
@@ -248,3 +248,114 @@ def test_backlog_of_10000_frames_keeps_memory_flat(kafka_bootstrap, new_topic):
     assert len(early) >= 4 and len(late) >= 4, samples
     growth = max(late) - min(early)
     assert growth < 64 * 2**20, f"RSS grew by {growth / 2**20:.0f} MiB over the backlog"
+
+
+class SometimesFull:
+    """The node's producer transport, except that ``send_nowait`` says "no room" for every
+    third output: those the node must send through its emitter (``send``) instead."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.refused = 0
+        self.awaited = 0
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    async def flush(self) -> None:
+        await self.inner.flush()
+
+    async def send(self, topic, value, key=None, headers=None):
+        self.awaited += 1
+        return await self.inner.send(topic, value, key, headers)
+
+    def send_nowait(self, topic, value, key, headers, on_ack) -> bool:
+        self.calls += 1
+        if self.calls % 3 == 0:
+            self.refused += 1
+            return False
+        return self.inner.send_nowait(topic, value, key, headers, on_ack)
+
+
+class BatchOnly(ParallelConsumer):
+    """Counts inputs taken one at a time (the path with hooks): the batch path takes none."""
+
+    one_at_a_time = 0
+
+    async def _next(self):
+        self.one_at_a_time += 1
+        return await super()._next()
+
+
+@pytest.mark.parametrize("client", ["confluent", "aiokafka"])
+def test_batch_path_keeps_order_and_window_when_the_producer_is_sometimes_full(
+    kafka_bootstrap, new_topic, monkeypatch, client
+):
+    monkeypatch.setenv("FOGVERSE_KAFKA_CLIENT", client)
+    src, out = new_topic(partitions=2), new_topic()
+    n, window = 240, 4
+    asyncio.run(produce_kafka(kafka_bootstrap, src, _frames(n)))
+    node = BatchOnly(src, kafka_bootstrap, f"g-{uuid.uuid4().hex[:6]}", producer_topic=out)
+    node.producer = full = SometimesFull(node.producer)
+
+    async def until():
+        got = await read_kafka(kafka_bootstrap, out, n - 1, timeout=0.5)
+        return len(got) >= n - 1 and node.pool.stats.get("failed", 0) >= 1
+
+    asyncio.run(_run_node(node, 2, window, Jitter(), until))
+    got = asyncio.run(read_kafka(kafka_bootstrap, out, n - 1))
+    assert node.one_at_a_time == 0, "the inputs did not take the batch path"
+    assert full.refused > 0 and full.awaited >= full.refused  # both ways out were taken
+    per_cam: dict[bytes, list[int]] = collections.defaultdict(list)
+    for r in got:
+        i = int(dict(r.headers)["frame"])
+        assert CODEC.decode(r.value).flat[0] == (i % 250) + 1, "a result took another's context"
+        per_cam[r.key].append(i)
+    assert sorted(i for frames in per_cam.values() for i in frames) == [
+        i for i in range(n) if i % 250 != 13
+    ]
+    for frames in per_cam.values():
+        assert frames == sorted(frames), "per-partition order broken"
+    # The backlog filled the window, and nothing ever went past it.
+    assert node.pool.max_in_flight_seen == window
+    assert len(node.pool._slots) == window
+
+
+class BadDecode(BatchOnly):
+    def decode(self, data):
+        if data == b"not a frame":
+            raise ValueError("undecodable")
+        return super().decode(data)
+
+
+def test_batch_path_dead_letters_a_failed_decode_and_commits_past_it(kafka_bootstrap, new_topic):
+    src, out = new_topic(), new_topic()
+    n, bad = 60, 17
+    items = _frames(n, cams=1)
+    items[bad] = (items[bad][0], b"not a frame", items[bad][2])
+    asyncio.run(produce_kafka(kafka_bootstrap, src, items))
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    node = BadDecode(src, kafka_bootstrap, group, producer_topic=out)
+    node.commit_interval = 0.05
+
+    class Plus(Processor):
+        def process(self, data):
+            return data + 1
+
+    async def until():
+        committed = await asyncio.to_thread(committed_kafka, kafka_bootstrap, group, src)
+        return committed == n
+
+    asyncio.run(_run_node(node, 2, 4, Plus(), until))
+    got = asyncio.run(read_kafka(kafka_bootstrap, out, n - 1))
+    dead = asyncio.run(read_kafka(kafka_bootstrap, f"{src}.dlq", 1))
+    assert node.one_at_a_time == 0, "the inputs did not take the batch path"
+    assert [int(dict(r.headers)["frame"]) for r in got] == [i for i in range(n) if i != bad]
+    assert [(dict(r.headers)["frame"], r.value) for r in dead] == [
+        (str(bad).encode(), b"not a frame")
+    ]
+    assert dict(dead[0].headers)["fogverse.error.stage"] == b"decode"
