@@ -751,6 +751,30 @@ def test_submit_waits_while_the_window_is_full():
     run(main())
 
 
+def test_try_submit_returns_none_while_the_window_is_full_and_never_jumps_a_waiter():
+    async def main() -> None:
+        async with WorkerPool(Echo(), 2, 2) as pool:
+            held = [pool.try_submit(i) for i in range(2)]
+            assert all(h is not None for h in held)
+            assert pool.try_submit(2) is None and pool.in_flight == 2
+            for h in held:
+                assert await h in (0, 1)
+            waiting = asyncio.ensure_future(pool.submit(3))
+            await asyncio.sleep(0)
+            held[0].release()  # the slot goes to the waiting submit, not to try_submit
+            assert pool.try_submit(4) is None
+            handle = await waiting
+            assert await handle == 3
+            handle.release()
+            again = pool.try_submit(5)  # a free slot and nobody waiting: taken at once
+            assert again is not None and await again == 5
+            for h in (again, held[1]):
+                h.release()
+            assert pool.in_flight == 0 and pool.max_in_flight_seen == 2
+
+    run(main())
+
+
 def test_unpicklable_input_raises_at_submit_and_frees_its_slot():
     async def main() -> None:
         async with WorkerPool(Echo(), 1, 1) as pool:
