@@ -151,7 +151,9 @@ async def _run(
     }
 
 
-def profile_stage(bootstrap: str, frames: int, transport: str, top: int) -> dict[str, Any]:
+def profile_stage(
+    bootstrap: str, frames: int, transport: str, top: int, dump: str | None = None
+) -> dict[str, Any]:
     admin = _admin(bootstrap)
     src = create_topic(admin, "bench-sp-src", PARTITIONS)
     fill_frames(bootstrap, src, make_frames(8).jpeg, frames)
@@ -168,6 +170,8 @@ def profile_stage(bootstrap: str, frames: int, transport: str, top: int) -> dict
                 delete_topics(admin, [out])
     finally:
         delete_topics(admin, [src])
+    if dump:
+        profiler.dump_stats(f"{dump}.{transport}.pstats")
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     groups: dict[str, float] = {}
     rows = []
@@ -205,9 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--transport", nargs="+", default=["aiokafka", "confluent"])
     p.add_argument("--bootstrap")
+    p.add_argument("--dump", metavar="PREFIX", help="also write PREFIX.<transport>.pstats")
     args = p.parse_args(argv)
     with broker(args.bootstrap) as servers, _own_node_settings():
-        docs = [profile_stage(servers, args.frames, t, args.top) for t in args.transport]
+        docs = [profile_stage(servers, args.frames, t, args.top, args.dump) for t in args.transport]
     print(json.dumps(docs, indent=1))
     return 0
 

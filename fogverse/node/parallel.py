@@ -156,6 +156,7 @@ class ParallelRunnable(Runnable):
         while not self._stopping and not emitter.done():
             if not buffer:
                 await refill()
+                last_yield = loop.time()
                 continue
             start = profiler.pick() if profiler is not None else 0
             record = buffer.popleft()
@@ -181,8 +182,9 @@ class ParallelRunnable(Runnable):
             if stamps is not None:
                 stamps.decoded = Profiler.now()
             handle = try_submit(data)
-            if handle is None:  # the window is full: wait for a slot
+            if handle is None:  # the window is full: wait for a slot (the others run)
                 handle = await submit(data)
+                last_yield = loop.time()
             self._admitted(delivery, handle)
             # Buffered records and free slots never suspend: let the group heartbeat, the
             # committer and the emitter run every few milliseconds.
