@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import csv
 import os
 import random
 import signal
@@ -20,7 +21,7 @@ import pytest
 from backends import committed_kafka, produce_kafka, read_kafka
 from polling import wait_until
 
-from fogverse import ParallelConsumer, Processor
+from fogverse import MemoryBroker, ParallelConsumer, Processor
 from fogverse.codec import NDArrayCodec
 
 # Processors defined here travel to workers by value, as a user's script's would.
@@ -359,3 +360,38 @@ def test_batch_path_dead_letters_a_failed_decode_and_commits_past_it(kafka_boots
         (str(bad).encode(), b"not a frame")
     ]
     assert dict(dead[0].headers)["fogverse.error.stage"] == b"decode"
+
+
+class ProfiledEcho(BatchOnly):
+    profile = True
+    profile_sample = 1
+
+
+class AddOne(Processor):
+    def process(self, data):
+        return data + 1
+
+
+def test_batch_path_times_every_stage_of_every_frame(tmp_path):
+    MemoryBroker.reset()
+    broker = MemoryBroker.named("par-prof")
+    n = 40
+    for key, value, headers in _frames(n):
+        broker.append("in", value, key, headers)
+    node = ProfiledEcho("in", "memory://par-prof", "g", producer_topic="out")
+    node.profile_csv = str(tmp_path / "profile.csv")
+
+    async def until():
+        await broker.wait_for_change(0.1)
+        return len(broker.records("out")) >= n
+
+    asyncio.run(_run_node(node, 2, 4, AddOne(), until))
+    assert node.one_at_a_time == 0, "the inputs did not take the batch path"
+    summary = node.profiler.summary()
+    assert summary["messages"] == summary["sampled"] == n
+    rows = list(csv.DictReader((tmp_path / "profile.csv").open()))
+    assert len(rows) == n
+    # A stage whose mark is missing lasts exactly 0 (nanosecond clocks never give 0 between
+    # two marks that were both taken).
+    for stage in ("decode", "queue_wait", "process", "encode", "send", "ack_wait"):
+        assert all(float(r[f"{stage}_s"]) > 0 for r in rows), stage
