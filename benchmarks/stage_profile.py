@@ -77,17 +77,16 @@ def _thread_cpu(bench: frozenset[int] = frozenset()) -> dict[str, float]:
     """CPU seconds of this process's threads so far, by kind of thread; ``bench`` are the
     benchmark's own threads (the output watermark's client), counted apart."""
     pid = os.getpid()
-    tick = os.sysconf("SC_CLK_TCK")
     out = dict.fromkeys(_THREADS, 0.0)
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                head, _, rest = f.read().rpartition(")")
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read()
+            # Nanoseconds on a CPU (stat's utime and stime tick only every 10 ms).
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                cpu = int(f.read().split()[0]) / 1e9
         except OSError:
             continue  # ended meanwhile
-        comm = head.split("(", 1)[1]
-        fields = rest.split()
-        cpu = (int(fields[11]) + int(fields[12])) / tick
         if int(tid) == pid:
             out["event loop thread"] += cpu
         elif int(tid) in bench:

@@ -21,7 +21,7 @@ import pytest
 from backends import committed_kafka, produce_kafka, read_kafka
 from polling import wait_until
 
-from fogverse import MemoryBroker, ParallelConsumer, Processor
+from fogverse import MemoryBroker, ParallelConsumer, ParallelProducer, Processor, Record
 from fogverse.codec import NDArrayCodec
 
 # Processors defined here travel to workers by value, as a user's script's would.
@@ -395,3 +395,34 @@ def test_batch_path_times_every_stage_of_every_frame(tmp_path):
     # two marks that were both taken).
     for stage in ("decode", "queue_wait", "process", "encode", "send", "ack_wait"):
         assert all(float(r[f"{stage}_s"]) > 0 for r in rows), stage
+
+
+class Numbers(ParallelProducer):
+    """A source whose inputs come one at a time from its own ``receive``."""
+
+    def __init__(self, n: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.left = list(range(n))
+
+    async def receive(self):
+        if not self.left:
+            await asyncio.sleep(0.01)
+            return None
+        i = self.left.pop(0)
+        return Record(value=np.full((4,), i, np.int64), key=b"k")
+
+
+def test_a_parallel_producer_sends_every_result_in_order():
+    MemoryBroker.reset()
+    broker = MemoryBroker.named("par-src")
+    n = 50
+    node = Numbers(n, producer_topic="out", producer_servers="memory://par-src")
+
+    async def until():
+        await broker.wait_for_change(0.1)
+        return len(broker.records("out")) >= n - 1
+
+    asyncio.run(_run_node(node, 2, 4, Jitter(), until))
+    got = [int(CODEC.decode(r.value)[0]) for r in broker.records("out")]
+    assert got == [i + 1 for i in range(n) if i != 13]  # 13 fails in the worker: dead-lettered
+    assert node.pool.max_in_flight_seen <= 4
