@@ -347,10 +347,7 @@ class Runnable:
             stage = "decode"
             try:
                 if type(record) is UnreadableRecord:
-                    raise UnreadableRecordError(
-                        f"the Kafka client could not parse this record ({record.reason}); "
-                        "its coordinates are in these headers"
-                    )
+                    raise _unreadable(record)
                 data = decode(record.value)
                 if async_decode:
                     data = await data
@@ -465,10 +462,7 @@ class Runnable:
     async def _decode_step(self, delivery: Delivery) -> Any:
         record = delivery.record
         if type(record) is UnreadableRecord:
-            raise UnreadableRecordError(
-                f"the Kafka client could not parse this record ({record.reason}); "
-                "its coordinates are in these headers"
-            )
+            raise _unreadable(record)
         value = record.value
         hooks = self._hooks
         if hooks:
@@ -641,6 +635,13 @@ def _count_output(profiler: Profiler, stamps: Stamps | None, out: Any) -> None:
     if stamps is not None:
         stamps.encoded = Profiler.now()
         stamps.size_out += size
+
+
+def _unreadable(record: UnreadableRecord) -> UnreadableRecordError:
+    return UnreadableRecordError(
+        f"the Kafka client could not parse this record ({record.reason}); "
+        "its coordinates are in these headers"
+    )
 
 
 def _where(record: Record) -> str:

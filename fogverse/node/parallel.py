@@ -27,11 +27,11 @@ from fogverse.codec import AutoCodec, Codec
 from fogverse.metrics import Profiler
 from fogverse.node.delivery import Delivery, current_delivery
 from fogverse.node.io import Consumer, Producer
-from fogverse.node.loop import _YIELD_EVERY, Runnable, _count_output
+from fogverse.node.loop import _YIELD_EVERY, Runnable, _count_output, _unreadable
 from fogverse.parallel.errors import TaskFailed, WorkerCrashed
 from fogverse.parallel.pool import TaskHandle, WorkerPool
 from fogverse.processor import Processor
-from fogverse.record import Record, TopicPartition, UnreadableRecord, UnreadableRecordError
+from fogverse.record import Record, TopicPartition, UnreadableRecord
 
 __all__ = ["ParallelConsumer", "ParallelProducer", "ParallelRunnable"]
 
@@ -168,10 +168,7 @@ class ParallelRunnable(Runnable):
             set_current(delivery)
             try:
                 if type(record) is UnreadableRecord:
-                    raise UnreadableRecordError(
-                        f"the Kafka client could not parse this record ({record.reason}); "
-                        "its coordinates are in these headers"
-                    )
+                    raise _unreadable(record)
                 data = decode(record.value)
                 if async_decode or type(data) is CoroutineType:
                     data = await data
