@@ -419,6 +419,19 @@ def progress(total: int, desc: str, enabled: bool | None) -> Any:
     return tqdm(total=total, desc=desc, disable=None if enabled is None else not enabled)
 
 
+def checkouts_side_by_side(
+    trees: dict[str, Path], rounds: int, measure: Callable[[Path], Any]
+) -> dict[str, list[Any]]:
+    """``measure(tree)`` for each checkout, ``rounds`` times, the order alternating so that a
+    drift in the machine's speed falls on both alike; prints each result as it comes."""
+    rows: dict[str, list[Any]] = {name: [] for name in trees}
+    for i in range(rounds):
+        for name in list(trees) if i % 2 == 0 else list(trees)[::-1]:
+            rows[name].append(measure(trees[name]))
+            print(name, json.dumps(rows[name][-1]), flush=True)
+    return rows
+
+
 def run_in_checkout(tree: Path, code: str, *args: str, timeout: float = 600) -> Any:
     """Run ``code`` in a new interpreter with checkout ``tree`` first on ``sys.path`` (so an
     older commit is measured with its own code, its worker processes included) and return

@@ -71,7 +71,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TRANSPORTS = ("aiokafka", "confluent")
+TRANSPORTS = ("confluent",)
 LOOP = "confluent-kafka loop"
 LOOP_UNTUNED = "confluent-kafka loop, librdkafka defaults"
 QUIX = "quixstreams"
@@ -241,20 +241,14 @@ def delete_topics(admin: Any, names: list[str]) -> None:
 
 
 def available_transports() -> list[str]:
-    """Transports a node can run on here (confluent's needs fogverse.transport.confluent)."""
-    found = ["aiokafka"]
-    try:
-        import fogverse.transport.confluent  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        found.append("confluent")
-    return found
+    """Transports a node can run on (one since issue 26 deleted the aiokafka one)."""
+    return list(TRANSPORTS)
 
 
 def _transport_of(node: Consumer | Producer) -> str:
     transport = node.producer if node.consumer is None else node.consumer  # type: ignore[attr-defined]
-    return "confluent" if "confluent" in type(transport).__module__ else "aiokafka"
+    module = type(transport).__module__
+    return "confluent" if "confluent" in module else module.rsplit(".", 1)[-1]
 
 
 def default_transport() -> str:
@@ -271,20 +265,13 @@ def use_transport(
     consumer_conf: dict[str, Any] | None = None,
     producer_conf: dict[str, Any] | None = None,
 ) -> None:
-    """Put ``node`` on ``transport`` ("aiokafka" or "confluent"), with these client settings
-    (in that client's own spelling), before it runs."""
+    """Put ``node`` on ``transport`` (``"confluent"``), with these client settings, before it
+    runs."""
     if transport not in TRANSPORTS:
         raise ValueError(f"unknown transport {transport!r}; choose from {TRANSPORTS}")
-    if transport == "confluent":
-        from fogverse.transport.confluent import (
-            ConfluentConsumerTransport as ConsumerTransport,
-        )
-        from fogverse.transport.confluent import (
-            ConfluentProducerTransport as ProducerTransport,
-        )
-    else:
-        from fogverse.transport.kafka import KafkaConsumerTransport as ConsumerTransport
-        from fogverse.transport.kafka import KafkaProducerTransport as ProducerTransport
+    from fogverse.transport.confluent import ConfluentConsumerTransport as ConsumerTransport
+    from fogverse.transport.confluent import ConfluentProducerTransport as ProducerTransport
+
     client_id = node.client_id
     if isinstance(node, Consumer):
         node.consumer = ConsumerTransport(
@@ -301,7 +288,7 @@ def use_transport(
 
 def _low_latency(transport: str) -> dict[str, Any]:
     # A video frame is a batch of its own: lingering for more only adds latency.
-    return {"linger.ms": 0} if transport == "confluent" else {"linger_ms": 0}
+    return {"linger.ms": 0}
 
 
 # ---- pipeline: nodes ----------------------------------------------------------------------

@@ -14,11 +14,10 @@ Kafka: FOGVERSE_BOOTSTRAP, or a local broker it starts and stops. Standalone (no
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import run_in_checkout
+from benchmarks.common import checkouts_side_by_side, run_in_checkout
 
 # Runs inside the checkout under test: only names both old and new benchmarks/kafka.py have.
 _ONE = """
@@ -60,20 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("new", type=Path, help="another checkout")
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--messages", type=int, default=100_000)
-    parser.add_argument("--transport", default="aiokafka", choices=("aiokafka", "confluent"))
+    parser.add_argument("--transport", default="confluent", choices=("aiokafka", "confluent"))
     args = parser.parse_args(argv)
 
     from benchmarks.kafka import broker
 
     trees = {"old": args.old.resolve(), "new": args.new.resolve()}
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
     with broker() as bootstrap:
-        for i in range(args.pairs):
-            order = list(trees) if i % 2 == 0 else list(trees)[::-1]
-            for name in order:
-                row = measure(trees[name], bootstrap, args.messages, args.transport)
-                rows[name].append(row)
-                print(name, json.dumps(row), flush=True)
+        rows = checkouts_side_by_side(
+            trees, args.pairs, lambda tree: measure(tree, bootstrap, args.messages, args.transport)
+        )
     for name, runs in rows.items():
         node = [r["node"]["cpu_us_per_msg"] for r in runs]
         loop = [r["loop"]["cpu_us_per_msg"] for r in runs]

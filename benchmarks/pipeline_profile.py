@@ -5,7 +5,7 @@
 Runs the ``max-rate-1cam`` scenario of :mod:`benchmarks.kafka` (source, ParallelConsumer and
 sink in this process, workers in their own), with the reduced decode and with the full-size
 one, under cProfile, and groups this process's own CPU time by where the code lives: Kafka
-I/O (aiokafka's producer, consumer and protocol code, socket writes and reads), FogVerse's
+I/O (confluent-kafka's calls into librdkafka, socket writes and reads), FogVerse's
 node loop, its pool (slot copies, worker replies), the benchmark's own source and sink, and
 the rest (asyncio, uvloop). Prints a JSON list, one entry per decode; per-frame figures are
 the profiled run's CPU time over the frames sent (the profiler slows everything, so read the
@@ -34,9 +34,9 @@ from benchmarks.kafka import (
 __all__ = ["profile_pipeline"]
 
 _GROUPS = (
-    ("kafka: producer", ("aiokafka/producer", "aiokafka/record")),
-    ("kafka: consumer", ("aiokafka/consumer",)),
-    ("kafka: protocol and connection", ("aiokafka/",)),
+    ("kafka: producer", ("cimpl.Producer", "'produce'", "'poll'", "'flush'")),
+    ("kafka: consumer", ("cimpl.Consumer", "'consume'", "'commit'")),
+    ("kafka: client (other)", ("cimpl", "confluent_kafka/", "aiokafka/")),
     ("socket writes", ("method 'send'", "streams.py", "'write'", "sendall")),
     ("socket reads", ("recv", "readexactly")),
     ("fogverse: pool (slots, replies)", ("fogverse/parallel/",)),

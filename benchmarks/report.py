@@ -315,16 +315,6 @@ def targets(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 f"{alone['vs_loop']:.2f}x in the loop's stop-and-wait at "
                 f"{alone['cpu_us_per_msg']:.1f} µs CPU per message"
             )
-            if default == "aiokafka":
-                # aiokafka does all its work on the event-loop thread: one core at most.
-                loop_rate = next(iter(doc["baselines"].values()))["rate"]["median"]
-                most = 1e6 / alone["cpu_us_per_msg"]
-                t.extra["transport_alone_cpu_bound"] = round(most / loop_rate, 3)
-                t.detail += (
-                    f"; aiokafka works on the event-loop thread, so even with a whole core to "
-                    f"itself and no node it moves at most {most:.0f} msg/s at that cost, "
-                    f"{most / loop_rate:.2f}x the loop"
-                )
         t = by_id["profiling.overhead"]
         overhead = doc["metrics"]["profiling_overhead"]
         t.measured = overhead["on_vs_off"]

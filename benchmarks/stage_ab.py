@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("new", type=Path, help="another checkout")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--frames", type=int, default=1200)
-    parser.add_argument("--transport", nargs="+", default=["aiokafka", "confluent"])
+    parser.add_argument("--transport", nargs="+", default=["confluent"])
     args = parser.parse_args(argv)
 
     from benchmarks.kafka import _admin, broker, create_topic, delete_topics

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.stage_profile", description=__doc__)
     p.add_argument("--frames", type=int, default=600)
     p.add_argument("--top", type=int, default=12)
-    p.add_argument("--transport", nargs="+", default=["aiokafka", "confluent"])
+    p.add_argument("--transport", nargs="+", default=["confluent"])
     p.add_argument("--bootstrap")
     p.add_argument("--dump", metavar="PREFIX", help="also write PREFIX.<transport>.pstats")
     args = p.parse_args(argv)

@@ -162,13 +162,11 @@ async def read_kafka(
 import pytest  # noqa: E402
 
 
-@pytest.fixture(params=["memory", "kafka", "kafka-confluent"])
+@pytest.fixture(params=["memory", "kafka"])
 def backend(request: pytest.FixtureRequest) -> Backend:
-    """The in-memory broker, and the real broker through each Kafka client we support."""
+    """The in-memory broker, and the real broker."""
     if request.param == "memory":
         MemoryBroker.reset()
         return Backend("memory", f"memory://{uuid.uuid4().hex[:8]}")
-    if request.param == "kafka-confluent":
-        request.getfixturevalue("monkeypatch").setenv("FOGVERSE_KAFKA_CLIENT", "confluent")
     bootstrap = request.getfixturevalue("kafka_bootstrap")
     return Backend("kafka", bootstrap, new_topic=request.getfixturevalue("new_topic"))

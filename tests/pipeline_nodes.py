@@ -6,27 +6,15 @@ They are configured through the seed's environment variables, as a deployment wo
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 
 from fogverse import Consumer, ParallelConsumer, Processor
-
-logger = logging.getLogger(__name__)
 
 
 class SlowEcho(Consumer):
     """Echoes each input after ``ECHO_DELAY`` seconds, so a test can stop it mid-stream."""
 
     delay = float(os.environ.get("ECHO_DELAY", "0.005"))
-
-    async def start_consumer(self) -> None:
-        await super().start_consumer()
-        # Read back by the tests that run it on each Kafka transport.
-        logger.info(
-            "transports started: consumer=%s producer=%s",
-            type(self.consumer).__name__,
-            type(self.producer).__name__,
-        )
 
     async def process(self, data):
         await asyncio.sleep(self.delay)

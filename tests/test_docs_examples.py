@@ -39,7 +39,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
 NOT_RUN = "# not run:"
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[ \t]*$")
 _NODE_ENV = ("CONSUMER_SERVERS", "PRODUCER_SERVERS", "CONSUMER_TOPIC", "PRODUCER_TOPIC")
-_GROUP_ENV = ("GROUP_ID", "CLIENT_ID", "FOGVERSE_PROFILE", "FOGVERSE_KAFKA_CLIENT")
+_GROUP_ENV = ("GROUP_ID", "CLIENT_ID", "FOGVERSE_PROFILE")
 
 
 def python_blocks(page: Path) -> list[tuple[int, str]]:

@@ -101,7 +101,9 @@ def test_the_core_is_what_it_says() -> None:
         "fogverse.node.offsets",
         "fogverse.codec",
         "fogverse.plugins",
-        "fogverse.transport.kafka",
+        "fogverse.transport.confluent",
+        "fogverse.transport.errors",
+        "fogverse.transport.aiokafka_clients",
         "fogverse.parallel.pool",
         "fogverse.node.parallel",
     ):

@@ -25,8 +25,7 @@ from fogverse.autoscale.messages import (
     parse_message,
 )
 from fogverse.autoscale.state import ControlState
-from fogverse.transport.kafka import sender_died
-from fogverse.transport.kafka_fetch import SafeFetch, UnparsedRecord
+from fogverse.transport.aiokafka_clients import SafeFetch, UnparsedRecord, sender_died
 
 __all__ = ["Master", "MasterObserver", "Service"]
 

@@ -304,7 +304,7 @@ class Observer(Plugin):
             return
 
     async def _run(self) -> None:
-        from fogverse.transport.kafka import sender_died
+        from fogverse.transport.aiokafka_clients import sender_died
 
         await self._connect()
         await self._send(

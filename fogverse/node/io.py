@@ -2,7 +2,7 @@
 
 Configuration follows the seed: attributes set before ``__init__``, constructor arguments,
 and the environment variables CONSUMER_TOPIC, CONSUMER_SERVERS, PRODUCER_TOPIC,
-PRODUCER_SERVERS, GROUP_ID, CLIENT_ID and FOGVERSE_KAFKA_CLIENT, which override both. A server
+PRODUCER_SERVERS, GROUP_ID and CLIENT_ID, which override both. A server
 string ``memory://NAME`` puts the node on the in-process :class:`~fogverse.MemoryBroker`.
 """
 
@@ -14,7 +14,7 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any
 
 from fogverse.codec import CONTENT_TYPE_HEADER as CONTENT_TYPE
 from fogverse.codec import Codec, CodecName, get_codec
@@ -35,54 +35,28 @@ __all__ = ["Consumer", "Producer"]
 
 logger = logging.getLogger(__name__)
 
-KafkaClient = Literal["aiokafka", "confluent"]
-_KAFKA_CLIENTS = ("aiokafka", "confluent")
-
-
-def _kafka_client(node: object) -> KafkaClient:
-    client = resolve(node, "kafka_client", env="FOGVERSE_KAFKA_CLIENT", default="aiokafka")
-    client = str(client).strip().lower()
-    if client not in _KAFKA_CLIENTS:
-        raise ValueError(f"kafka_client must be one of {_KAFKA_CLIENTS}, not {client!r}")
-    return client  # type: ignore[return-value]
-
 
 def _producer_transport(
-    servers: str, client_id: str | None, conf: dict[str, Any], kafka_client: KafkaClient
+    servers: str, client_id: str | None, conf: dict[str, Any]
 ) -> ProducerTransport:
     if servers.startswith(SCHEME):
         return MemoryProducerTransport(MemoryBroker.for_servers(servers))
-    if kafka_client == "confluent":
-        from fogverse.transport.confluent import ConfluentProducerTransport
+    from fogverse.transport.confluent import ConfluentProducerTransport
 
-        return ConfluentProducerTransport(servers, client_id=client_id, config=conf)
-    from fogverse.transport.kafka import KafkaProducerTransport
-
-    return KafkaProducerTransport(servers, client_id=client_id, config=conf)
+    return ConfluentProducerTransport(servers, client_id=client_id, config=conf)
 
 
 def _consumer_transport(
-    servers: str,
-    topics: list[str],
-    group_id: str,
-    client_id: str | None,
-    conf: dict[str, Any],
-    kafka_client: KafkaClient,
+    servers: str, topics: list[str], group_id: str, client_id: str | None, conf: dict[str, Any]
 ) -> ConsumerTransport:
     if servers.startswith(SCHEME):
         reset = conf.get("auto_offset_reset", conf.get("auto.offset.reset", "earliest"))
         return MemoryConsumerTransport(
             MemoryBroker.for_servers(servers), topics, group_id, auto_offset_reset=reset
         )
-    if kafka_client == "confluent":
-        from fogverse.transport.confluent import ConfluentConsumerTransport
+    from fogverse.transport.confluent import ConfluentConsumerTransport
 
-        return ConfluentConsumerTransport(
-            topics, servers, group_id, client_id=client_id, config=conf
-        )
-    from fogverse.transport.kafka import KafkaConsumerTransport
-
-    return KafkaConsumerTransport(topics, servers, group_id, client_id=client_id, config=conf)
+    return ConfluentConsumerTransport(topics, servers, group_id, client_id=client_id, config=conf)
 
 
 class _Output:
@@ -91,12 +65,6 @@ class _Output:
 
     producer_topic: str | None = None
     producer: ProducerTransport | None = None
-    kafka_client: KafkaClient = "aiokafka"
-    """Kafka client library behind the node: ``"aiokafka"`` (default) or ``"confluent"``
-    (librdkafka: the faster one in every side-by-side run; not the default yet, for the reasons
-    in benchmarks/README.md).
-    ``consumer_conf`` and ``producer_conf`` take either client's spelling on confluent
-    (``"fetch.min.bytes"`` or aiokafka's ``fetch_min_bytes``). FOGVERSE_KAFKA_CLIENT overrides."""
     auto_encode: bool = True
     """Encode results with ``output_codec`` (the seed's flag; ``False`` sends them as is)."""
     auto_decode: bool = True
@@ -125,9 +93,8 @@ class _Output:
         )
         self.producer_conf = dict(resolve(self, "producer_conf", producer_conf, default={}))
         self._output_codec = get_codec(resolve(self, "output_codec", output_codec, default="auto"))
-        self.kafka_client = _kafka_client(self)
         self.producer = _producer_transport(
-            self.producer_servers, self.client_id, self.producer_conf, self.kafka_client
+            self.producer_servers, self.client_id, self.producer_conf
         )
 
     def encode(self, data: Any) -> Any:
@@ -310,7 +277,6 @@ class Consumer(_Output, Runnable):
             self.group_id,
             self.client_id,
             self.consumer_conf,
-            self.kafka_client,
         )
         self._buffer: deque[Record] = deque()
         if dynamic_partitions is not None:

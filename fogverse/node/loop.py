@@ -531,8 +531,8 @@ class Runnable:
         try:
             ack = await producer.send(topic, value, record.key, headers)
         except Exception as refused:
-            # aiokafka refuses a record over its own size limit in send() itself; librdkafka
-            # and the broker refuse through the ack. One failed future serves both.
+            # A transport may refuse a record in send() itself; librdkafka and the broker
+            # refuse through the ack. One failed future serves both.
             ack = asyncio.get_running_loop().create_future()
             ack.set_exception(refused)
 

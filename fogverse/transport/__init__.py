@@ -1,1 +1,1 @@
-"""Kafka transports (aiokafka, confluent-kafka) and the in-memory broker behind one interface."""
+"""Kafka transports (confluent-kafka) and the in-memory broker behind one interface."""

@@ -1,4 +1,4 @@
-"""Kafka transports on confluent-kafka (librdkafka): the faster of the nodes' two clients.
+"""Kafka transports on confluent-kafka (librdkafka), the nodes' client.
 
 ``config`` takes librdkafka properties (dotted keys such as ``"fetch.min.bytes"``); aiokafka's
 keyword arguments (``fetch_min_bytes``, the seed's spelling) are translated to them.
@@ -65,6 +65,26 @@ _WAKE = object()  # queued when a rebalance coroutine finishes, to wake the wait
 #   local queue holds queued.min.messages, so a node that drains the queue quickly waits on
 #   an empty one: it capped a 1 KiB pass-through at about 80 k msg/s (issue 26).
 CONSUMER_DEFAULTS: dict[str, Any] = {"fetch.queue.backoff.ms": 100}
+
+# librdkafka's producer defaults, set deliberately:
+# - acks=all and idempotence: at-least-once without duplicates from the client's own retries;
+# - linger.ms=5: batches fill at high rates, and a lone frame waits at most 5 ms;
+# - queue.buffering.max.kbytes: librdkafka queues up to 1 GiB of unsent records by default, so
+#   a node whose sink is slow would hold that much of its input's backlog in memory before
+#   send() pushed back. 32 MiB is 130 720p frames or 32 000 1 KiB records: more than a
+#   linger's worth at the rates measured here (benchmarks/README.md), and the slow-sink
+#   scenario's memory stays flat with it. It is raised to two messages of
+#   message.max.bytes when that is larger, so one record always fits.
+# - partitioner=murmur2_random: a keyed record goes to the partition Kafka's Java client (and
+#   aiokafka, Kafka Streams) would pick, not librdkafka's CRC32 one, so that a camera's frames
+#   share a partition with what other clients write under its key.
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "acks": "all",
+    "enable.idempotence": True,
+    "linger.ms": 5,
+    "queue.buffering.max.kbytes": 32 * 1024,
+    "partitioner": "murmur2_random",
+}
 
 
 class KafkaDeliveryError(KafkaException):
@@ -556,6 +576,9 @@ def _unreadable(m: Message, exc: BaseException) -> UnreadableRecord:
 # ---- producer --------------------------------------------------------------------------
 
 
+_TOO_LARGE = KafkaError.MSG_SIZE_TOO_LARGE
+
+
 def _on_delivery(fut: asyncio.Future[Any], err: KafkaError | None, msg: Message) -> None:
     # Runs inside producer.poll() on the event-loop thread.
     if fut.done():  # cancelled by its awaiter
@@ -564,6 +587,13 @@ def _on_delivery(fut: asyncio.Future[Any], err: KafkaError | None, msg: Message)
         fut.set_result(msg)
     else:
         fut.set_exception(KafkaDeliveryError(err, msg.topic()))
+
+
+def _reporter(on_ack: AckCallback) -> Callable[[KafkaError | None, Message], None]:
+    def report(err: KafkaError | None, msg: Message) -> None:
+        on_ack(None if err is None else KafkaDeliveryError(err, msg.topic()))
+
+    return report
 
 
 def _plain_bytes(value: Any, key: Any, refused: TypeError) -> tuple[Any, Any]:
@@ -597,10 +627,18 @@ class ConfluentProducerTransport:
         config: Mapping[str, Any] | None = None,
     ) -> None:
         conf = _common_config(bootstrap_servers, client_id)
-        conf.update({"acks": "all", "enable.idempotence": True, "linger.ms": 5})
-        conf.update(librdkafka_config(config or {}))
+        conf.update(PRODUCER_DEFAULTS)
+        user = librdkafka_config(config or {})
+        if "queue.buffering.max.kbytes" not in user:
+            largest = int(user.get("message.max.bytes", 1_000_000))
+            conf["queue.buffering.max.kbytes"] = max(
+                PRODUCER_DEFAULTS["queue.buffering.max.kbytes"], 2 * largest // 1024
+            )
+        conf.update(user)
         self.config = conf
         self.producer: Producer | None = None
+        # Sends records one per request: those of a batch the broker refused as too large.
+        self._solo: Producer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poller: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
@@ -617,14 +655,15 @@ class ConfluentProducerTransport:
             return
         try:
             if not await self._flush(self.close_timeout):
-                left = len(producer)
                 logger.warning(
                     "%d records still unacknowledged after %.0f s; failing them",
-                    left,
+                    self._queued(),
                     self.close_timeout,
                 )
-                producer.purge()
-                producer.poll(0)  # their futures fail with _PURGE_QUEUE
+                for client in (producer, self._solo):
+                    if client is not None:
+                        client.purge()
+                self._poll()  # their futures fail with _PURGE_QUEUE
         finally:
             if self._poller is not None:
                 self._poller.cancel()
@@ -632,12 +671,13 @@ class ConfluentProducerTransport:
                     await self._poller
                 self._poller = None
                 self._wakeup = None
-            producer.poll(0)
-            close = getattr(producer, "close", None)  # older confluent-kafka releases lack it
-            if close is not None:
-                close()
-            # Dropping the last reference destroys the client and ends librdkafka's threads.
-            self.producer = None
+            self._poll()
+            for client in (producer, self._solo):
+                close = getattr(client, "close", None)  # older confluent-kafka releases lack it
+                if close is not None:
+                    close()
+            # Dropping the last reference destroys a client and ends librdkafka's threads.
+            self.producer = self._solo = None
 
     def send_nowait(
         self,
@@ -653,14 +693,24 @@ class ConfluentProducerTransport:
 
         def report(err: KafkaError | None, msg: Message) -> None:
             # Inside producer.poll() on the event-loop thread.
-            on_ack(None if err is None else KafkaDeliveryError(err, msg.topic()))
+            if err is None:
+                on_ack(None)
+            elif err.code() != _TOO_LARGE or not self._resend_alone(msg, _reporter(on_ack)):
+                on_ack(KafkaDeliveryError(err, msg.topic()))
 
         try:
-            refused = self._produce(topic, value, key, report, headers)
+            # The positional form of _produce's call, inline: this runs once per output.
+            producer.produce(topic, value, key, -1, report, None, 0, headers or None)  # type: ignore[arg-type]
         except BufferError:
             return False
-        if refused is not None:
+        except KafkaException as refused:  # refused locally (too large...): fails like a broker's
             on_ack(KafkaDeliveryError(refused.args[0], topic))
+            return True
+        except TypeError as exc:
+            value, key = _plain_bytes(value, key, exc)
+            return self.send_nowait(topic, value, key, headers, on_ack)
+        if self._wakeup is not None:
+            self._wake()
         return True
 
     def _produce(
@@ -687,12 +737,65 @@ class ConfluentProducerTransport:
                 return exc
             except TypeError as exc:
                 value, key = _plain_bytes(value, key, exc)
+        self._wake()
+        return None
+
+    def _wake(self) -> None:
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
             if not wakeup.done():
                 wakeup.set_result(None)
-        return None
+
+    def _delivered(self, fut: asyncio.Future[Any], err: KafkaError | None, msg: Message) -> None:
+        if (
+            err is not None
+            and err.code() == _TOO_LARGE
+            and self._resend_alone(msg, functools.partial(_on_delivery, fut))
+        ):
+            return
+        _on_delivery(fut, err, msg)
+
+    def _resend_alone(
+        self, msg: Message, on_delivery: Callable[[KafkaError | None, Message], None]
+    ) -> bool:
+        """The broker refused the batch that held ``msg`` as too large (a topic's
+        ``max.message.bytes`` below the batch): librdkafka fails every record of that batch,
+        so ``msg`` is sent again in a request of its own, to the same partition with its
+        timestamp, and only a record refused alone fails (Kafka's Java producer splits such
+        a batch the same way). False if it cannot be queued."""
+        solo = self._solo
+        if solo is None:
+            if self.producer is None:
+                return False
+            solo = self._solo = Producer({**self.config, "batch.num.messages": 1, "linger.ms": 0})
+        ts_type, ts = msg.timestamp()
+        try:
+            solo.produce(
+                msg.topic(),  # type: ignore[arg-type]
+                msg.value(),
+                msg.key(),
+                msg.partition(),  # type: ignore[arg-type]
+                on_delivery,
+                None,
+                ts if ts_type != TIMESTAMP_NOT_AVAILABLE else 0,
+                msg.headers(),
+            )
+        except (BufferError, KafkaException):
+            return False
+        self._wake()
+        return True
+
+    def _poll(self) -> None:
+        assert self.producer is not None
+        self.producer.poll(0)
+        if self._solo is not None:
+            self._solo.poll(0)
+
+    def _queued(self) -> int:
+        """Records not yet reported (queued, in flight, or waiting for their report)."""
+        assert self.producer is not None
+        return len(self.producer) + (len(self._solo) if self._solo is not None else 0)
 
     async def send(
         self,
@@ -705,7 +808,7 @@ class ConfluentProducerTransport:
         if producer is None or self._loop is None:
             raise RuntimeError("the producer is not running (call start() first)")
         fut = self._loop.create_future()
-        cb = functools.partial(_on_delivery, fut)
+        cb = functools.partial(self._delivered, fut)
         delay = 0.0005
         while True:
             try:
@@ -729,9 +832,9 @@ class ConfluentProducerTransport:
         assert producer is not None and self._loop is not None
         deadline = None if timeout is None else self._loop.time() + timeout
         producer.flush(0)  # send what lingers now rather than after linger.ms
-        while len(producer):
-            producer.poll(0)
-            if not len(producer):
+        while self._queued():
+            self._poll()
+            if not self._queued():
                 break
             if deadline is not None and self._loop.time() >= deadline:
                 return False
@@ -743,10 +846,10 @@ class ConfluentProducerTransport:
         assert producer is not None and self._loop is not None
         while True:
             try:
-                producer.poll(0)
+                self._poll()
             except Exception:  # a delivery callback failed; the others must still run
                 logger.exception("serving delivery reports failed")
-            if len(producer):
+            if self._queued():
                 await asyncio.sleep(self.poll_interval)
             else:
                 # Nothing queued, in flight or waiting to be reported: sleep until a send.

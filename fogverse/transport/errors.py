@@ -1,22 +1,15 @@
-"""What the Kafka clients' errors mean to a node, whichever client raised them."""
+"""What the Kafka client's errors mean to a node."""
 
 from __future__ import annotations
 
-from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
+from confluent_kafka import KafkaError, KafkaException
 
 __all__ = ["refused_for_size"]
 
-_AIOKAFKA_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+_TOO_LARGE = (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE)
 
 
 def refused_for_size(exc: BaseException) -> bool:
-    """Whether the client, or the broker through it, refused a record or batch for its size."""
-    if isinstance(exc, _AIOKAFKA_TOO_LARGE):
-        return True
-    from confluent_kafka import KafkaError, KafkaException
-
+    """Whether librdkafka, or the broker through it, refused a record or batch for its size."""
     err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
-    return isinstance(err, KafkaError) and err.code() in (
-        KafkaError.MSG_SIZE_TOO_LARGE,
-        KafkaError.RECORD_LIST_TOO_LARGE,
-    )
+    return isinstance(err, KafkaError) and err.code() in _TOO_LARGE

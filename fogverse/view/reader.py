@@ -11,7 +11,7 @@ every 250 KB frame of a 100 frames/s camera would cost the pipeline's host for n
 each read, an image partition is paused for ``1 / max_fps`` seconds, then moved to its newest
 record: the frames in between are never fetched, and the view's cost is bounded by
 ``max_fps`` whatever the topics' rates. Detections and the control topic are read whole.
-Records that cannot be parsed (:class:`~fogverse.transport.kafka_fetch.UnparsedRecord`) are
+Records that cannot be parsed (:class:`~fogverse.transport.aiokafka_clients.UnparsedRecord`) are
 handed on with ``value=None`` so that the caller counts them.
 """
 
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from fogverse.transport.kafka_fetch import SafeFetch, UnparsedRecord
+from fogverse.transport.aiokafka_clients import SafeFetch, UnparsedRecord
 
 __all__ = ["TopicReader"]
 

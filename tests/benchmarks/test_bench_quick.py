@@ -174,8 +174,6 @@ def test_quick_run_writes_well_formed_results(kafka_bootstrap: str, tmp_path: Pa
     alone = passthrough["metrics"]["transports"][f"transport[{default}]"]["vs_loop"]
     assert by_id["kafka.passthrough.vs_tuned_loop"]["transport_alone"] == alone
     assert "transport alone" in by_id["kafka.passthrough.vs_tuned_loop"]["detail"]
-    if default == "aiokafka":  # one thread: its CPU per message bounds any node on it
-        assert by_id["kafka.passthrough.vs_tuned_loop"]["transport_alone_cpu_bound"] > 0
     # The untuned loop (what the suite measured before) and the peers run beside the node.
     baselines = passthrough["baselines"]
     assert "confluent-kafka loop, librdkafka defaults" in baselines
@@ -187,9 +185,7 @@ def test_quick_run_writes_well_formed_results(kafka_bootstrap: str, tmp_path: Pa
     for entry in sizes.values():
         assert entry[f"node[{default}]"]["rate"]["median"] > 0, entry
     stage = json.loads((tmp_path / "kafka.stage.json").read_text())
-    # p=2 on the transport that is not the default, measured beside it.
-    other = "confluent" if stage["params"]["default_transport"] == "aiokafka" else "aiokafka"
-    assert set(stage["metrics"]) == {"fogverse p=1", "fogverse p=2", f"fogverse p=2 [{other}]"}
+    assert set(stage["metrics"]) == {"fogverse p=1", "fogverse p=2"}
     assert {"loop", "loop x2 (one group)"} <= set(stage["baselines"])
     assert ("quixstreams" in stage["baselines"]) == peers
     assert by_id["kafka.stage.vs_loop_x2"]["measured"] is not None

@@ -292,11 +292,9 @@ class BatchOnly(ParallelConsumer):
         return await super()._next()
 
 
-@pytest.mark.parametrize("client", ["confluent", "aiokafka"])
 def test_batch_path_keeps_order_and_window_when_the_producer_is_sometimes_full(
-    kafka_bootstrap, new_topic, monkeypatch, client
+    kafka_bootstrap, new_topic
 ):
-    monkeypatch.setenv("FOGVERSE_KAFKA_CLIENT", client)
     src, out = new_topic(partitions=2), new_topic()
     n, window = 240, 4
     asyncio.run(produce_kafka(kafka_bootstrap, src, _frames(n)))

@@ -25,7 +25,6 @@ from typing import Any
 
 import polling
 import psutil
-from kafka_clients import assert_running_on, assert_started_on
 
 NODES = str(Path(__file__).with_name("rel_nodes.py"))
 REPORT_ENV = "FOGVERSE_RELIABILITY_REPORT"
@@ -336,14 +335,6 @@ class Nodes:
     def log(self, proc: subprocess.Popen[bytes]) -> str:
         return self.logs[proc.pid].read_text(errors="replace")
 
-    def assert_transport(self, proc: subprocess.Popen[bytes], client: str) -> None:
-        """The node runs on ``client``'s transport: the classes it logged once its clients
-        started (``rel_nodes.TellsTransport``), and on confluent librdkafka's own threads in
-        the process while it runs."""
-        assert_started_on(self.log(proc), client)
-        if proc.poll() is None:
-            assert_running_on(proc.pid, client)
-
     def remember_children(self, proc: subprocess.Popen[bytes]) -> list[int]:
         with contextlib.suppress(psutil.Error):
             kids = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
@@ -384,13 +375,9 @@ class Nodes:
         return out
 
 
-def node_env(
-    bootstrap: str, src: str, out: str, group: str, client: str | None = None, **extra: Any
-) -> dict[str, str]:
-    """The environment of a node process reading ``src`` into ``out`` in ``group``, on the
-    ``client`` transport (``None``: whatever FOGVERSE_KAFKA_CLIENT says, else the default)."""
+def node_env(bootstrap: str, src: str, out: str, group: str, **extra: Any) -> dict[str, str]:
+    """The environment of a node process reading ``src`` into ``out`` in ``group``."""
     return {
-        **({"FOGVERSE_KAFKA_CLIENT": client} if client else {}),
         "CONSUMER_TOPIC": src,
         "PRODUCER_TOPIC": out,
         "GROUP_ID": group,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import time
 
@@ -21,24 +20,8 @@ from fogverse.autoscale import enable_heartbeats
 # counted apart from another node's reading the same input.
 DEAD_LETTER_TOPIC = os.environ.get("DEAD_LETTER_TOPIC") or None
 
-logger = logging.getLogger(__name__)
 
-
-class TellsTransport(Consumer):
-    """Logs the classes of the node's Kafka clients once both have started (the line
-    ``kafka_clients.assert_started_on`` reads back): a scenario run "on confluent" proves
-    it was."""
-
-    async def start_consumer(self) -> None:
-        await super().start_consumer()
-        logger.info(
-            "transports started: consumer=%s producer=%s",
-            type(self.consumer).__name__,
-            type(self.producer).__name__,
-        )
-
-
-class Echo(TellsTransport):
+class Echo(Consumer):
     """Passes each input on after ``ECHO_DELAY`` seconds (awaited, so the loop stays live)."""
 
     delay = float(os.environ.get("ECHO_DELAY", "0.005"))
@@ -62,7 +45,7 @@ class Sleep(Processor):
         return data
 
 
-class ParallelEcho(TellsTransport, ParallelConsumer):
+class ParallelEcho(ParallelConsumer):
     """``Echo`` with the pause in two worker processes."""
 
     processor = Sleep(float(os.environ.get("ECHO_DELAY", "0.005")))

@@ -8,7 +8,6 @@ import time
 import uuid
 
 import pytest
-from kafka_clients import KAFKA_CLIENTS
 from rel_harness import Feeder, Nodes, Reader, Tally, node_env, until
 
 pytestmark = pytest.mark.fault
@@ -16,17 +15,14 @@ pytestmark = pytest.mark.fault
 
 # Two broker outages, each up to a JVM restart on a loaded machine, plus the catch-up.
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("client", KAFKA_CLIENTS)
 def test_nodes_ride_out_a_broker_restart_and_a_broker_crash(
-    local_kafka, kafka_bootstrap, new_topic, tmp_path, client
+    local_kafka, kafka_bootstrap, new_topic, tmp_path
 ):
     src = new_topic(partitions=2)
     out_serial, out_parallel = new_topic(), new_topic()
     dlq_serial, dlq_parallel = new_topic(), new_topic()
-    serial = Tally(f"broker restarted (SIGTERM) and crashed (SIGKILL): Consumer: {client}")
-    parallel = Tally(
-        f"broker restarted (SIGTERM) and crashed (SIGKILL): ParallelConsumer: {client}"
-    )
+    serial = Tally("broker restarted (SIGTERM) and crashed (SIGKILL): Consumer")
+    parallel = Tally("broker restarted (SIGTERM) and crashed (SIGKILL): ParallelConsumer")
     nodes = Nodes(tmp_path)
     per_phase = 300
 
@@ -47,7 +43,6 @@ def test_nodes_ride_out_a_broker_restart_and_a_broker_crash(
                     src,
                     out_serial,
                     f"g-{uuid.uuid4().hex[:6]}",
-                    client,
                     DEAD_LETTER_TOPIC=dlq_serial,
                 ),
                 "echo",
@@ -59,7 +54,6 @@ def test_nodes_ride_out_a_broker_restart_and_a_broker_crash(
                     src,
                     out_parallel,
                     f"g-{uuid.uuid4().hex[:6]}",
-                    client,
                     DEAD_LETTER_TOPIC=dlq_parallel,
                 ),
                 "parallel",
@@ -67,8 +61,6 @@ def test_nodes_ride_out_a_broker_restart_and_a_broker_crash(
             await until(
                 lambda: len(serial.out) >= 50 and len(parallel.out) >= 50, 90, "both nodes to run"
             )
-            for proc in (a, b):
-                nodes.assert_transport(proc, client)
             for kill in (False, True):
                 # Mid-stream: the nodes still hold a backlog, and more arrives meanwhile.
                 sent_before = len(serial.sent)

@@ -4,11 +4,6 @@ master grows a topic meanwhile. A Consumer and a ParallelConsumer (real processe
 its own output and dead-letter topic) read the same input; every id is counted on both
 outputs. Nothing may be lost; duplicates are reported.
 
-The nodes run on the Kafka transport FOGVERSE_KAFKA_CLIENT names (aiokafka if unset), checked
-once they run; the leader-SIGKILL scenario runs on both transports whatever it says (the
-others take 30-60 s each, so on confluent only when asked:
-``FOGVERSE_KAFKA_CLIENT=confluent pytest tests/reliability/test_rel_cluster.py``).
-
 One cluster serves the whole module (the ``kafka_cluster`` fixture): every test brings back
 whatever node it took down before it ends.
 """
@@ -17,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import re
 import socket
 import subprocess
@@ -30,7 +24,6 @@ from typing import Any
 
 import pytest
 import yaml
-from kafka_clients import KAFKA_CLIENTS
 from rel_harness import Feeder, Nodes, Reader, Tally, node_env, report_row, until
 
 from fogverse.broker import LocalKafkaCluster
@@ -69,18 +62,15 @@ class Pipeline:
     """A feeder, a reader and two nodes (Consumer ``Echo``, ParallelConsumer
     ``ParallelEcho``) on the cluster, each node with its own output and dead-letter topic."""
 
-    def __init__(
-        self, cluster: LocalKafkaCluster, tmp_path: Path, scenario: str, client: str
-    ) -> None:
+    def __init__(self, cluster: LocalKafkaCluster, tmp_path: Path, scenario: str) -> None:
         self.cluster = cluster
-        self.client = client
         self.bootstrap = cluster.bootstrap
         self.src = _topic(cluster, partitions=2)
         self.out = {kind: _topic(cluster) for kind in ("serial", "parallel")}
         self.dlq = {kind: _topic(cluster) for kind in ("serial", "parallel")}
         self.tally = {
-            "serial": Tally(f"cluster: {scenario}: Consumer: {client}"),
-            "parallel": Tally(f"cluster: {scenario}: ParallelConsumer: {client}"),
+            "serial": Tally(f"cluster: {scenario}: Consumer"),
+            "parallel": Tally(f"cluster: {scenario}: ParallelConsumer"),
         }
         self.nodes = Nodes(tmp_path)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -95,7 +85,6 @@ class Pipeline:
             self.src,
             self.out[kind],
             f"g-{kind}-{self.src}",
-            self.client,
             DEAD_LETTER_TOPIC=self.dlq[kind],
         )
         self.procs[kind] = self.nodes.start(target, env, kind)
@@ -129,8 +118,6 @@ class Pipeline:
             await until(
                 lambda: len(serial.out) >= 50 and len(parallel.out) >= 50, 120, "both nodes to run"
             )
-            for proc in self.procs.values():
-                self.nodes.assert_transport(proc, self.client)
             feeding = asyncio.create_task(f.send(2 * PER_PHASE, rate=RATE))
             # Mid-stream, by progress rather than time: a backlog in the nodes, more arriving.
             await until(
@@ -167,18 +154,8 @@ class Pipeline:
                 assert not tally.dead, f"{tally.scenario}: dead-lettered {sorted(tally.dead)[:10]}"
 
 
-def _run(
-    cluster: LocalKafkaCluster,
-    tmp_path: Path,
-    scenario: str,
-    fault: Any,
-    client: str | None = None,
-    **kw: Any,
-) -> None:
-    """``client``: the nodes' Kafka transport, checked once they run (``None``: whatever
-    FOGVERSE_KAFKA_CLIENT says, else the default)."""
-    client = client or os.environ.get("FOGVERSE_KAFKA_CLIENT") or "aiokafka"
-    pipeline = Pipeline(cluster, tmp_path, scenario, client)
+def _run(cluster: LocalKafkaCluster, tmp_path: Path, scenario: str, fault: Any, **kw: Any) -> None:
+    pipeline = Pipeline(cluster, tmp_path, scenario)
     try:
         notes = asyncio.run(pipeline.run(fault))
         for kind, proc in pipeline.procs.items():
@@ -200,8 +177,7 @@ def _bring_back(cluster: LocalKafkaCluster) -> None:
     cluster.wait_in_sync()
 
 
-@pytest.mark.parametrize("client", KAFKA_CLIENTS)
-def test_leader_of_the_input_then_of_the_output_sigkilled(kafka_cluster, tmp_path, client):
+def test_leader_of_the_input_then_of_the_output_sigkilled(kafka_cluster, tmp_path):
     async def fault(p: Pipeline) -> str:
         took = []
         for topic in (p.src, p.out["serial"]):
@@ -219,7 +195,7 @@ def test_leader_of_the_input_then_of_the_output_sigkilled(kafka_cluster, tmp_pat
         )
 
     scenario = "SIGKILL the input's partition leader, then the output's"
-    _run(kafka_cluster, tmp_path, scenario, fault, client)
+    _run(kafka_cluster, tmp_path, scenario, fault)
 
 
 def test_a_broker_frozen_longer_than_the_session_timeout(kafka_cluster, tmp_path):
@@ -419,20 +395,18 @@ def _read_all(bootstrap: str, topic: str) -> list[int]:
         consumer.close()
 
 
-@pytest.mark.parametrize("client", ["aiokafka", "confluent"])
-def test_producer_defaults_across_a_leader_change(kafka_cluster, client):
-    """Each client's default producer (acks=all; confluent idempotent, aiokafka not) while
-    the partition leader is SIGKILLed: every acknowledged record is in the log, in order of
-    first appearance; the idempotent producer writes none twice."""
+def test_producer_defaults_across_a_leader_change(kafka_cluster):
+    """The nodes' producer transport with its defaults (acks=all, idempotent) while the
+    partition leader is SIGKILLed: every acknowledged record is in the log, in send order,
+    and none twice."""
     from fogverse.transport.confluent import ConfluentProducerTransport
-    from fogverse.transport.kafka import KafkaProducerTransport
 
     topic = _topic(kafka_cluster)
     total = 3000
-    make = KafkaProducerTransport if client == "aiokafka" else ConfluentProducerTransport
 
     async def produce() -> tuple[int, str]:
-        producer = make(kafka_cluster.bootstrap)
+        producer = ConfluentProducerTransport(kafka_cluster.bootstrap)
+        assert producer.config["acks"] == "all" and producer.config["enable.idempotence"]
         await producer.start()
         acked = 0
         try:
@@ -462,18 +436,15 @@ def test_producer_defaults_across_a_leader_change(kafka_cluster, client):
     assert sorted(set(log)) == list(range(total)), "acknowledged records are missing"
     assert firsts == list(range(total)), "records out of order across the leader change"
     duplicated = len(log) - total
-    idempotent = client == "confluent"
-    if idempotent:
-        assert duplicated == 0, f"the idempotent producer wrote {duplicated} records twice"
+    assert duplicated == 0, f"the idempotent producer wrote {duplicated} records twice"
     report_row(
         {
-            "scenario": f"cluster: producer defaults across a leader SIGKILL: {client}",
+            "scenario": "cluster: producer defaults across a leader SIGKILL",
             "sent": total,
             "received": len(log),
             "lost": 0,
             "duplicated": duplicated,
             "dead_lettered": 0,
-            "notes": f"acks=all, idempotence {'on' if idempotent else 'off'}; leader {moved}; "
-            "log order = send order (first copies)",
+            "notes": f"acks=all, idempotence on; leader {moved}; log order = send order",
         }
     )

@@ -11,8 +11,6 @@ import asyncio
 import signal
 import uuid
 
-import pytest
-from kafka_clients import KAFKA_CLIENTS
 from rel_harness import (
     Feeder,
     Nodes,
@@ -24,15 +22,12 @@ from rel_harness import (
 )
 
 
-@pytest.mark.parametrize("client", KAFKA_CLIENTS)
-def test_instance_joins_then_leaves_mid_stream(kafka_bootstrap, new_topic, tmp_path, client):
+def test_instance_joins_then_leaves_mid_stream(kafka_bootstrap, new_topic, tmp_path):
     partitions = 4
     src = new_topic(partitions=partitions)
     out_a, out_b, dlq = new_topic(), new_topic(), new_topic()
     group = f"g-{uuid.uuid4().hex[:8]}"
-    tally = Tally(
-        f"rebalance: a ParallelConsumer joins a Consumer's group, then leaves (SIGTERM): {client}"
-    )
+    tally = Tally("rebalance: a ParallelConsumer joins a Consumer's group, then leaves (SIGTERM)")
     nodes = Nodes(tmp_path)
     n = 1200
     b_outputs = {"count": 0}
@@ -40,9 +35,7 @@ def test_instance_joins_then_leaves_mid_stream(kafka_bootstrap, new_topic, tmp_p
     def env(out: str) -> dict[str, str]:
         # 20 ms a message: neither instance keeps up alone with the feed, so both hold
         # in-flight work for the partitions that move.
-        return node_env(
-            kafka_bootstrap, src, out, group, client, ECHO_DELAY=0.02, DEAD_LETTER_TOPIC=dlq
-        )
+        return node_env(kafka_bootstrap, src, out, group, ECHO_DELAY=0.02, DEAD_LETTER_TOPIC=dlq)
 
     async def scenario() -> tuple[int, dict[int, int], dict[int, int]]:
         # The two instances write to separate topics: the union is the stage's output.
@@ -54,8 +47,6 @@ def test_instance_joins_then_leaves_mid_stream(kafka_bootstrap, new_topic, tmp_p
             await until(lambda: len(tally.out) >= 100, 90, "the first instance to run")
             b = nodes.start("ParallelEcho", env(out_b), "b")
             await until(lambda: len(seen_b) >= 100, 90, "the joining instance to get work")
-            nodes.assert_transport(a, client)
-            nodes.assert_transport(b, client)
             assert len(tally.out) < n, "the feed ended before the join: nothing to hand over"
             code = nodes.kill(b, signal.SIGTERM)
             assert code == 0, nodes.log(b)

@@ -1,10 +1,12 @@
 """SASL/SSL settings reach every Kafka client FogVerse creates (no broker needed).
 
-Each client is really constructed with the configuration it was given, so aiokafka and
-librdkafka themselves check the keys, and the keyword arguments are recorded to prove the
-settings arrived. aiokafka clients take aiokafka's keyword arguments (``security_protocol``,
-``ssl_context``...), confluent-kafka clients librdkafka's properties (``security.protocol``,
-``ssl.ca.location``...): see docs/reliability.md.
+Each client is really constructed with the configuration it was given, so librdkafka and
+aiokafka themselves check the keys, and the configuration is recorded to prove the settings
+arrived. The nodes' clients (confluent-kafka) take librdkafka's properties
+(``security.protocol``, ``ssl.ca.location``...) or the seed's aiokafka keyword arguments,
+which they translate; the add-ons' own aiokafka clients (the auto-scaling master's, the
+heartbeat observer's) take aiokafka's keyword arguments (``security_protocol``,
+``ssl_context``...): see docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import aiokafka
 import pytest
 
 import fogverse.admin as kafka_admin
-import fogverse.transport.kafka as kafka_transport
+import fogverse.transport.confluent as confluent_transport
 from fogverse import Consumer, ParallelConsumer, Producer
 
 # aiokafka's names for the same settings.
@@ -43,12 +45,12 @@ def _has(kwargs: dict[str, Any], expected: dict[str, Any]) -> bool:
     return all(kwargs.get(k) is v or kwargs.get(k) == v for k, v in expected.items())
 
 
-_SET_UP_READS = {"client", "_sender"}
+_SET_UP_READS = {"_sender"}
 
 
 class Made:
-    """Records the keyword arguments of every client constructed through it; each one is
-    constructed for real too, so that the library checks them."""
+    """Records the keyword arguments of every aiokafka client constructed through it; each
+    one is constructed for real too, so that aiokafka checks them."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
@@ -71,9 +73,9 @@ class Made:
                 await self._real.stop()
 
             def __getattr__(self, name: str) -> Any:
-                # What our transports read while setting up (e.g. the producer's metadata
-                # for batching) comes from the real, unstarted client; anything that would
-                # talk to a broker stops the test.
+                # What the add-ons read while setting up (whether the producer's sender
+                # died) comes from the real, unstarted client; anything that would talk to
+                # a broker stops the test.
                 if name in _SET_UP_READS:
                     return getattr(self._real, name)
                 raise _Stop(f"{name}: the test stops here, once the client is made")
@@ -87,48 +89,111 @@ class Made:
 @pytest.fixture
 def made(monkeypatch: pytest.MonkeyPatch) -> Made:
     made = Made()
-    consumer = made.wrap("consumer", aiokafka.AIOKafkaConsumer)
-    producer = made.wrap("producer", aiokafka.AIOKafkaProducer)
-    # Our modules import the classes by name, some at import time and some on first use.
-    monkeypatch.setattr(kafka_transport, "AIOKafkaConsumer", consumer)
-    monkeypatch.setattr(kafka_transport, "AIOKafkaProducer", producer)
-    monkeypatch.setattr(aiokafka, "AIOKafkaConsumer", consumer)
-    monkeypatch.setattr(aiokafka, "AIOKafkaProducer", producer)
+    # The add-ons import the classes from aiokafka on first use.
+    monkeypatch.setattr(
+        aiokafka, "AIOKafkaConsumer", made.wrap("consumer", aiokafka.AIOKafkaConsumer)
+    )
+    monkeypatch.setattr(
+        aiokafka, "AIOKafkaProducer", made.wrap("producer", aiokafka.AIOKafkaProducer)
+    )
     return made
 
 
+# The properties the seed's aiokafka keyword arguments (SASL_SSL) set in librdkafka.
+SASL_SSL_FROM_SEED = {
+    "security.protocol": "SASL_SSL",
+    "sasl.mechanism": "SCRAM-SHA-512",
+    "sasl.username": "fog-node",
+    "sasl.password": "s3cret",
+}
+SPELLINGS = pytest.mark.parametrize(
+    ("conf", "expected"),
+    [
+        pytest.param(SASL_SSL_RD, SASL_SSL_RD, id="librdkafka"),
+        pytest.param(SASL_SSL, SASL_SSL_FROM_SEED, id="aiokafka-keywords"),
+    ],
+)
+
+
+class MadeRd:
+    """Records the configuration of every librdkafka client the nodes' transports make; each
+    one is made for real too (librdkafka checks every property then), and closed at once:
+    the transport's ``start()`` stops there, before anything talks to a broker."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def wrap(self, name: str, real: type) -> Any:
+        def make(conf: dict[str, Any]) -> Any:
+            self.calls.append((name, dict(conf)))
+            client = real(conf)
+            if name == "consumer":
+                client.close()
+            else:
+                client.flush(0)
+            del client  # the last reference: librdkafka's threads end
+            raise _Stop(f"{name} made: the test stops here")
+
+        return make
+
+    def of(self, name: str) -> list[dict[str, Any]]:
+        return [conf for n, conf in self.calls if n == name]
+
+
+@pytest.fixture
+def made_rd(monkeypatch: pytest.MonkeyPatch) -> MadeRd:
+    made = MadeRd()
+    # The transports use the classes they imported from confluent_kafka.
+    monkeypatch.setattr(
+        confluent_transport, "Consumer", made.wrap("consumer", confluent_transport.Consumer)
+    )
+    monkeypatch.setattr(
+        confluent_transport, "Producer", made.wrap("producer", confluent_transport.Producer)
+    )
+    return made
+
+
+async def _start(transport: Any) -> None:
+    with pytest.raises(_Stop):
+        await transport.start()
+
+
+@SPELLINGS
 @pytest.mark.parametrize("node_class", [Consumer, ParallelConsumer])
-def test_a_consumer_nodes_clients_get_the_security_settings(made: Made, node_class: type) -> None:
+def test_a_consumer_nodes_clients_get_the_security_settings(
+    made_rd: MadeRd, node_class: type, conf: dict[str, Any], expected: dict[str, Any]
+) -> None:
     async def scenario() -> None:
         node = node_class(
             "in",
             SERVERS,
             "g",
             producer_topic="out",
-            consumer_conf=dict(SASL_SSL),
-            producer_conf=dict(SASL_SSL),
+            consumer_conf=dict(conf),
+            producer_conf=dict(conf),
         )
-        await node.consumer.start()
-        await node.producer.start()
-        await node.consumer.stop()
-        await node.producer.stop()
+        await _start(node.consumer)
+        await _start(node.producer)
 
     asyncio.run(scenario())
-    [consumer] = made.of("consumer")
-    [producer] = made.of("producer")
-    assert _has(consumer, SASL_SSL) and _has(producer, SASL_SSL)
+    [consumer] = made_rd.of("consumer")
+    [producer] = made_rd.of("producer")
+    assert _has(consumer, expected) and _has(producer, expected)
     # Security settings never switch off what at-least-once depends on.
-    assert consumer["enable_auto_commit"] is False
+    assert consumer["enable.auto.commit"] is False
 
 
-def test_a_producer_nodes_client_gets_the_security_settings(made: Made) -> None:
+@SPELLINGS
+def test_a_producer_nodes_client_gets_the_security_settings(
+    made_rd: MadeRd, conf: dict[str, Any], expected: dict[str, Any]
+) -> None:
     async def scenario() -> None:
-        node = Producer("out", SERVERS, producer_conf=dict(SASL_SSL))
-        await node.producer.start()
-        await node.producer.stop()
+        node = Producer("out", SERVERS, producer_conf=dict(conf))
+        await _start(node.producer)
 
     asyncio.run(scenario())
-    assert _has(made.of("producer")[0], SASL_SSL)
+    [producer] = made_rd.of("producer")
+    assert _has(producer, expected)
 
 
 def test_the_observers_producer_gets_the_security_settings(made: Made) -> None:

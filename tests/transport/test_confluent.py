@@ -17,12 +17,12 @@ from confluent_kafka import TopicPartition as RawTP
 from polling import until
 
 from fogverse import Consumer
+from fogverse.record import Record
 from fogverse.transport.confluent import (
     ConfluentConsumerTransport,
     ConfluentProducerTransport,
     KafkaDeliveryError,
 )
-from fogverse.transport.kafka import KafkaConsumerTransport
 
 
 def _group() -> str:
@@ -38,13 +38,10 @@ def _produce(bootstrap: str, topic: str, items: list[tuple[Any, bytes, Any]]) ->
 
 
 def _confluent_node(bootstrap: str, src: str, group: str, cls: type = Consumer, **kw: Any) -> Any:
-    """A node built as usual, then moved onto the confluent transports (as the node setting
-    will do once fogverse/node/io.py selects them)."""
-    consumer_conf = kw.pop("consumer_conf", None)
-    producer_conf = kw.pop("producer_conf", None)
+    """A node built as usual: on the real broker, its transports are these."""
     node = cls(src, bootstrap, group, **kw)
-    node.consumer = ConfluentConsumerTransport([src], bootstrap, group, config=consumer_conf)
-    node.producer = ConfluentProducerTransport(bootstrap, config=producer_conf)
+    assert isinstance(node.consumer, ConfluentConsumerTransport)
+    assert isinstance(node.producer, ConfluentProducerTransport)
     return node
 
 
@@ -83,7 +80,10 @@ def _native_threads() -> collections.Counter[str]:
     return names
 
 
-def test_records_are_mapped_exactly_like_the_aiokafka_transport(kafka_bootstrap, new_topic):
+def test_records_carry_what_a_raw_aiokafka_consumer_reads(kafka_bootstrap, new_topic):
+    """Every field of a Record (value, key, headers in order and repeated, topic, partition,
+    offset, timestamp) is what another client, aiokafka's own consumer, reads of the same
+    record."""
     topic = new_topic(partitions=2)
     items = [
         (str(i).encode() if i % 3 else None, f"v{i}".encode(), [("a", b"1"), ("a", b"2")])
@@ -101,16 +101,18 @@ def test_records_are_mapped_exactly_like_the_aiokafka_transport(kafka_bootstrap,
 
     async def main():
         ours = await read(ConfluentConsumerTransport([topic], kafka_bootstrap, _group()))
-        theirs = await read(KafkaConsumerTransport([topic], kafka_bootstrap, _group()))
+        # read_kafka: a raw AIOKafkaConsumer; each ConsumerRecord's fields (headers as a list).
+        theirs = await read_kafka(kafka_bootstrap, topic, len(items))
         return ours, theirs
 
     ours, theirs = asyncio.run(main())
 
-    def order(r: Any) -> tuple[int, int]:
-        return (r.partition, r.offset)
+    def fields(r: Any) -> tuple[Any, ...]:
+        return (r.partition, r.offset, r.topic, r.timestamp, r.key, r.value, r.headers)
 
-    assert len(ours) == len(items)
-    assert sorted(ours, key=order) == sorted(theirs, key=order)
+    assert len(ours) == len(theirs) == len(items)
+    assert sorted(map(fields, ours)) == sorted(map(fields, theirs))
+    assert all(type(r) is Record for r in ours)
     by_value = {r.value: r for r in ours}
     assert by_value[b"v1"].headers == [("a", b"1"), ("a", b"2")]
     assert by_value[b"v3"].key is None
@@ -252,6 +254,92 @@ def test_delivery_failures_fail_the_awaitable_and_the_node_dead_letters(kafka_bo
     assert h["fogverse.error.stage"] == b"send"
     assert h["fogverse.error.type"] == b"KafkaDeliveryError"
     assert b"MSG_SIZE_TOO_LARGE" in h["fogverse.error.message"]
+
+
+def test_a_batch_the_broker_refuses_as_too_large_fails_only_its_oversized_record(
+    kafka_bootstrap, new_topic
+):
+    """Over the topic's limit but batched with small records: the broker refuses the whole
+    batch and librdkafka fails every record of it; the transport sends them again one per
+    request, so that only the big one fails and its neighbours are delivered."""
+    topic = new_topic(config={"max.message.bytes": 20_000})
+    n, big = 60, 31
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        # A linger long enough for the big record to share its batch with small ones.
+        p = ConfluentProducerTransport(kafka_bootstrap, config={"linger.ms": 50})
+        await p.start()
+        try:
+            acks = []
+            for i in range(n):
+                value = (b"!" * 30_000) if i == big else (b"%02d" % i + b"." * 1000)
+                acks.append(await p.send(topic, value, b"k"))
+            results = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True), 60)
+        finally:
+            await p.stop()
+        return results, await read_kafka(kafka_bootstrap, topic, n - 1)
+
+    results, records = asyncio.run(main())
+    failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+    assert failed == [big], [results[i] for i in failed]
+    assert isinstance(results[big], KafkaDeliveryError)
+    assert results[big].error.code() == KafkaError.MSG_SIZE_TOO_LARGE
+    assert sorted(r.value[:2] for r in records) == [b"%02d" % i for i in range(n) if i != big]
+
+
+def test_keyed_records_land_where_kafkas_java_client_puts_them(kafka_bootstrap, new_topic):
+    """The murmur2 partitioner: each key's partition is Kafka's Java formula (what aiokafka
+    and Kafka Streams use too), not librdkafka's own CRC32 choice."""
+    from aiokafka.partitioner import murmur2
+
+    topic = new_topic(partitions=5)
+    keys = [b"cam-%d" % i for i in range(40)]
+
+    async def main() -> list[Any]:
+        p = ConfluentProducerTransport(kafka_bootstrap)
+        await p.start()
+        try:
+            acks = [await p.send(topic, b"v", key) for key in keys]
+            return await asyncio.wait_for(asyncio.gather(*acks), 60)
+        finally:
+            await p.stop()
+
+    placed = {m.key(): m.partition() for m in asyncio.run(main())}
+    java = {key: (murmur2(key) & 0x7FFFFFFF) % 5 for key in keys}
+    assert placed == java
+    assert len(set(java.values())) > 1  # the keys do spread: the check is not trivial
+
+
+def test_the_producer_queue_is_bounded_and_send_waits_for_room(kafka_bootstrap, new_topic):
+    """librdkafka would queue 1 GiB of unsent records by default; the transport bounds it, so
+    a node whose sink is slow is pushed back by send() instead of buffering its backlog."""
+    assert ConfluentProducerTransport("h:1").config["queue.buffering.max.kbytes"] == 32 * 1024
+    # One record of the largest size the producer may send always fits.
+    big = ConfluentProducerTransport("h:1", config={"message.max.bytes": 50_000_000})
+    assert big.config["queue.buffering.max.kbytes"] >= 2 * 50_000_000 // 1024
+    topic = new_topic()
+
+    async def main() -> tuple[int, int]:
+        # A 64 KiB queue and a linger that keeps records queued: the fourth 20 KB record
+        # finds no room, send_nowait says so and send() waits until the first batch is out.
+        p = ConfluentProducerTransport(
+            kafka_bootstrap, config={"queue.buffering.max.kbytes": 64, "linger.ms": 500}
+        )
+        await p.start()
+        try:
+            accepted = 0
+            while p.send_nowait(topic, b"x" * 20_000, None, None, lambda exc: None):
+                accepted += 1
+            ack = await asyncio.wait_for(p.send(topic, b"y" * 20_000), 30)
+            await asyncio.wait_for(ack, 30)
+            await p.flush()
+        finally:
+            await p.stop()
+        return accepted, len(await read_kafka(kafka_bootstrap, topic, accepted + 1))
+
+    accepted, delivered = asyncio.run(main())
+    assert 1 <= accepted <= 3, accepted
+    assert delivered == accepted + 1
 
 
 class _Slow(Consumer):

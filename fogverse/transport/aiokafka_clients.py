@@ -1,4 +1,7 @@
-"""aiokafka's getmany(), made to survive a record it cannot parse.
+"""What the add-ons' own aiokafka clients (the master's, the observer's, the view's) need:
+a ``getmany()`` that survives a record it cannot parse, and a test for a dead sender.
+
+The nodes run on librdkafka (``transport/confluent.py``), which has neither problem.
 
 Kafka lets a producer write header keys that are not UTF-8; aiokafka decodes every header key
 of a fetched batch and raises ``UnicodeDecodeError`` from ``getmany()``. Its position does not
@@ -14,7 +17,7 @@ per batch, plus one position look-up per partition and assignment.
 
 aiokafka parses a batch as a whole, so the records that follow an unreadable one *in the same
 producer batch* cannot be read either: each becomes a stand-in too. Their coordinates are in
-the dead-letter headers; the confluent client (``kafka_client="confluent"``) reads them.
+the dead-letter headers.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import IllegalOperation, IllegalStateError
 from aiokafka.structs import ConsumerRecord
 
-__all__ = ["SafeFetch", "UnparsedRecord"]
+__all__ = ["SafeFetch", "UnparsedRecord", "sender_died"]
 
 logger = logging.getLogger(__name__)
 
@@ -187,3 +190,14 @@ class SafeFetch:
                 break
             got.extend(records)
         return got
+
+
+def sender_died(producer: AIOKafkaProducer | None) -> bool:
+    """Whether a started aiokafka producer lost its background sender task to an error: it
+    then fails every send and will never settle what it was sending (aio-libs/aiokafka#907).
+    Such a client must be replaced."""
+    sender = getattr(producer, "_sender", None)
+    task = getattr(sender, "sender_task", None)
+    if task is None or not task.done() or task.cancelled():
+        return False
+    return task.exception() is not None
