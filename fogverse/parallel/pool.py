@@ -10,14 +10,15 @@ instead, which costs less than the slot's bookkeeping. The parent reads replies 
 sentinel; a dead worker is replaced and its tasks retried, since their inputs are still in
 their slots (or, for small ones, kept on their handles).
 
-Beside it: :mod:`~fogverse.parallel.task` (the handle and its slot),
-:mod:`~fogverse.parallel.wire` (the frames both sides speak), :mod:`~fogverse.parallel.worker`
-(the worker's side) and :mod:`~fogverse.parallel.pickling` (the processor, pickled once).
+Beside it: :mod:`~fogverse.parallel.task` (the handle), :mod:`~fogverse.parallel.slots` (the
+slots and who holds them), :mod:`~fogverse.parallel.connection` (the parent's end of one worker:
+its socket, cut into frames), :mod:`~fogverse.parallel.wire` (the frames both sides speak),
+:mod:`~fogverse.parallel.worker` (the worker's side) and :mod:`~fogverse.parallel.pickling` (the
+processor, pickled once).
 """
 
 from __future__ import annotations
 
-import array
 import asyncio
 import collections
 import contextlib
@@ -28,12 +29,12 @@ import os
 import pickle
 import resource
 import socket
-import threading
 import time
 import weakref
 from typing import Any, Literal
 
 from fogverse.parallel import shm, wire
+from fogverse.parallel.connection import WorkerConnection
 from fogverse.parallel.errors import (
     PoolClosed,
     TaskFailed,
@@ -41,7 +42,8 @@ from fogverse.parallel.errors import (
     WorkerSetupError,
 )
 from fogverse.parallel.pickling import pickle_processor
-from fogverse.parallel.task import Slot, TaskHandle
+from fogverse.parallel.slots import Slot, SlotAllocator
+from fogverse.parallel.task import TaskHandle
 from fogverse.parallel.worker import worker_main
 from fogverse.processor import Processor
 
@@ -57,7 +59,6 @@ StartMethod = Literal["forkserver", "spawn"]
 # worker may hold its share of the window: the parent then sends and reads them in batches.
 _PREFETCH = 2
 _SHORT_TASK = 200e-6
-_RECV_SIZE = 1 << 16
 _STARTUP_FAILURE_LIMIT = 3
 _RESTART_BACKOFF = 0.1
 _FORKSERVER_RETRIES = 20
@@ -70,50 +71,6 @@ _NEW, _STARTING, _RUNNING, _CLOSING, _STOPPING, _CLOSED, _BROKEN = range(7)
 _TASK_REPLIES = frozenset((wire.MSG_RESULT, wire.MSG_VALUE, wire.MSG_INBAND, wire.MSG_ERROR))
 _TASK_PACK = wire.TASK.pack
 _TASK_BODY = wire.TASK.size - 4
-
-
-class _Worker:
-    __slots__ = (
-        "exited",
-        "fd",
-        "index",
-        "known",
-        "last_reply",
-        "live",
-        "outstanding",
-        "pid",
-        "process",
-        "rbuf",
-        "reading",
-        "ready",
-        "rend",
-        "rview",
-        "setup_error",
-        "sock",
-        "wbuf",
-    )
-
-    def __init__(
-        self, index: int, process: Any, sock: socket.socket, slots: int, loop: Any
-    ) -> None:
-        self.index = index
-        self.process = process
-        self.pid: int = process.pid
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.live = True
-        self.reading = True
-        self.ready: asyncio.Future[None] = loop.create_future()
-        self.exited: asyncio.Future[int | None] = loop.create_future()
-        self.outstanding: collections.deque[TaskHandle] = collections.deque()
-        self.known = [-1] * slots
-        self.setup_error = ""
-        self.rbuf = bytearray(_RECV_SIZE)
-        self.rview = memoryview(self.rbuf)
-        self.rend = 0
-        self.last_reply = 0.0
-        # TASK frames not yet sent: a loop iteration's frames for one worker go in one send.
-        self.wbuf = bytearray()
 
 
 def _preload_modules() -> list[str]:
@@ -130,7 +87,7 @@ def _ensure_fd_limit(needed: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def _kill_all(workers: dict[int, _Worker]) -> None:
+def _kill_all(workers: dict[int, WorkerConnection]) -> None:
     # Last resort when a pool is garbage-collected (or the interpreter exits) without close().
     for w in list(workers.values()):
         with contextlib.suppress(Exception):
@@ -189,22 +146,17 @@ class WorkerPool:
         self._start_method = start_method
         self._max_retries = max_retries
         self._worker_threads = worker_threads
-        self._initial_slot_bytes = max(4096, initial_slot_bytes)
 
         self._state = _NEW
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
         self._blob: shm.SharedRegion | None = None
         self._blob_size = 0
-        self._slots: list[Slot] = []
-        self._free: list[Slot] = []
-        self._waiters: collections.deque[asyncio.Future[Slot]] = collections.deque()
-        self._workers: dict[int, _Worker] = {}
-        self._ready: list[_Worker] = []
+        self._stats: collections.Counter[str] = collections.Counter()
+        self._slots = SlotAllocator(max_running_task, max(4096, initial_slot_bytes), self._stats)
+        self._workers: dict[int, WorkerConnection] = {}
+        self._ready: list[WorkerConnection] = []
         self._pending: collections.deque[TaskHandle] = collections.deque()
         self._next_id = 0
-        self._in_flight = 0
-        self._max_in_flight = 0
         self._active = 0
         self._idle: asyncio.Event | None = None
         self._out_hint = 0
@@ -213,7 +165,6 @@ class WorkerPool:
         self._broken_error: BaseException | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
         self._all_pids: list[int] = []
-        self._stats: collections.Counter[str] = collections.Counter()
         self._submitted = 0
         self._completed = 0
         self._context: Any = None
@@ -221,7 +172,7 @@ class WorkerPool:
         self._short = 0  # wire.TASK_SHORT while tasks are short: their replies may be batched
         self._deep_depth = max(_PREFETCH, -(-max_running_task // process_number))
         self._service = -1.0  # a worker's time per task (EWMA of busy reply intervals), seconds
-        self._unsent: list[_Worker] = []
+        self._unsent: list[WorkerConnection] = []
         self._flush_scheduled = False
         self._finalizer = weakref.finalize(self, _kill_all, self._workers)
 
@@ -230,11 +181,11 @@ class WorkerPool:
     @property
     def in_flight(self) -> int:
         """Slots held by tasks that were submitted and not yet released."""
-        return self._in_flight
+        return self._slots.in_flight
 
     @property
     def max_in_flight_seen(self) -> int:
-        return self._max_in_flight
+        return self._slots.max_in_flight
 
     @property
     def worker_pids(self) -> list[int]:
@@ -263,7 +214,7 @@ class WorkerPool:
             raise RuntimeError("WorkerPool.start() may be called only once")
         self._state = _STARTING
         self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
+        self._slots.bind(self._loop)
         self._idle = asyncio.Event()
         self._idle.set()
         try:
@@ -292,9 +243,13 @@ class WorkerPool:
         task = self.try_submit(data)
         if task is not None:
             return task
-        slot = await self._wait_for_slot()
+        if self._unsent:
+            # About to wait anyway: send the tasks buffered so far now rather than one loop
+            # iteration later.
+            self._flush()
+        slot = await self._slots.wait()
         if self._state != _RUNNING:  # closed while this slot was being handed over
-            self._free_slot(slot)
+            self._slots.free(slot)
             self._raise_not_running()
         return self._start_task(slot, data)
 
@@ -303,13 +258,9 @@ class WorkerPool:
         ``max_running_task`` tasks hold slots (or others already wait for one)."""
         if self._state != _RUNNING:
             self._raise_not_running()
-        if self._free and not self._waiters:
-            slot = self._free.pop()
-        elif len(self._slots) < self._max_running:
-            slot = self._new_slot()
-        else:
+        slot = self._slots.try_take()
+        if slot is None:
             return None
-        self._take()
         return self._start_task(slot, data)
 
     def _start_task(self, slot: Slot, data: Any) -> TaskHandle:
@@ -320,17 +271,17 @@ class WorkerPool:
             if isinstance(packed, bytes):
                 if self._out_hint or self._inline_bytes + len(packed) > _INLINE_BUDGET:
                     # Results do not fit in frames (or the budget is spent): use the slot.
-                    self._fill(slot, shm.encode(data))
+                    self._slots.fill(slot, shm.encode(data), self._out_hint)
                 else:
                     self._inline_bytes += len(packed)
                     inline = packed
             else:
-                self._fill(slot, packed)
+                self._slots.fill(slot, packed, self._out_hint)
         except BaseException:
-            self._free_slot(slot)
+            self._slots.free(slot)
             raise
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF
-        task = TaskHandle(self, self._next_id, slot, inline)
+        task = TaskHandle(self._slots, self._next_id, slot, inline)
         self._active += 1
         if self._active == 1:
             assert self._idle is not None
@@ -355,7 +306,7 @@ class WorkerPool:
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
         await self.close(drain=exc_type is None)
 
-    # ------------------------------------------------------------------ slots
+    # ------------------------------------------------------------------ state
 
     def _raise_not_running(self) -> None:
         if self._state == _BROKEN and self._broken_error is not None:
@@ -364,79 +315,9 @@ class WorkerPool:
             raise RuntimeError("WorkerPool.start() has not completed")
         raise PoolClosed("the pool is closed")
 
-    def _take(self) -> None:
-        self._in_flight += 1
-        if self._in_flight > self._max_in_flight:
-            self._max_in_flight = self._in_flight
-
-    def _new_slot(self) -> Slot:
-        slot = Slot(len(self._slots))
-        self._slots.append(slot)
-        return slot
-
-    async def _wait_for_slot(self) -> Slot:
-        loop = self._loop
-        assert loop is not None
-        if self._unsent:
-            # About to wait anyway: send the tasks buffered so far now rather than one loop
-            # iteration later.
-            self._flush()
-        waiter: asyncio.Future[Slot] = loop.create_future()
-        self._waiters.append(waiter)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._free_slot(waiter.result())
-            raise
-
-    def _free_slot(self, slot: Slot) -> None:
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(slot)  # handed over: still in flight
-                return
-        self._in_flight -= 1
-        self._free.append(slot)
-
-    def _abandon_slot(self, slot: Slot, shared: bool) -> None:
-        """A finished handle was dropped unreleased. If its result lives in the slot, views of
-        it may still be in use, so the slot continues with a new region and the old one lives
-        as long as those views."""
-        if threading.get_ident() != self._loop_thread:
-            loop = self._loop
-            if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(self._abandon_slot, slot, shared)
-            return
-        if shared and self._state in (_RUNNING, _CLOSING):
-            self._replace_region(slot, slot.region.size)
-        self._free_slot(slot)
-
-    def _replace_region(self, slot: Slot, size: int) -> None:
-        region = shm.SharedRegion.create(size, f"fogverse-slot{slot.index}")
-        slot.region.close()
-        slot.region = region
-        slot.generation += 1
-
-    def _fill(self, slot: Slot, enc: shm.Encoded) -> None:
-        needed = shm.measure(enc)
-        if self._out_hint:
-            needed = shm.align(needed) + self._out_hint
-        if needed > slot.region.size:
-            # Headroom so that inputs and results that vary a little do not regrow every time.
-            size = needed + needed // 8
-            if slot.region is shm.NO_REGION:
-                size = max(size, self._initial_slot_bytes)
-            else:
-                self._stats["slot_grows"] += 1
-            self._replace_region(slot, size)
-        region = slot.region
-        shm.write(region.view, 0, enc, region.address)
-
     # ------------------------------------------------------------------ workers
 
-    def _spawn(self, index: int) -> _Worker:
+    def _spawn(self, index: int) -> WorkerConnection:
         loop = self._loop
         assert loop is not None and self._blob is not None
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -453,18 +334,18 @@ class WorkerPool:
             raise
         finally:
             child_sock.close()
-        w = _Worker(index, process, parent_sock, self._max_running, loop)
+        w = WorkerConnection(index, process, parent_sock, self._max_running, loop)
         self._workers[index] = w
         self._all_pids.append(w.pid)
         hello = wire.HELLO.pack(wire.HELLO.size - 4, wire.MSG_HELLO, self._blob_size)
         with contextlib.suppress(OSError):  # it already died; its sentinel says so
-            parent_sock.sendmsg([hello], [_fd_message(self._blob.fd)])
-        loop.add_reader(w.fd, self._on_readable, w)
+            w.send_with_fd(hello, self._blob.fd)
+        w.start_reading(self._on_readable)
         loop.add_reader(process.sentinel, self._on_exit, w)
         return w
 
-    def _least_loaded(self) -> _Worker | None:
-        best: _Worker | None = None
+    def _least_loaded(self) -> WorkerConnection | None:
+        best: WorkerConnection | None = None
         load = self._depth
         for w in self._ready:
             n = len(w.outstanding)
@@ -479,7 +360,7 @@ class WorkerPool:
         else:
             self._send_task(w, task)
 
-    def _send_task(self, w: _Worker, task: TaskHandle) -> None:
+    def _send_task(self, w: WorkerConnection, task: TaskHandle) -> None:
         slot = task._slot
         w.outstanding.append(task)
         inline = task._inline
@@ -504,10 +385,7 @@ class WorkerPool:
         flags = wire.TASK_FD | self._short
         frame = _TASK_PACK(_TASK_BODY, wire.MSG_TASK, task._id, slot.index, slot.generation, flags)
         try:
-            if w.wbuf:  # frames queued before this one go first: the worker reads in order
-                frame = bytes(w.wbuf) + frame
-                w.wbuf.clear()
-            w.sock.sendmsg([frame], [_fd_message(slot.region.fd)])
+            w.send_with_fd(frame, slot.region.fd)
             w.known[slot.index] = slot.generation
         except OSError:
             # The worker is dying; its sentinel will requeue what it held.
@@ -521,63 +399,30 @@ class WorkerPool:
             if not w.wbuf:
                 continue
             self._stats["task_sends"] += 1
+            # Inline, not a WorkerConnection method: this runs after most reads.
             try:
                 w.sock.sendall(w.wbuf)
             except OSError:
                 self._mark_unusable(w)  # dying; its sentinel requeues what it held
             w.wbuf.clear()
 
-    def _mark_unusable(self, w: _Worker) -> None:
+    def _mark_unusable(self, w: WorkerConnection) -> None:
         if w.live:
             w.live = False
             if w in self._ready:
                 self._ready.remove(w)
 
-    def _on_readable(self, w: _Worker) -> bool:
-        """Read what the worker sent; False when nothing more is to be had now."""
-        try:
-            n = w.sock.recv_into(w.rview[w.rend :], 0, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            n = 0
-        if n == 0:
+    def _on_readable(self, w: WorkerConnection) -> bool:
+        """Act on what the worker sent; False when nothing more is to be had now."""
+        if w.receive(self._on_frame):
+            if self._unsent:
+                self._flush()  # the tasks these replies made room for, in one send per worker
+            return True
+        if w.eof:
             self._on_eof(w)
-            return False
-        end = w.rend + n
-        buf = w.rbuf
-        view = w.rview
-        pos = 0
-        while end - pos >= 4:
-            (size,) = wire.LEN.unpack_from(buf, pos)
-            stop = pos + 4 + size
-            if stop > end:
-                if 4 + size > len(buf):
-                    self._grow_rbuf(w, pos, end, 4 + size)
-                    return True
-                break
-            self._on_frame(w, view[pos:stop])
-            pos = stop
-        if self._unsent:
-            self._flush()  # the tasks these replies made room for, in one send per worker
-        if pos == end:
-            w.rend = 0
-            if len(buf) > _RECV_SIZE:
-                w.rbuf = bytearray(_RECV_SIZE)
-                w.rview = memoryview(w.rbuf)
-        else:
-            view[: end - pos] = view[pos:end]
-            w.rend = end - pos
-        return True
+        return False
 
-    def _grow_rbuf(self, w: _Worker, pos: int, end: int, size: int) -> None:
-        rbuf = bytearray(max(size, 2 * len(w.rbuf)))
-        rbuf[: end - pos] = w.rview[pos:end]
-        w.rbuf = rbuf
-        w.rview = memoryview(rbuf)
-        w.rend = end - pos
-
-    def _on_frame(self, w: _Worker, frame: memoryview) -> None:
+    def _on_frame(self, w: WorkerConnection, frame: memoryview) -> None:
         kind = frame[4]
         if kind in _TASK_REPLIES and not w.outstanding:
             return  # a reply to a task that close() already failed
@@ -624,7 +469,7 @@ class WorkerPool:
         else:
             logger.error("worker %d sent an unknown message type %d", w.index, kind)
 
-    def _pop_outstanding(self, w: _Worker, task_id: int) -> TaskHandle:
+    def _pop_outstanding(self, w: WorkerConnection, task_id: int) -> TaskHandle:
         task = w.outstanding.popleft()
         if task._id != task_id:
             raise RuntimeError(f"worker {w.index} answered task {task_id}, expected {task._id}")
@@ -644,7 +489,7 @@ class WorkerPool:
             self._send_task(w, self._pending.popleft())
         return task
 
-    def _on_ready(self, w: _Worker) -> None:
+    def _on_ready(self, w: WorkerConnection) -> None:
         self._startup_failures = 0
         if not w.ready.done():
             w.ready.set_result(None)
@@ -653,34 +498,23 @@ class WorkerPool:
             while self._pending and len(w.outstanding) < self._depth and w.live:
                 self._send_task(w, self._pending.popleft())
 
-    def _on_eof(self, w: _Worker) -> None:
-        loop = self._loop
-        assert loop is not None
-        if w.reading:
-            w.reading = False
-            loop.remove_reader(w.fd)
+    def _on_eof(self, w: WorkerConnection) -> None:
+        w.stop_reading()
         self._mark_unusable(w)
         if self._state in (_STARTING, _RUNNING, _CLOSING):
             # A worker closes its socket only by exiting; make sure the sentinel fires.
-            with contextlib.suppress(Exception):
-                w.process.kill()
+            w.kill()
 
-    def _on_exit(self, w: _Worker) -> None:
+    def _on_exit(self, w: WorkerConnection) -> None:
         loop = self._loop
         assert loop is not None
         loop.remove_reader(w.process.sentinel)
         # Replies it sent before dying are still in the socket: take them before retrying.
         while w.reading and self._on_readable(w):
             pass
-        if w.reading:
-            w.reading = False
-            loop.remove_reader(w.fd)
+        w.stop_reading()
         self._mark_unusable(w)
-        w.process.join(0)
-        exitcode = w.process.exitcode
-        w.sock.close()
-        with contextlib.suppress(ValueError):
-            w.process.close()
+        exitcode = w.close()
         if self._workers.get(w.index) is w:
             del self._workers[w.index]
         if not w.exited.done():
@@ -743,7 +577,7 @@ class WorkerPool:
             logger.exception("could not restart worker %d", index)
             self._break(WorkerSetupError(f"could not restart worker {index}: {exc!r}"))
 
-    def _requeue(self, w: _Worker, exitcode: int | None) -> None:
+    def _requeue(self, w: WorkerConnection, exitcode: int | None) -> None:
         tasks = list(w.outstanding)
         w.outstanding.clear()
         if not tasks:
@@ -768,6 +602,7 @@ class WorkerPool:
         """Too many consecutive worker start failures: fail everything, refuse new work."""
         logger.error("worker pool broken: %s", error)
         self._state = _BROKEN
+        self._slots.renew_abandoned = False
         self._broken_error = error
         self._fail_everything(error)
         loop = self._loop
@@ -783,13 +618,13 @@ class WorkerPool:
         self._task_done(task)
         task._finish(value, None)
         if released_early:
-            self._free_slot(task._slot)
+            self._slots.free(task._slot)
 
     def _fail(self, task: TaskHandle, error: BaseException) -> None:
         # A failed task has no result in its slot: it goes back at once.
         task._released = True
         self._task_done(task)
-        self._free_slot(task._slot)
+        self._slots.free(task._slot)
         task._finish(None, error)
 
     def _task_done(self, task: TaskHandle) -> None:
@@ -802,11 +637,7 @@ class WorkerPool:
             self._idle.set()
 
     def _fail_everything(self, error: BaseException) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(error)
-                waiter.exception()
+        self._slots.fail_waiters(error)
         tasks = list(self._pending)
         self._pending.clear()
         for w in self._workers.values():
@@ -831,11 +662,7 @@ class WorkerPool:
         if self._state in (_RUNNING, _STARTING):
             self._state = _CLOSING
         closed = PoolClosed("the pool was closed")
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(closed)
-                waiter.exception()
+        self._slots.fail_waiters(closed)
         if drain and self._active:
             try:
                 await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - loop.time()))
@@ -846,6 +673,7 @@ class WorkerPool:
         self._fail_everything(closed)
         if self._state != _BROKEN:
             self._state = _STOPPING
+        self._slots.renew_abandoned = False
         workers = list(self._workers.values())
         stop = wire.STOP.pack(wire.STOP.size - 4, wire.MSG_STOP)
         for w in workers:
@@ -858,8 +686,7 @@ class WorkerPool:
         stragglers = [w for w in workers if not w.exited.done()]
         for w in stragglers:
             logger.warning("worker %d (pid %d) did not stop in time; killing it", w.index, w.pid)
-            with contextlib.suppress(Exception):
-                w.process.kill()
+            w.kill()
         if stragglers:
             await asyncio.wait([w.exited for w in stragglers], timeout=_KILL_GRACE)
         for w in list(self._workers.values()):
@@ -871,16 +698,10 @@ class WorkerPool:
         self._finalizer.detach()
 
     def _release_memory(self) -> None:
-        for slot in self._slots:
-            slot.region.close()
-        self._free.clear()
+        self._slots.close()
         if self._blob is not None:
             self._blob.close()
             self._blob = None
-
-
-def _fd_message(fd: int) -> tuple[int, int, bytes]:
-    return (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())
 
 
 def _parent_side_failure(exc: Exception) -> TaskFailed:

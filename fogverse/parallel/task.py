@@ -1,4 +1,4 @@
-"""A task submitted to the pool: its handle, and the shared-memory slot it owns until released."""
+"""A task submitted to the pool: the handle that holds its shared-memory slot until released."""
 
 from __future__ import annotations
 
@@ -7,31 +7,20 @@ import contextlib
 from collections.abc import Callable, Generator
 from typing import Any, Protocol
 
-from fogverse.parallel import shm
+from fogverse.parallel.slots import Slot
 
-__all__ = ["Slot", "SlotOwner", "TaskHandle"]
-
-
-class Slot:
-    """One of the pool's reusable shared-memory regions, and how often it was replaced."""
-
-    __slots__ = ("generation", "index", "region")
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.generation = 0
-        # Created by the first input that needs it: tasks with small values never do.
-        self.region = shm.NO_REGION
+__all__ = ["SlotOwner", "TaskHandle"]
 
 
 class SlotOwner(Protocol):
-    """What a handle needs of its pool: the loop it runs on and where its slot goes back."""
+    """What a handle needs of its pool's slots: the loop it runs on and where its slot goes
+    back (a :class:`~fogverse.parallel.slots.SlotAllocator`)."""
 
-    _loop: asyncio.AbstractEventLoop | None
+    loop: asyncio.AbstractEventLoop | None
 
-    def _free_slot(self, slot: Slot) -> None: ...
+    def free(self, slot: Slot) -> None: ...
 
-    def _abandon_slot(self, slot: Slot, shared: bool) -> None: ...
+    def abandon(self, slot: Slot, shared: bool) -> None: ...
 
 
 class TaskHandle:
@@ -50,7 +39,7 @@ class TaskHandle:
         "_finished",
         "_id",
         "_inline",
-        "_pool",
+        "_owner",
         "_released",
         "_shared",
         "_slot",
@@ -58,8 +47,8 @@ class TaskHandle:
         "_waiter",
     )
 
-    def __init__(self, pool: SlotOwner, task_id: int, slot: Slot, inline: bytes | None) -> None:
-        self._pool = pool
+    def __init__(self, owner: SlotOwner, task_id: int, slot: Slot, inline: bytes | None) -> None:
+        self._owner = owner
         self._id = task_id
         self._slot = slot
         # A small input travels pickled in the TASK frame, not in the slot; kept for a retry.
@@ -80,7 +69,7 @@ class TaskHandle:
     def __await__(self) -> Generator[Any, None, Any]:
         if not self._finished:
             if self._waiter is None:
-                loop = self._pool._loop
+                loop = self._owner.loop
                 assert loop is not None
                 self._waiter = loop.create_future()
             # Cancelling the awaiting task cancels this wait only, never the task itself.
@@ -109,7 +98,7 @@ class TaskHandle:
         are logged through the loop's exception handler.
         """
         if self._finished:
-            loop = self._pool._loop
+            loop = self._owner.loop
             assert loop is not None
             loop.call_soon(fn, self)
         elif self._callbacks is None:
@@ -123,7 +112,7 @@ class TaskHandle:
             return
         self._released = True
         if self._finished:
-            self._pool._free_slot(self._slot)
+            self._owner.free(self._slot)
         # Otherwise the slot is freed when the worker is done with it.
 
     def _finish(self, value: Any, error: BaseException | None) -> None:
@@ -140,7 +129,7 @@ class TaskHandle:
                 try:
                     fn(self)
                 except Exception as exc:
-                    loop = self._pool._loop
+                    loop = self._owner.loop
                     assert loop is not None
                     loop.call_exception_handler(
                         {"message": "TaskHandle done callback raised", "exception": exc}
@@ -151,7 +140,7 @@ class TaskHandle:
             return
         self._released = True
         with contextlib.suppress(Exception):
-            self._pool._abandon_slot(self._slot, self._shared)
+            self._owner.abandon(self._slot, self._shared)
 
     def __repr__(self) -> str:
         state = "done" if self._finished else "running"

@@ -321,7 +321,7 @@ def test_batch_path_keeps_order_and_window_when_the_producer_is_sometimes_full(
         assert frames == sorted(frames), "per-partition order broken"
     # The backlog filled the window, and nothing ever went past it.
     assert node.pool.max_in_flight_seen == window
-    assert len(node.pool._slots) == window
+    assert len(node.pool._slots.slots) == window
 
 
 class BadDecode(BatchOnly):
