@@ -183,6 +183,10 @@ class _Output:
         return send_now
 
 
+def _value(record: Record) -> Any:
+    return record.value
+
+
 async def _call_after(ack: asyncio.Future[Any], callback: Callable[..., Any]) -> Any:
     result = callback(await ack)
     return (await result) if inspect.isawaitable(result) else result
@@ -319,6 +323,22 @@ class Consumer(_Output, Runnable):
         delivery = current_delivery.get()
         content_type = delivery.record.header(CONTENT_TYPE) if delivery is not None else None
         return self._input_codec.decode(data, content_type)
+
+    def _input_decoder(self) -> Callable[[Record], Any]:
+        if type(self).decode is not Consumer.decode or "decode" in vars(self):
+            return super()._input_decoder()
+        if not self.auto_decode:
+            return _value
+        codec_decode, buffers = self._input_codec.decode, (bytes, bytearray, memoryview)
+
+        def decode(record: Record) -> Any:
+            # decode() without looking the record up again through current_delivery.
+            value = record.value
+            if not isinstance(value, buffers):
+                return value
+            return codec_decode(value, record.header(CONTENT_TYPE))
+
+        return decode
 
     def _latest_only(self, records: list[Record]) -> list[Record]:
         newest: dict[TopicPartition | None, Record] = {}

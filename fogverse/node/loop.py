@@ -304,6 +304,12 @@ class Runnable:
         come one at a time from ``receive`` (a Producer's source, a user's own receive)."""
         return None
 
+    def _input_decoder(self) -> Callable[[Record], Any]:
+        """The decode step of the batch loops, given the whole record: ``decode`` of its
+        value, unless a node knows a shorter way to the same result."""
+        decode = self.decode
+        return lambda record: decode(record.value)
+
     def _output_sender(self) -> Callable[[Any, Delivery], bool] | None:
         """A function that queues one output for a delivery without waiting, if it can now
         (room in the producer's buffer), and says whether it did; ``None``: the loop always
@@ -326,7 +332,7 @@ class Runnable:
         loop = asyncio.get_running_loop()
         last_yield = loop.time()
         tracker, dead_letter, die = self._tracker, self._dead_letter, self._die
-        decode, process, encode = self.decode, self.process, self.encode
+        decode, process, encode = self._input_decoder(), self.process, self.encode
         async_decode, async_process = self._async_decode, self._async_process
         async_encode = self._async_encode
         send_now, profiler = self._output_sender(), self.profiler
@@ -348,7 +354,7 @@ class Runnable:
             try:
                 if type(record) is UnreadableRecord:
                     raise _unreadable(record)
-                data = decode(record.value)
+                data = decode(record)
                 if async_decode:
                     data = await data
                 if stamps is not None:

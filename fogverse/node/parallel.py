@@ -150,7 +150,7 @@ class ParallelRunnable(Runnable):
         loop = asyncio.get_running_loop()
         last_yield = loop.time()
         tracker, dead_letter, die = self._tracker, self._dead_letter, self._die
-        decode, async_decode = self.decode, self._async_decode
+        decode, async_decode = self._input_decoder(), self._async_decode
         profiler = self.profiler
         set_current = current_delivery.set
         while not self._stopping and not emitter.done():
@@ -169,7 +169,7 @@ class ParallelRunnable(Runnable):
             try:
                 if type(record) is UnreadableRecord:
                     raise _unreadable(record)
-                data = decode(record.value)
+                data = decode(record)
                 if async_decode or type(data) is CoroutineType:
                     data = await data
             except Exception as exc:
