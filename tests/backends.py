@@ -16,6 +16,23 @@ from fogverse.record import Headers, Record
 from fogverse.transport.memory import MemoryBroker
 
 
+class ForwardingProducer:
+    """A node's producer transport wrapped by a test: the lifecycle goes to ``inner``; a
+    subclass changes what happens to sends and their acknowledgements."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    async def flush(self) -> None:
+        await self.inner.flush()
+
+
 @dataclass
 class Backend:
     name: str

@@ -331,12 +331,11 @@ class Runnable:
         event-loop turn per input unless a step is a coroutine or the producer is full."""
         loop = asyncio.get_running_loop()
         last_yield = loop.time()
-        tracker, dead_letter, die = self._tracker, self._dead_letter, self._die
+        dead_letter, open_input = self._dead_letter, self._opener()
         decode, process, encode = self._input_decoder(), self.process, self.encode
         async_decode, async_process = self._async_decode, self._async_process
         async_encode = self._async_encode
         send_now, profiler = self._output_sender(), self.profiler
-        set_current = current_delivery.set
         now = Profiler.now
         while not self._stopping:
             if not buffer:
@@ -345,11 +344,8 @@ class Runnable:
             start = profiler.pick() if profiler is not None else 0
             record = buffer.popleft()
             self.message = record
-            delivery = Delivery(record, tracker, dead_letter, die)
-            stamps = None
-            if profiler is not None:
-                stamps = self._profile_input(delivery, profiler, start)
-            set_current(delivery)
+            delivery = open_input(record, start)
+            stamps = delivery.stamps
             stage = "decode"
             try:
                 if type(record) is UnreadableRecord:
@@ -386,19 +382,34 @@ class Runnable:
                 await asyncio.sleep(0)
                 last_yield = loop.time()
 
-    @staticmethod
-    def _profile_input(delivery: Delivery, profiler: Profiler, start: int) -> Stamps | None:
-        delivery.profiler = profiler
-        profiler.messages += 1
-        value = delivery.record.value
-        size = len(value) if isinstance(value, _SIZED) else 0
-        profiler.bytes_in += size
-        if not start:
-            return None
-        delivery.stamps = stamps = profiler.timed(start)
-        stamps.received = profiler.now()
-        stamps.size_in = size
-        return stamps
+    def _opener(self) -> Callable[[Record, int], Delivery]:
+        """What opens an input's delivery: tracked for commits, counted by the profiler (and
+        timed from ``start``, when it is a picked one), and the current input for encode and
+        send. Made once per loop: the node's parts it needs are looked up here, not per input."""
+        tracker, dead_letter, die, profiler = (
+            self._tracker,
+            self._dead_letter,
+            self._die,
+            self.profiler,
+        )
+        set_current = current_delivery.set
+
+        def open_input(record: Record, start: int) -> Delivery:
+            delivery = Delivery(record, tracker, dead_letter, die)
+            if profiler is not None:
+                delivery.profiler = profiler
+                profiler.messages += 1
+                value = record.value
+                size = len(value) if isinstance(value, _SIZED) else 0
+                profiler.bytes_in += size
+                if start:
+                    delivery.stamps = stamps = profiler.timed(start)
+                    stamps.received = profiler.now()
+                    stamps.size_in = size
+            set_current(delivery)
+            return delivery
+
+        return open_input
 
     async def _message_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -437,10 +448,7 @@ class Runnable:
             if type(message) is Record or isinstance(message, Record)
             else Record(value=message)
         )
-        delivery = Delivery(record, self._tracker, self._dead_letter, self._die)
-        if profiler is not None:
-            self._profile_input(delivery, profiler, start)
-        current_delivery.set(delivery)
+        delivery = self._opener()(record, start)
         if hooks:
             await self._hook("_after_receive", message)
         return delivery

@@ -149,10 +149,9 @@ class ParallelRunnable(Runnable):
         try_submit, submit = pool.try_submit, pool.submit
         loop = asyncio.get_running_loop()
         last_yield = loop.time()
-        tracker, dead_letter, die = self._tracker, self._dead_letter, self._die
+        dead_letter, open_input = self._dead_letter, self._opener()
         decode, async_decode = self._input_decoder(), self._async_decode
         profiler = self.profiler
-        set_current = current_delivery.set
         while not self._stopping and not emitter.done():
             if not buffer:
                 await refill()
@@ -161,11 +160,8 @@ class ParallelRunnable(Runnable):
             start = profiler.pick() if profiler is not None else 0
             record = buffer.popleft()
             self.message = record
-            delivery = Delivery(record, tracker, dead_letter, die)
-            stamps = None
-            if profiler is not None:
-                stamps = self._profile_input(delivery, profiler, start)
-            set_current(delivery)
+            delivery = open_input(record, start)
+            stamps = delivery.stamps
             try:
                 if type(record) is UnreadableRecord:
                     raise _unreadable(record)

@@ -699,18 +699,11 @@ class ConfluentProducerTransport:
                 on_ack(KafkaDeliveryError(err, msg.topic()))
 
         try:
-            # The positional form of _produce's call, inline: this runs once per output.
-            producer.produce(topic, value, key, -1, report, None, 0, headers or None)  # type: ignore[arg-type]
+            refused = self._produce(topic, value, key, report, headers)
         except BufferError:
             return False
-        except KafkaException as refused:  # refused locally (too large...): fails like a broker's
+        if refused is not None:
             on_ack(KafkaDeliveryError(refused.args[0], topic))
-            return True
-        except TypeError as exc:
-            value, key = _plain_bytes(value, key, exc)
-            return self.send_nowait(topic, value, key, headers, on_ack)
-        if self._wakeup is not None:
-            self._wake()
         return True
 
     def _produce(

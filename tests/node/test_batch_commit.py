@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 import cloudpickle
-from backends import committed_kafka, produce_kafka, read_kafka
+from backends import ForwardingProducer, committed_kafka, produce_kafka, read_kafka
 from polling import until
 
 from fogverse import Consumer, ParallelConsumer, Processor
@@ -24,24 +24,15 @@ N = 20
 WITHHELD = 7
 
 
-class WithholdAck:
+class WithholdAck(ForwardingProducer):
     """The node's own producer transport, except that the acknowledgement of the record whose
     value is ``withheld`` never reaches the node (the record itself goes to Kafka)."""
 
     def __init__(self, inner: ProducerTransport, withheld: bytes) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.withheld = withheld
         self.held: list[BaseException | None] = []
         self.forwarded = 0
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def stop(self) -> None:
-        await self.inner.stop()
-
-    async def flush(self) -> None:
-        await self.inner.flush()
 
     async def send(self, topic: str, value: Any, key: Any = None, headers: Any = None) -> Any:
         ack = await self.inner.send(topic, value, key, headers)

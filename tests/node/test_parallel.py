@@ -18,7 +18,7 @@ import cloudpickle
 import numpy as np
 import psutil
 import pytest
-from backends import committed_kafka, produce_kafka, read_kafka
+from backends import ForwardingProducer, committed_kafka, produce_kafka, read_kafka
 from polling import wait_until
 
 from fogverse import MemoryBroker, ParallelConsumer, ParallelProducer, Processor, Record
@@ -251,24 +251,15 @@ def test_backlog_of_10000_frames_keeps_memory_flat(kafka_bootstrap, new_topic):
     assert growth < 64 * 2**20, f"RSS grew by {growth / 2**20:.0f} MiB over the backlog"
 
 
-class SometimesFull:
+class SometimesFull(ForwardingProducer):
     """The node's producer transport, except that ``send_nowait`` says "no room" for every
     third output: those the node must send through its emitter (``send``) instead."""
 
     def __init__(self, inner) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.calls = 0
         self.refused = 0
         self.awaited = 0
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def stop(self) -> None:
-        await self.inner.stop()
-
-    async def flush(self) -> None:
-        await self.inner.flush()
 
     async def send(self, topic, value, key=None, headers=None):
         self.awaited += 1
