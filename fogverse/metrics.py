@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+_SIZED = (bytes, bytearray, memoryview)  # payloads whose len() is their size in bytes
+
 __all__ = [
     "DEFAULT_SAMPLE",
     "STAGES",
@@ -200,6 +202,23 @@ class Profiler:
         """The picked message has arrived (and been counted): its stamps; draw the next pick."""
         self._next_timed = self.messages + self._gap()
         return Stamps(start)
+
+    def count_input(self, value: Any) -> int:
+        """Count one message in; returns its size in bytes (0 for a value that is not a
+        buffer)."""
+        size = len(value) if isinstance(value, _SIZED) else 0
+        self.messages += 1
+        self.bytes_in += size
+        return size
+
+    def count_output(self, stamps: Stamps | None, out: Any) -> None:
+        """Count an encoded output's bytes (the stamps of a timed message note when and how
+        much)."""
+        size = len(out) if isinstance(out, _SIZED) else 0
+        self.bytes_out += size
+        if stamps is not None:
+            stamps.encoded = Profiler.now()
+            stamps.size_out += size
 
     def finish(self, stamps: Stamps) -> None:
         """A timed message is done: keep its stamps. Aggregation happens in :meth:`flush`."""

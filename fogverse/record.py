@@ -49,6 +49,13 @@ class UnreadableRecord(Record):
 
     reason: str = ""
 
+    def error(self) -> UnreadableRecordError:
+        """What a node raises for it where decoding would start (and dead-letters it for)."""
+        return UnreadableRecordError(
+            f"the Kafka client could not parse this record ({self.reason}); "
+            "its coordinates are in these headers"
+        )
+
 
 class UnreadableRecordError(ValueError):
     """Raised for an :class:`UnreadableRecord` where decoding would start: the node

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from types import CoroutineType
 from typing import Any
 
-from fogverse.metrics import DEFAULT_SAMPLE, Profiler, Stamps
+from fogverse.metrics import DEFAULT_SAMPLE, Profiler
 from fogverse.node.delivery import (
     ERROR_HEADER_PREFIX,
     Delivery,
@@ -31,7 +31,7 @@ from fogverse.node.delivery import (
 )
 from fogverse.node.offsets import OffsetTracker
 from fogverse.plugins import Plugin, discover, overrides
-from fogverse.record import Headers, Record, UnreadableRecord, UnreadableRecordError
+from fogverse.record import Headers, Record, UnreadableRecord
 from fogverse.transport.base import ConsumerTransport, ProducerTransport
 from fogverse.transport.errors import refused_for_size
 
@@ -45,8 +45,6 @@ _HOOKS = tuple(
     for when in ("before", "after")
 )
 
-_YIELD_EVERY = 0.005  # seconds of uninterrupted work before the loop lets other tasks run
-_SIZED = (bytes, bytearray, memoryview)  # payloads whose len() is their size in bytes
 
 # Every node running in this process: one SIGINT/SIGTERM stops them all.
 _running: weakref.WeakSet[Runnable] = weakref.WeakSet()
@@ -94,6 +92,9 @@ class Runnable:
     profile_csv: str | None = None
     """Append one CSV row per timed message here while profiling (FOGVERSE_PROFILE_CSV)."""
     profiler: Profiler | None = None
+    _yield_every: float = 0.005
+    """Seconds of uninterrupted work (buffered inputs, sync steps) after which a loop lets
+    the node's other tasks run: the committer, delivery reports, rebalance callbacks."""
     heartbeats: Any = None
     """Read by the auto-scaling add-on's plugin (``fogverse.autoscale``): report throughput
     to its master through an ``Observer``, an ``ObserverConfig`` or ``True`` (configure from
@@ -358,6 +359,7 @@ class Runnable:
         event-loop turn per input unless a step is a coroutine or the producer is full."""
         loop = asyncio.get_running_loop()
         last_yield = loop.time()
+        yield_every = self._yield_every
         dead_letter, open_input = self._dead_letter, self._opener()
         decode, process, encode = self._input_decoder(), self.process, self.encode
         async_decode, async_process = self._async_decode, self._async_process
@@ -376,7 +378,7 @@ class Runnable:
             stage = "decode"
             try:
                 if type(record) is UnreadableRecord:
-                    raise _unreadable(record)
+                    raise record.error()
                 data = decode(record)
                 if async_decode:
                     data = await data
@@ -394,7 +396,7 @@ class Runnable:
                     if async_encode:
                         out = await out
                     if profiler is not None:
-                        _count_output(profiler, stamps, out)
+                        profiler.count_output(stamps, out)
                     if send_now is None or not send_now(out, delivery):
                         await self.send(out)
                     if stamps is not None:
@@ -405,7 +407,7 @@ class Runnable:
                 delivery.seal()
             # A batch of buffered inputs and sync steps never suspend: let the committer,
             # the delivery reports and the rebalance callbacks run every few milliseconds.
-            if loop.time() - last_yield > _YIELD_EVERY:
+            if loop.time() - last_yield > yield_every:
                 await asyncio.sleep(0)
                 last_yield = loop.time()
 
@@ -425,10 +427,7 @@ class Runnable:
             delivery = Delivery(record, tracker, dead_letter, die)
             if profiler is not None:
                 delivery.profiler = profiler
-                profiler.messages += 1
-                value = record.value
-                size = len(value) if isinstance(value, _SIZED) else 0
-                profiler.bytes_in += size
+                size = profiler.count_input(record.value)
                 if start:
                     delivery.stamps = stamps = profiler.timed(start)
                     stamps.received = profiler.now()
@@ -441,6 +440,7 @@ class Runnable:
     async def _message_loop(self) -> None:
         loop = asyncio.get_running_loop()
         last_yield = loop.time()
+        yield_every = self._yield_every
         while not self._stopping:
             delivery = await self._next()
             if delivery is None:
@@ -451,7 +451,7 @@ class Runnable:
                 delivery.seal()
             # Buffered records and a sync process() never suspend: let the group heartbeat,
             # the committer and the ack callbacks run at least every few milliseconds.
-            if loop.time() - last_yield > _YIELD_EVERY:
+            if loop.time() - last_yield > yield_every:
                 await asyncio.sleep(0)
                 last_yield = loop.time()
 
@@ -503,7 +503,7 @@ class Runnable:
     async def _decode_step(self, delivery: Delivery) -> Any:
         record = delivery.record
         if type(record) is UnreadableRecord:
-            raise _unreadable(record)
+            raise record.error()
         value = record.value
         hooks = self._hooks
         if hooks:
@@ -530,7 +530,7 @@ class Runnable:
         profiler = delivery.profiler
         stamps = delivery.stamps
         if profiler is not None:
-            _count_output(profiler, stamps, out)
+            profiler.count_output(stamps, out)
         if hooks:
             await self._hook("_after_encode", out)
             await self._hook("_before_send", out)
@@ -668,21 +668,6 @@ class Runnable:
 
     def _drop_buffered(self, tps: set[tuple[str, int]]) -> None:
         return None
-
-
-def _count_output(profiler: Profiler, stamps: Stamps | None, out: Any) -> None:
-    size = len(out) if isinstance(out, _SIZED) else 0
-    profiler.bytes_out += size
-    if stamps is not None:
-        stamps.encoded = Profiler.now()
-        stamps.size_out += size
-
-
-def _unreadable(record: UnreadableRecord) -> UnreadableRecordError:
-    return UnreadableRecordError(
-        f"the Kafka client could not parse this record ({record.reason}); "
-        "its coordinates are in these headers"
-    )
 
 
 def _where(record: Record) -> str:

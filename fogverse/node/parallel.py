@@ -27,7 +27,7 @@ from fogverse.codec import AutoCodec, Codec
 from fogverse.metrics import Profiler
 from fogverse.node.delivery import Delivery, current_delivery
 from fogverse.node.io import Consumer, Producer
-from fogverse.node.loop import _YIELD_EVERY, Runnable, _count_output, _unreadable
+from fogverse.node.loop import Runnable
 from fogverse.parallel.errors import TaskFailed, WorkerCrashed
 from fogverse.parallel.pool import TaskHandle, WorkerPool
 from fogverse.processor import Processor
@@ -149,6 +149,7 @@ class ParallelRunnable(Runnable):
         try_submit, submit = pool.try_submit, pool.submit
         loop = asyncio.get_running_loop()
         last_yield = loop.time()
+        yield_every = self._yield_every
         dead_letter, open_input = self._dead_letter, self._opener()
         decode, async_decode = self._input_decoder(), self._async_decode
         profiler = self.profiler
@@ -164,7 +165,7 @@ class ParallelRunnable(Runnable):
             stamps = delivery.stamps
             try:
                 if type(record) is UnreadableRecord:
-                    raise _unreadable(record)
+                    raise record.error()
                 data = decode(record)
                 if async_decode or type(data) is CoroutineType:
                     data = await data
@@ -181,7 +182,7 @@ class ParallelRunnable(Runnable):
             self._admitted(delivery, handle)
             # Buffered records and free slots never suspend: let the group heartbeat, the
             # committer and the emitter run every few milliseconds.
-            if loop.time() - last_yield > _YIELD_EVERY:
+            if loop.time() - last_yield > yield_every:
                 await asyncio.sleep(0)
                 last_yield = loop.time()
 
@@ -189,13 +190,14 @@ class ParallelRunnable(Runnable):
         """Admit inputs one at a time from ``receive``, with every hook."""
         loop = asyncio.get_running_loop()
         last_yield = loop.time()
+        yield_every = self._yield_every
         while not self._stopping and not emitter.done():
             delivery = await self._next()
             if delivery is None:
                 continue
             await self._submit(delivery)
             # With free slots and buffered records nothing suspends: let the emitter run.
-            if loop.time() - last_yield > _YIELD_EVERY:
+            if loop.time() - last_yield > yield_every:
                 await asyncio.sleep(0)
                 last_yield = loop.time()
 
@@ -265,7 +267,7 @@ class ParallelRunnable(Runnable):
                 try:
                     out = encode(result)
                     if delivery.profiler is not None:
-                        _count_output(delivery.profiler, stamps, out)
+                        delivery.profiler.count_output(stamps, out)
                     if not send_now(out, delivery):
                         task.out = out  # the producer is full: the emitter awaits send
                         return False
