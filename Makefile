@@ -79,12 +79,13 @@ lint: setup
 # must pass. The documentation site is built (strictly) beside them too: it takes seconds of
 # CPU and mostly waits. The sdist/wheel build, `twine check` and the installed wheel's run
 # are a `slow` test (tests/test_wheel.py). The container images the slow engine tests use are
-# built beside them from the start (a no-op when up to date; the tests wait for it on its
-# lock, and build themselves if it failed).
+# built beside them from the start, niced like the API server's build so that both take the
+# CPU the tests leave idle (a no-op when up to date). The tests that wait for either build
+# run last in their process (tests/conftest.py); they build themselves if a build failed.
 BESIDE := fault or slow
 test: kube-apiserver-background setup test-tools lint
 	@set -o pipefail; \
-	$(BIN)/python deploy/image/build.py --broker >.image-build.log 2>&1 & image=$$!; \
+	nice -n 10 $(BIN)/python deploy/image/build.py --broker >.image-build.log 2>&1 & image=$$!; \
 	$(BIN)/mkdocs build --strict --quiet --site-dir site >.pytest-docs.log 2>&1 & \
 	docs=$$!; \
 	$(BIN)/pytest -q -m "$(BESIDE)" -p no:cacheprovider --durations=10 >.pytest-beside.log 2>&1 & \

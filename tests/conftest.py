@@ -41,6 +41,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _KAFKA_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kafka)
+    # On a fresh machine `make test` builds the node image and the Kubernetes API server in the
+    # background, niced, while the suite runs; the tests that need them wait for those builds.
+    # They run last in their process (the image's before the API server's, the longer build),
+    # so every other test runs meanwhile instead of queueing behind a wait.
+    items.sort(key=_waits_for_a_build)  # stable: the rest keep their order
+
+
+_WAIT_FOR_A_BUILD = {
+    "test_rel_containers.py": 1,  # the node image
+    "test_demo_containers.py": 1,  # the node and broker images
+    "test_kubernetes_cluster.py": 2,  # the API server
+}
+
+
+def _waits_for_a_build(item: pytest.Item) -> int:
+    return _WAIT_FOR_A_BUILD.get(item.path.name, 0)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -300,6 +300,12 @@ def test_enable_heartbeats_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) 
     assert obs is not None and obs.topic == "ctl"
 
 
+def _has_final_beat(records: list[Any]) -> bool:
+    return any(
+        isinstance(m, Heartbeat) and m.final for m in (parse_message(r.value) for r in records)
+    )
+
+
 def test_heartbeats_reach_the_real_broker_aggregated(kafka_bootstrap: str, new_topic: Any) -> None:
     control = new_topic()
 
@@ -322,7 +328,11 @@ def test_heartbeats_reach_the_real_broker_aggregated(kafka_bootstrap: str, new_t
         # acknowledged (an instance that exits then only loses its last beat, with a warning);
         # here every beat is to be counted, so close waits as long as it takes.
         await obs.close(timeout=120)
-        records = await read_kafka(kafka_bootstrap, control, 3, timeout=60, settle=0.5)
+        # Everything is on the topic once close() returned: read up to the final beat (the
+        # last thing an observer sends), then a moment more for anything unexpected after it.
+        records = await read_kafka(
+            kafka_bootstrap, control, 0, timeout=60, settle=0.5, done=_has_final_beat
+        )
         return [parse_message(r.value) for r in records]
 
     messages = asyncio.run(scenario())
