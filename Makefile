@@ -29,7 +29,7 @@ test-tools:
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server)
 
 # The Kubernetes tests' API server: kube-apiserver built from the Go module proxy (Go >= 1.24),
-# once per machine, cached under ~/.cache/fogverse (about 4 minutes on 2 idle cores).
+# once per machine, cached under ~/.cache/fogverse (about 3.5 minutes on 2 idle cores).
 kube-apiserver:
 	deploy/kubernetes/apiserver/build.sh
 

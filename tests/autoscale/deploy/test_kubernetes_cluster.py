@@ -34,7 +34,7 @@ from fogverse.autoscale.deploy import (
     stop_handle,
 )
 
-# The first run builds the API server (4 min on an idle 2-core machine, more beside the suite).
+# The first run builds the API server (3.5 min on an idle 2-core machine, more beside the suite).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 logger = logging.getLogger(__name__)
