@@ -79,13 +79,14 @@ lint: setup
 # must pass. The documentation site is built (strictly) beside them too: it takes seconds of
 # CPU and mostly waits. The sdist/wheel build, `twine check` and the installed wheel's run
 # are a `slow` test (tests/test_wheel.py). The container images the slow engine tests use are
-# built beside them from the start, niced like the API server's build so that both take the
-# CPU the tests leave idle (a no-op when up to date). The tests that wait for either build
-# run last in their process (tests/conftest.py); they build themselves if a build failed.
+# built beside them from the start (a no-op when up to date; not niced: under a loaded machine
+# a niced build could outlast the tests' wait for it). The tests that wait for the images or
+# the API server run last in their process (tests/conftest.py), so every other test runs
+# meanwhile; they build themselves if a build failed.
 BESIDE := fault or slow
 test: kube-apiserver-background setup test-tools lint
 	@set -o pipefail; \
-	nice -n 10 $(BIN)/python deploy/image/build.py --broker >.image-build.log 2>&1 & image=$$!; \
+	$(BIN)/python deploy/image/build.py --broker >.image-build.log 2>&1 & image=$$!; \
 	$(BIN)/mkdocs build --strict --quiet --site-dir site >.pytest-docs.log 2>&1 & \
 	docs=$$!; \
 	$(BIN)/pytest -q -m "$(BESIDE)" -p no:cacheprovider --durations=10 >.pytest-beside.log 2>&1 & \

@@ -41,9 +41,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _KAFKA_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kafka)
-    # On a fresh machine `make test` builds the node image and the Kubernetes API server in the
-    # background, niced, while the suite runs; the tests that need them wait for those builds.
-    # They run last in their process (the image's before the API server's, the longer build),
+    # On a fresh machine `make test` builds the container images and the Kubernetes API server
+    # in the background while the suite runs; the tests that need them wait for those builds.
+    # They run last in their process (the images' before the API server's, the longer build),
     # so every other test runs meanwhile instead of queueing behind a wait.
     items.sort(key=_waits_for_a_build)  # stable: the rest keep their order
 
