@@ -105,7 +105,8 @@ class Codec(ABC):
         """The value in ``data``; raises :class:`DecodeError` and nothing else on bad input.
 
         ``content_type`` is the message's header; only :class:`AutoCodec` uses it, a
-        specific codec trusts its own format check of the bytes.
+        specific codec trusts its own format check of the bytes. Nodes pass it only to a
+        codec without a fixed :attr:`content_type`.
         """
 
     def encode_tagged(self, obj: Any) -> tuple[bytes, str]:

@@ -320,16 +320,28 @@ class Consumer(_Output, Runnable):
     def decode(self, data: Any) -> Any:
         if not self.auto_decode or not isinstance(data, bytes | bytearray | memoryview):
             return data
+        codec = self._input_codec
+        if codec.content_type is not None:
+            return codec.decode(data)
         delivery = current_delivery.get()
         content_type = delivery.record.header(CONTENT_TYPE) if delivery is not None else None
-        return self._input_codec.decode(data, content_type)
+        return codec.decode(data, content_type)
 
     def _input_decoder(self) -> Callable[[Record], Any]:
         if type(self).decode is not Consumer.decode or "decode" in vars(self):
             return super()._input_decoder()
         if not self.auto_decode:
             return _value
-        codec_decode, buffers = self._input_codec.decode, (bytes, bytearray, memoryview)
+        codec = self._input_codec
+        codec_decode, buffers = codec.decode, (bytes, bytearray, memoryview)
+        if codec.content_type is not None:
+            # A codec of one format trusts its own check of the bytes, not the header
+            # (Codec.decode): no scan of every record's headers for it.
+            def decode_as(record: Record) -> Any:
+                value = record.value
+                return codec_decode(value) if isinstance(value, buffers) else value
+
+            return decode_as
 
         def decode(record: Record) -> Any:
             # decode() without looking the record up again through current_delivery.

@@ -13,7 +13,7 @@ import pytest
 from backends import Backend
 
 from fogverse import Consumer, Producer, Record
-from fogverse.codec import NDArrayCodec
+from fogverse.codec import Codec, NDArrayCodec
 
 
 class FrameSource(Producer):
@@ -165,6 +165,61 @@ def test_filter_none_sends_nothing_and_commits(backend: Backend):
 
     outputs = asyncio.run(main())
     assert sorted(int(r.value) for r in outputs) == [0, 2, 4, 6, 8]
+
+
+class _SeenCodec(Codec):
+    """Bytes as they are; records the content type each decode was given."""
+
+    name = "seen"
+
+    def __init__(self, content_type: str | None) -> None:
+        self.content_type = content_type  # type: ignore[misc]
+        self.given: list[object] = []
+
+    def encode(self, obj):
+        return bytes(obj)
+
+    def decode(self, data, content_type=None):
+        self.given.append(content_type)
+        return bytes(data)
+
+
+@pytest.mark.parametrize("loop", ["batch", "message"])
+def test_the_content_type_header_reaches_only_codecs_without_a_fixed_one(
+    backend: Backend, loop: str
+):
+    # Codec.decode: a codec of one format trusts its own check of the bytes, so nodes do not
+    # look the header up for it; one that picks the format per message (auto) gets it.
+    class Forward(Consumer):
+        if loop == "message":  # any hook makes the node take its message-at-a-time loop
+
+            def _after_decode(self, data):
+                return None
+
+    async def main():
+        src, out = backend.topic(), backend.topic()
+        header = [("content-type", b"application/octet-stream")]
+        await backend.produce(src, [(None, str(i).encode(), header) for i in range(4)])
+        fixed, free = _SeenCodec("application/octet-stream"), _SeenCodec(None)
+        for codec in (fixed, free):
+            node = Forward(
+                src,
+                backend.servers,
+                f"g-{uuid.uuid4().hex[:6]}",
+                producer_topic=out,
+                input_codec=codec,
+                output_codec="bytes",
+            )
+
+            async def done(codec=codec):
+                return len(codec.given) >= 4
+
+            await _run_until([node], done)
+        return fixed.given, free.given
+
+    fixed, free = asyncio.run(main())
+    assert fixed == [None] * 4
+    assert free == [b"application/octet-stream"] * 4
 
 
 def test_hooks_run_in_order_sync_and_async(backend: Backend):
