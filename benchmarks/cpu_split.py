@@ -6,7 +6,16 @@ confluent-kafka loop, the FogVerse node, and the node with no delivery reports a
 
 "node, no reports" produces every output without a delivery callback and counts none of them
 (its inputs are never committed: not at-least-once). It is an upper bound: what the node's
-rate would be if serving delivery reports cost nothing. Runs interleaved in this process on a
+rate would be if serving delivery reports cost nothing.
+
+"node, drain acks" is the at-least-once way to that bound, tried as a prototype (patched in
+here, not in the transport): the producer runs with ``delivery.report.only.error`` (the client
+then builds no report, and calls no Python, for a success), a failure still reaches its input
+through its callback, and every other output is acknowledged when the producer's queue is
+empty (``len(producer) == 0`` after a poll: nothing of it is queued, in flight or unreported).
+A sustained stream never empties the queue on its own, so after ``DRAIN_EVERY`` outputs
+``send_nowait`` refuses and ``send`` waits for the queue to drain: stop-and-wait every
+``DRAIN_EVERY`` outputs, as the tuned loop does every batch. Runs interleaved in this process on a
 local broker this script starts (it needs the JVM's pid); prints each run and the median of
 the paired ratios over the loop. Each run's CPU is counted from its start to its end,
 the group join and the node's drain included. Standalone (not in the suite).
@@ -52,6 +61,78 @@ def _no_reports() -> Iterator[None]:
         T.send_nowait = saved  # type: ignore[method-assign]
 
 
+DRAIN_EVERY = 5000
+
+
+@contextmanager
+def _drain_acks() -> Iterator[None]:
+    from fogverse.transport import confluent as c
+
+    T = c.ConfluentProducerTransport
+    saved = (T.send_nowait, T._poll, T.send, dict(c.PRODUCER_DEFAULTS))
+    c.PRODUCER_DEFAULTS["delivery.report.only.error"] = True
+
+    def unacked(self: Any) -> list[list[Any]]:
+        found: list[list[Any]] = self.__dict__.setdefault("_unacked", [])
+        return found
+
+    def poll(self: Any) -> None:
+        self.producer.poll(0)  # failures first: their callbacks clear their entries
+        if self._solo is not None:
+            self._solo.poll(0)
+        entries = unacked(self)
+        if entries and len(self.producer) == 0:
+            self._unacked = []
+            for entry in entries:
+                if entry[0] is not None:
+                    entry[0](None)
+
+    def send_nowait(self: Any, topic: str, value: Any, key: Any, headers: Any, on_ack: Any) -> bool:
+        entries = unacked(self)
+        if len(entries) >= DRAIN_EVERY:
+            return False
+        entry = [on_ack]
+
+        def report(err: Any, msg: Any) -> None:  # failures only
+            entry[0] = None
+            on_ack(c.KafkaDeliveryError(err, msg.topic()))
+
+        try:
+            self.producer.produce(topic, value, key, -1, report, None, 0, headers or None)
+        except BufferError:
+            return False
+        entries.append(entry)
+        self._wake()
+        return True
+
+    async def send(self: Any, topic: str, value: Any, key: Any = None, headers: Any = None) -> Any:
+        while len(unacked(self)) >= DRAIN_EVERY:
+            poll(self)
+            await asyncio.sleep(0.0005)
+        fut = self._loop.create_future()
+
+        def settle(exc: BaseException | None) -> None:
+            if fut.done():
+                return
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
+
+        while not send_nowait(self, topic, value, key, headers, settle):
+            poll(self)
+            await asyncio.sleep(0.0005)
+        return fut
+
+    T.send_nowait, T._poll, T.send = send_nowait, poll, send  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        T.send_nowait, T._poll, T.send = saved[:3]  # type: ignore[method-assign]
+        c.PRODUCER_DEFAULTS.clear()
+        c.PRODUCER_DEFAULTS.update(saved[3])
+
+
 def _node(bootstrap: str, src: str, out: str, n: int) -> dict[str, Any]:
     return asyncio.run(k.run_node_passthrough(bootstrap, src, out, n, "confluent"))
 
@@ -66,10 +147,16 @@ def _node_no_reports(bootstrap: str, src: str, out: str, n: int) -> dict[str, An
         k._PassThrough.drain_timeout = saved
 
 
+def _node_drain_acks(bootstrap: str, src: str, out: str, n: int) -> dict[str, Any]:
+    with _drain_acks():
+        return _node(bootstrap, src, out, n)
+
+
 VARIANTS: dict[str, Callable[[str, str, str, int], dict[str, Any]]] = {
     "loop": k.plain_loop,
     "node": _node,
     "node, no reports": _node_no_reports,
+    "node, drain acks": _node_drain_acks,
 }
 
 
