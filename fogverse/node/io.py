@@ -321,7 +321,7 @@ class Consumer(_Output, Runnable):
         if not self.auto_decode or not isinstance(data, bytes | bytearray | memoryview):
             return data
         codec = self._input_codec
-        if codec.content_type is not None:
+        if getattr(codec, "content_type", None) is not None:  # a user's codec may lack it
             return codec.decode(data)
         delivery = current_delivery.get()
         content_type = delivery.record.header(CONTENT_TYPE) if delivery is not None else None
@@ -334,7 +334,7 @@ class Consumer(_Output, Runnable):
             return _value
         codec = self._input_codec
         codec_decode, buffers = codec.decode, (bytes, bytearray, memoryview)
-        if codec.content_type is not None:
+        if getattr(codec, "content_type", None) is not None:  # a user's codec may lack it
             # A codec of one format trusts its own check of the bytes, not the header
             # (Codec.decode): no scan of every record's headers for it.
             def decode_as(record: Record) -> Any:

@@ -172,8 +172,9 @@ class _SeenCodec(Codec):
 
     name = "seen"
 
-    def __init__(self, content_type: str | None) -> None:
-        self.content_type = content_type  # type: ignore[misc]
+    def __init__(self, content_type: str | None, *, labelled: bool = True) -> None:
+        if labelled:  # an input-only codec of a user's may not say (Codec declares no default)
+            self.content_type = content_type  # type: ignore[misc]
         self.given: list[object] = []
 
     def encode(self, obj):
@@ -201,7 +202,8 @@ def test_the_content_type_header_reaches_only_codecs_without_a_fixed_one(
         header = [("content-type", b"application/octet-stream")]
         await backend.produce(src, [(None, str(i).encode(), header) for i in range(4)])
         fixed, free = _SeenCodec("application/octet-stream"), _SeenCodec(None)
-        for codec in (fixed, free):
+        unlabelled = _SeenCodec(None, labelled=False)
+        for codec in (fixed, free, unlabelled):
             node = Forward(
                 src,
                 backend.servers,
@@ -215,11 +217,12 @@ def test_the_content_type_header_reaches_only_codecs_without_a_fixed_one(
                 return len(codec.given) >= 4
 
             await _run_until([node], done)
-        return fixed.given, free.given
+        return fixed.given, free.given, unlabelled.given
 
-    fixed, free = asyncio.run(main())
+    fixed, free, unlabelled = asyncio.run(main())
     assert fixed == [None] * 4
     assert free == [b"application/octet-stream"] * 4
+    assert unlabelled == [b"application/octet-stream"] * 4
 
 
 def test_hooks_run_in_order_sync_and_async(backend: Backend):
