@@ -106,9 +106,6 @@ def _drain_acks() -> Iterator[None]:
         return True
 
     async def send(self: Any, topic: str, value: Any, key: Any = None, headers: Any = None) -> Any:
-        while len(unacked(self)) >= DRAIN_EVERY:
-            poll(self)
-            await asyncio.sleep(0.0005)
         fut = self._loop.create_future()
 
         def settle(exc: BaseException | None) -> None:
@@ -119,7 +116,7 @@ def _drain_acks() -> Iterator[None]:
             else:
                 fut.set_exception(exc)
 
-        while not send_nowait(self, topic, value, key, headers, settle):
+        while not send_nowait(self, topic, value, key, headers, settle):  # full: drain first
             poll(self)
             await asyncio.sleep(0.0005)
         return fut

@@ -187,6 +187,13 @@ def _value(record: Record) -> Any:
     return record.value
 
 
+def _reads_header(codec: Codec) -> bool:
+    """Whether ``codec`` is given each input's content-type header: only one without a fixed
+    content type (auto) picks a format by it; one of a single format trusts its own check of
+    the bytes (Codec.decode). A user's input-only codec may not set the attribute at all."""
+    return getattr(codec, "content_type", None) is None
+
+
 async def _call_after(ack: asyncio.Future[Any], callback: Callable[..., Any]) -> Any:
     result = callback(await ack)
     return (await result) if inspect.isawaitable(result) else result
@@ -321,7 +328,7 @@ class Consumer(_Output, Runnable):
         if not self.auto_decode or not isinstance(data, bytes | bytearray | memoryview):
             return data
         codec = self._input_codec
-        if getattr(codec, "content_type", None) is not None:  # a user's codec may lack it
+        if not _reads_header(codec):
             return codec.decode(data)
         delivery = current_delivery.get()
         content_type = delivery.record.header(CONTENT_TYPE) if delivery is not None else None
@@ -334,9 +341,8 @@ class Consumer(_Output, Runnable):
             return _value
         codec = self._input_codec
         codec_decode, buffers = codec.decode, (bytes, bytearray, memoryview)
-        if getattr(codec, "content_type", None) is not None:  # a user's codec may lack it
-            # A codec of one format trusts its own check of the bytes, not the header
-            # (Codec.decode): no scan of every record's headers for it.
+        if not _reads_header(codec):
+            # No scan of every record's headers for a content type the codec ignores.
             def decode_as(record: Record) -> Any:
                 value = record.value
                 return codec_decode(value) if isinstance(value, buffers) else value
