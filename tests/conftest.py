@@ -25,6 +25,9 @@ from stop_on_sigterm import (  # noqa: F401  (SIGTERM tears the run down)
 
 from fogverse.broker import BrokerUnavailable, LocalKafka, LocalKafkaCluster, stop_all
 
+# Temporary files of the processes the suite starts stay in one directory of the run.
+pytest_plugins = ("own_tmpdir",)
+
 logger = logging.getLogger(__name__)
 
 _KAFKA_FIXTURES = frozenset(
