@@ -910,6 +910,38 @@ class HighWatermark:
 TUNED_LOOP_CONSUMER: dict[str, Any] = {"fetch.queue.backoff.ms": 100}
 
 
+def loop_producer(bootstrap: str) -> tuple[Any, list[Any]]:
+    """The hand-written loops' producer and the list of its failed deliveries. With
+    ``delivery.report.only.error`` a success calls no Python, so the loops stay as cheap as
+    with no callback at all; without a callback a refused output would leave the queue
+    unnoticed and ``flush()`` would return 0 as if it were acknowledged."""
+    from confluent_kafka import Producer as RawProducer
+
+    failures: list[Any] = []
+
+    def failed(err: Any, msg: Any) -> None:
+        failures.append(err)
+
+    producer = RawProducer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "acks": "all",
+            "enable.idempotence": True,
+            "delivery.report.only.error": True,
+            "on_delivery": failed,
+        }
+    )
+    return producer, failures
+
+
+def check_delivered(producer: Any, failures: list[Any], timeout: float) -> None:
+    """At least once: called before a loop commits, it raises unless every output produced
+    so far is acknowledged."""
+    if producer.flush(timeout) or failures:
+        raise RuntimeError(f"outputs not delivered: {failures[:3]}")
+
+
 def plain_loop(
     bootstrap: str,
     src: str,
@@ -921,7 +953,6 @@ def plain_loop(
     """The baseline: confluent-kafka doing the same at-least-once work without FogVerse,
     its consumer tuned (``TUNED_LOOP_CONSUMER``) unless ``consumer_conf`` says otherwise."""
     from confluent_kafka import Consumer as RawConsumer
-    from confluent_kafka import Producer as RawProducer
     from confluent_kafka import TopicPartition
 
     consumer = RawConsumer(
@@ -933,9 +964,7 @@ def plain_loop(
             **(TUNED_LOOP_CONSUMER if consumer_conf is None else consumer_conf),
         }
     )
-    producer = RawProducer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all", "enable.idempotence": True}
-    )
+    producer, failures = loop_producer(bootstrap)
     consumer.subscribe([src])
     done = 0
     t0 = cpu0 = 0.0
@@ -960,8 +989,7 @@ def plain_loop(
             producer.poll(0)
             done += len(msgs)
             # At least once: a batch's offsets are committed once all its outputs are acked.
-            if producer.flush(30):
-                raise RuntimeError("outputs not acknowledged")
+            check_delivered(producer, failures, 30)
             consumer.commit(
                 offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
                 asynchronous=True,

@@ -49,9 +49,11 @@ from benchmarks.kafka import (
     _own_node_settings,
     _preprocessor,
     available_transports,
+    check_delivered,
     create_topic,
     default_transport,
     delete_topics,
+    loop_producer,
     quix_available,
     use_transport,
 )
@@ -85,7 +87,6 @@ def stage_loop(bootstrap: str, src: str, out: str, group: str, stop: Any, first:
     ``perf_counter`` of its first frame and its CPU seconds on ``first``."""
     import cv2
     from confluent_kafka import Consumer as RawConsumer
-    from confluent_kafka import Producer as RawProducer
     from confluent_kafka import TopicPartition
 
     cv2.setNumThreads(1)
@@ -99,9 +100,7 @@ def stage_loop(bootstrap: str, src: str, out: str, group: str, stop: Any, first:
             **TUNED_LOOP_CONSUMER,
         }
     )
-    producer = RawProducer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all", "enable.idempotence": True}
-    )
+    producer, failures = loop_producer(bootstrap)
     consumer.subscribe([src])
     t0 = None
     cpu0 = time.process_time()
@@ -118,8 +117,7 @@ def stage_loop(bootstrap: str, src: str, out: str, group: str, stop: Any, first:
             producer.produce(out, stage.process(m.value()), m.key(), headers=m.headers())
             producer.poll(0)
             offsets[(m.topic(), m.partition())] = m.offset() + 1
-        if producer.flush(60):
-            raise RuntimeError("outputs not acknowledged")
+        check_delivered(producer, failures, 60)
         consumer.commit(
             offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=True
         )
