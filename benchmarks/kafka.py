@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -835,20 +836,23 @@ def _serial_cost(settings: KafkaSettings, frames: Frames, quick: bool) -> dict[s
 
 
 def fill(bootstrap: str, topic: str, n: int, size: int) -> None:
-    from confluent_kafka import Producer as RawProducer
+    """``n`` records of ``size`` random bytes."""
+    fill_values(bootstrap, topic, itertools.repeat(os.urandom(size), n))
 
-    producer = RawProducer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all"})
-    payload = os.urandom(size)
-    for i in range(n):
+
+def fill_values(bootstrap: str, topic: str, values: Iterable[bytes]) -> None:
+    """Writes ``values`` to ``topic``, each keyed by its index; raises unless every one of
+    them is acknowledged."""
+    producer, failures = loop_producer(bootstrap)
+    for i, value in enumerate(values):
         while True:
             try:
-                producer.produce(topic, payload, str(i).encode())
+                producer.produce(topic, value, str(i).encode())
                 break
             except BufferError:
                 producer.poll(0.05)
         producer.poll(0)
-    if producer.flush(60):
-        raise RuntimeError(f"could not fill {topic}")
+    check_delivered(producer, failures, 120)
 
 
 class HighWatermark:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import multiprocessing
 import os
 import statistics
@@ -53,6 +54,7 @@ from benchmarks.kafka import (
     create_topic,
     default_transport,
     delete_topics,
+    fill_values,
     loop_producer,
     quix_available,
     use_transport,
@@ -67,19 +69,8 @@ QUALITY = 90
 
 
 def fill_frames(bootstrap: str, topic: str, frames: list[bytes], n: int) -> None:
-    from confluent_kafka import Producer as RawProducer
-
-    producer = RawProducer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
-    for i in range(n):
-        while True:
-            try:
-                producer.produce(topic, frames[i % len(frames)], str(i).encode())
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
-    if producer.flush(120):
-        raise RuntimeError(f"could not fill {topic}")
+    """``n`` records, ``frames`` over and over."""
+    fill_values(bootstrap, topic, itertools.islice(itertools.cycle(frames), n))
 
 
 def stage_loop(bootstrap: str, src: str, out: str, group: str, stop: Any, first: Any) -> None:
