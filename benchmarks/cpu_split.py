@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import statistics
 import time
@@ -107,15 +108,7 @@ def _drain_acks() -> Iterator[None]:
 
     async def send(self: Any, topic: str, value: Any, key: Any = None, headers: Any = None) -> Any:
         fut = self._loop.create_future()
-
-        def settle(exc: BaseException | None) -> None:
-            if fut.done():
-                return
-            if exc is None:
-                fut.set_result(None)
-            else:
-                fut.set_exception(exc)
-
+        settle = functools.partial(c._settle, fut, None)
         while not send_nowait(self, topic, value, key, headers, settle):  # full: drain first
             poll(self)
             await asyncio.sleep(0.0005)

@@ -12,20 +12,13 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from benchmarks import kafka as k
 from benchmarks import stage
 
 # The output topic's records may be at most this large; every output of the loops is larger.
 TINY = {"max.message.bytes": "200"}
-
-
-def _fill(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap})
-    for value in values:
-        producer.produce(topic, value)
-    assert producer.flush(30) == 0
 
 
 def _committed(bootstrap: str, group: str, topic: str) -> int:
@@ -39,7 +32,7 @@ def _committed(bootstrap: str, group: str, topic: str) -> int:
 @pytest.mark.timeout(90)
 def test_the_pass_through_loop_stops_on_a_refused_output(kafka_bootstrap, new_topic, monkeypatch):
     src, out = new_topic(), new_topic(config=TINY)
-    _fill(kafka_bootstrap, src, [bytes(1024)])
+    k.fill_values(kafka_bootstrap, src, [bytes(1024)])
     group = f"bench-loop-{uuid.uuid4().hex[:8]}"
     monkeypatch.setattr(k.uuid, "uuid4", lambda: uuid.UUID(group[-8:] + "0" * 24))
     with pytest.raises(RuntimeError, match="not delivered"):
@@ -51,7 +44,7 @@ def test_the_pass_through_loop_stops_on_a_refused_output(kafka_bootstrap, new_to
 def test_the_jpeg_stage_loop_stops_on_a_refused_output(kafka_bootstrap, new_topic):
     src, out = new_topic(), new_topic(config=TINY)
     frame = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
-    _fill(kafka_bootstrap, src, [cv2.imencode(".jpg", frame)[1].tobytes()])
+    k.fill_values(kafka_bootstrap, src, [cv2.imencode(".jpg", frame)[1].tobytes()])
     group = f"stage-{uuid.uuid4().hex[:8]}"
     stop, first, failed = threading.Event(), queue.Queue[Any](), queue.Queue[BaseException]()
 
