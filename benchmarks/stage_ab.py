@@ -4,8 +4,9 @@ side by side, interleaved, on one broker and one backlog, on each transport.
 
 Each measurement runs in its own process with the checkout's ``fogverse`` and ``benchmarks``
 first on ``sys.path`` (its workers too). Per run: frames/s from the first fetched batch until
-the output topic holds every frame, and the parent's CPU per frame over the same span (the
-benchmark's own watermark client excluded).
+the output topic holds every frame, and over the same span the parent's CPU per frame (the
+benchmark's own watermark client excluded) and the workers' user and system CPU and minor
+page faults per frame.
 
     git worktree add /tmp/old <commit>
     .venv/bin/python -m benchmarks.stage_ab /tmp/old . --rounds 3
@@ -48,6 +49,25 @@ def cpu_of(tids):
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
 
+def workers():
+    # CPU seconds (user, system) and minor page faults of each process this one started
+    # (the pool's workers; the forkserver idles).
+    import psutil
+    got = {}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            with open(f"/proc/{child.pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        tick = os.sysconf("SC_CLK_TCK")
+        got[child.pid] = (int(fields[11]) / tick, int(fields[12]) / tick, int(fields[7]))
+    return got
+
+def spent(before, after):
+    both = before.keys() & after.keys()
+    return [sum(after[p][i] - before[p][i] for p in both) for i in range(3)]
+
 async def one(out, transport):
     marks = {}
     class Stage(ParallelConsumer):
@@ -56,6 +76,7 @@ async def one(out, transport):
             if self._buffer and "t0" not in marks:
                 marks["t0"], marks["cpu0"] = time.perf_counter(), time.process_time()
                 marks["bench0"] = cpu_of(bench)
+                marks["workers0"] = workers()
     node = Stage(src, bootstrap, f"ab-{uuid.uuid4().hex[:8]}", producer_topic=out,
                  input_codec="bytes")
     k.use_transport(node, transport)
@@ -69,12 +90,15 @@ async def one(out, transport):
                     raise RuntimeError("stopped early")
                 await asyncio.sleep(0.01)
             cpu = time.process_time() - marks["cpu0"] - (cpu_of(bench) - marks["bench0"])
+            user, system, faults = spent(marks["workers0"], workers())
         finally:
             node.stop()
             await task
     from fogverse.node import parallel
     return {"rate": n / (mark.reached - marks["t0"]), "cpu_ms_per_frame": cpu / n * 1e3,
-            "code": parallel.__file__}
+            "workers_user_ms_per_frame": user / n * 1e3,
+            "workers_system_ms_per_frame": system / n * 1e3,
+            "workers_faults_per_frame": faults / n, "code": parallel.__file__}
 
 admin = k._admin(bootstrap)
 got = {}
@@ -132,9 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, runs in (("old", old), ("new", new)):
             rate = statistics.median(r["rate"] for r in runs)
             cpu = statistics.median(r["cpu_ms_per_frame"] for r in runs)
+            user, system, faults = (
+                statistics.median(r[f"workers_{what}"] for r in runs)
+                for what in ("user_ms_per_frame", "system_ms_per_frame", "faults_per_frame")
+            )
             print(
                 f"{transport} {name} ({trees[name]}): median {rate:.1f} frames/s, "
-                f"parent CPU {cpu:.3f} ms/frame"
+                f"parent CPU {cpu:.3f} ms/frame; workers {user:.2f} ms user + "
+                f"{system:.2f} ms system, {faults:.0f} page faults per frame"
             )
         print(f"{transport} new/old frames/s per round: {[round(r, 3) for r in rates]}")
     return 0
