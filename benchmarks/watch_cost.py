@@ -1,0 +1,92 @@
+"""What the suite's stopwatch costs the runs it times: the JPEG stage of :mod:`benchmarks.stage`
+(the hand-written loop and FogVerse p=2) timed by ``HighWatermark`` as it polls now against
+the same watcher polling every 5 ms, as it did before, side by side on one broker.
+
+``python -m benchmarks.watch_cost [--frames 1200] [--rounds 4]``
+
+Each round runs every variant under both watchers, in alternating order, each into a fresh
+output topic. Prints each run's frames/s and the broker JVM's CPU per frame, then per variant
+the paired ratios (now over every 5 ms) and the median broker CPU of each. Kafka: a local
+broker it starts (the broker's CPU is read from its process). Standalone (not in the suite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from benchmarks import kafka as k
+from benchmarks import stage
+from benchmarks.common import make_frames
+
+__all__ = ["main"]
+
+
+def every_5_ms(self: k.HighWatermark) -> None:
+    """The watcher's loop as it was: the end offsets every 5 ms, whatever the rate."""
+    while not self._stop.is_set():
+        if self._total() >= self.target:
+            self.reached = time.perf_counter()
+            self.done.set()
+            return
+        self._stop.wait(0.005)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=1200)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--variant", nargs="+", default=[stage.LOOP, "fogverse p=2"])
+    args = parser.parse_args(argv)
+
+    from fogverse.broker import LocalKafka
+
+    watchers: dict[str, Callable[[k.HighWatermark], None]] = {
+        "now": k.HighWatermark._run,
+        "every 5 ms": every_5_ms,
+    }
+    runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    try:
+        with LocalKafka() as kafka, k._own_node_settings():
+            assert kafka.pid is not None
+            jvm = psutil.Process(kafka.pid)
+            admin = k._admin(kafka.bootstrap)
+            src = k.create_topic(admin, "watch-src", stage.PARTITIONS)
+            stage.fill_frames(kafka.bootstrap, src, make_frames(8).jpeg, args.frames)
+            for i in range(args.rounds):
+                for variant in args.variant:
+                    order = list(watchers) if i % 2 == 0 else list(watchers)[::-1]
+                    for name in order:
+                        k.HighWatermark._run = watchers[name]  # type: ignore[method-assign,assignment]
+                        out = k.create_topic(admin, "watch-out", stage.PARTITIONS)
+                        before = sum(jvm.cpu_times()[:2])
+                        got: Any = stage._run(kafka.bootstrap, src, out, args.frames, variant)
+                        broker_ms = (sum(jvm.cpu_times()[:2]) - before) / args.frames * 1e3
+                        k.delete_topics(admin, [out])
+                        runs.setdefault((variant, name), []).append((got["rate"], broker_ms))
+                        print(
+                            f"{variant} [{name}]: {got['rate']:.1f} frames/s, "
+                            f"broker {broker_ms:.2f} ms CPU/frame",
+                            flush=True,
+                        )
+    finally:
+        k.HighWatermark._run = watchers["now"]  # type: ignore[method-assign,assignment]
+    for variant in args.variant:
+        now, old = runs[(variant, "now")], runs[(variant, "every 5 ms")]
+        ratios = [a[0] / b[0] for a, b in zip(now, old, strict=True)]
+        print(
+            f"{variant}: frames/s now over every 5 ms, paired: {[round(r, 3) for r in ratios]} "
+            f"(median {statistics.median(ratios):.3f}); broker ms CPU/frame, median: "
+            f"now {statistics.median(b for _, b in now):.2f}, "
+            f"every 5 ms {statistics.median(b for _, b in old):.2f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
