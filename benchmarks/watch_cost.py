@@ -1,8 +1,9 @@
 """What the suite's stopwatch costs the runs it times: the JPEG stage of :mod:`benchmarks.stage`
-(the hand-written loop and FogVerse p=2) timed by ``HighWatermark`` as it polls now against
-the same watcher polling every 5 ms, as it did before, side by side on one broker.
+(the hand-written loop and FogVerse p=2), or the 1 KiB pass-through (the tuned loop and the
+node), timed by ``HighWatermark`` as it polls now against the same watcher polling every
+5 ms, as it did before, side by side on one broker.
 
-``python -m benchmarks.watch_cost [--frames 1200] [--rounds 4]``
+``python -m benchmarks.watch_cost [--workload stage|passthrough] [--records N] [--rounds 4]``
 
 Each round runs every variant under both watchers, in alternating order, each into a fresh
 output topic. Prints each run's frames/s and the broker JVM's CPU per frame, then per variant
@@ -39,10 +40,20 @@ def every_5_ms(self: k.HighWatermark) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=1200)
+    parser.add_argument("--workload", choices=("stage", "passthrough"), default="stage")
+    parser.add_argument("--records", type=int, help="default: 1200 frames, 150000 messages")
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--variant", nargs="+", default=[stage.LOOP, "fogverse p=2"])
     args = parser.parse_args(argv)
+    stage_run = args.workload == "stage"
+    n = args.records or (1200 if stage_run else 150_000)
+    partitions = stage.PARTITIONS if stage_run else 1
+    variants = [stage.LOOP, "fogverse p=2"] if stage_run else [k.LOOP, "node[confluent]"]
+
+    def run(bootstrap: str, src: str, out: str, variant: str) -> Any:
+        if stage_run:
+            return stage._run(bootstrap, src, out, n, variant)
+        transport = None if variant == k.LOOP else "confluent"
+        return k._passthrough_run(bootstrap, src, out, n, variant, transport, False)
 
     from fogverse.broker import LocalKafka
 
@@ -56,34 +67,37 @@ def main(argv: list[str] | None = None) -> int:
             assert kafka.pid is not None
             jvm = psutil.Process(kafka.pid)
             admin = k._admin(kafka.bootstrap)
-            src = k.create_topic(admin, "watch-src", stage.PARTITIONS)
-            stage.fill_frames(kafka.bootstrap, src, make_frames(8).jpeg, args.frames)
+            src = k.create_topic(admin, "watch-src", partitions)
+            if stage_run:
+                stage.fill_frames(kafka.bootstrap, src, make_frames(8).jpeg, n)
+            else:
+                k.fill(kafka.bootstrap, src, n, 1024)
             for i in range(args.rounds):
-                for variant in args.variant:
+                for variant in variants:
                     order = list(watchers) if i % 2 == 0 else list(watchers)[::-1]
                     for name in order:
                         k.HighWatermark._run = watchers[name]  # type: ignore[method-assign,assignment]
-                        out = k.create_topic(admin, "watch-out", stage.PARTITIONS)
+                        out = k.create_topic(admin, "watch-out", partitions)
                         before = sum(jvm.cpu_times()[:2])
-                        got: Any = stage._run(kafka.bootstrap, src, out, args.frames, variant)
-                        broker_ms = (sum(jvm.cpu_times()[:2]) - before) / args.frames * 1e3
+                        got = run(kafka.bootstrap, src, out, variant)
+                        broker_ms = (sum(jvm.cpu_times()[:2]) - before) / n * 1e3
                         k.delete_topics(admin, [out])
                         runs.setdefault((variant, name), []).append((got["rate"], broker_ms))
                         print(
-                            f"{variant} [{name}]: {got['rate']:.1f} frames/s, "
-                            f"broker {broker_ms:.2f} ms CPU/frame",
+                            f"{variant} [{name}]: {got['rate']:.1f} records/s, "
+                            f"broker {broker_ms * 1e3:.1f} µs CPU/record",
                             flush=True,
                         )
     finally:
         k.HighWatermark._run = watchers["now"]  # type: ignore[method-assign,assignment]
-    for variant in args.variant:
+    for variant in variants:
         now, old = runs[(variant, "now")], runs[(variant, "every 5 ms")]
         ratios = [a[0] / b[0] for a, b in zip(now, old, strict=True)]
         print(
-            f"{variant}: frames/s now over every 5 ms, paired: {[round(r, 3) for r in ratios]} "
-            f"(median {statistics.median(ratios):.3f}); broker ms CPU/frame, median: "
-            f"now {statistics.median(b for _, b in now):.2f}, "
-            f"every 5 ms {statistics.median(b for _, b in old):.2f}"
+            f"{variant}: records/s now over every 5 ms, paired: {[round(r, 3) for r in ratios]} "
+            f"(median {statistics.median(ratios):.3f}); broker µs CPU/record, median: "
+            f"now {statistics.median(b for _, b in now) * 1e3:.1f}, "
+            f"every 5 ms {statistics.median(b for _, b in old) * 1e3:.1f}"
         )
     return 0
 

@@ -65,8 +65,8 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # every frame and took it again, page by page, on the next: 605 page faults and 1.4 ms of
 # system time per frame, 43 % over the same stage run in the parent (benchmarks/README.md).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MALLOC_MMAP_THRESHOLD = 32 * 1024 * 1024
-MALLOC_TRIM_THRESHOLD = 2 * MALLOC_MMAP_THRESHOLD
+_MMAP_THRESHOLD = 32 * 1024 * 1024
+_TRIM_THRESHOLD = 2 * _MMAP_THRESHOLD
 
 # Room kept after output arrays for the result's header, table and pickle metadata.
 _OUTPUT_RESERVE = 4096
@@ -209,8 +209,8 @@ def _keep_freed_memory() -> None:
     if mallopt is None:
         return
     # Fixing either one stops glibc sliding the other, so both are set.
-    mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
-    mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+    mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
 
 
 def _limit_threads(count: int) -> None:
