@@ -38,16 +38,23 @@ def threads():
     pid = os.getpid()
     return {int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid}
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+def stat(path):
+    # The fields of a /proc stat file after the command name, or None once it is gone.
+    try:
+        with open(path) as f:
+            return f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+
 def cpu_of(tids):
     pid, total = os.getpid(), 0
     for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        fields = stat(f"/proc/{pid}/task/{tid}/stat")
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])
+    return total / TICK
 
 def workers():
     # CPU seconds (user, system) and minor page faults of each process this one started
@@ -55,13 +62,9 @@ def workers():
     import psutil
     got = {}
     for child in psutil.Process().children(recursive=True):
-        try:
-            with open(f"/proc/{child.pid}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        tick = os.sysconf("SC_CLK_TCK")
-        got[child.pid] = (int(fields[11]) / tick, int(fields[12]) / tick, int(fields[7]))
+        fields = stat(f"/proc/{child.pid}/stat")
+        if fields is not None:
+            got[child.pid] = (int(fields[11]) / TICK, int(fields[12]) / TICK, int(fields[7]))
     return got
 
 def spent(before, after):
