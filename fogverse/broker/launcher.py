@@ -1,9 +1,10 @@
 """A single-node Apache Kafka (KRaft) broker assembled from Maven Central jars, for tests and demos.
 
 The jars are gathered once with Maven into a cache directory; each broker gets its own data
-directory, fixed ports on 127.0.0.1 and a small heap. A broker started through :class:`LocalKafka`
-never outlives its owner: the JVM is killed by the kernel when the thread that spawned it exits
-(``PR_SET_PDEATHSIG``, Linux) and by an ``atexit`` handler on a normal interpreter exit.
+directory, fixed ports on 127.0.0.1, a small heap and only the quick JIT compiler (C1). A broker
+started through :class:`LocalKafka` never outlives its owner: the JVM is killed by the kernel
+when the thread that spawned it exits (``PR_SET_PDEATHSIG``, Linux) and by an ``atexit`` handler
+on a normal interpreter exit.
 """
 
 from __future__ import annotations
@@ -572,6 +573,12 @@ class LocalKafka:
             f"-Xmx{self.heap}",
             f"-Xms{self.heap}",
             "-XX:+ExitOnOutOfMemoryError",
+            # The quick compiler only. A broker that lives minutes to hours on the machine its
+            # clients run on spent more CPU in C2's compiler threads than on its own work (13.0
+            # against 22.6 s in its first 70 s of traffic, still 0.1-0.2 ms per 720p frame
+            # after a minute) and its requests cost it no less for it (C1 only: 0.9 s
+            # compiling, 23.4 s working): benchmarks/README.md, "The broker's compiler".
+            "-XX:TieredStopAtLevel=1",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={data_dir / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={data_dir}",
@@ -582,7 +589,6 @@ class LocalKafka:
         cmd = [
             java,
             *self._jvm_args(data_dir),
-            "-XX:TieredStopAtLevel=1",  # a short-lived JVM: skip the optimising compiler
             "-cp",
             f"{jars}/*",
             "kafka.tools.StorageTool",

@@ -342,6 +342,17 @@ def test_local_kafka_fixture_is_the_session_broker(
     assert local_kafka.is_running() and local_kafka.bootstrap == kafka_bootstrap
 
 
+def test_the_broker_jvm_runs_only_the_quick_compiler(local_kafka: LocalKafka) -> None:
+    """A local broker shares its machine with the clients it serves: C2's compiler threads
+    cost it more CPU than its own work for minutes (benchmarks/README.md), so it has none."""
+    assert local_kafka.pid is not None
+    tasks = Path(f"/proc/{local_kafka.pid}/task")
+    names = {(t / "comm").read_text().strip() for t in tasks.iterdir()}
+    compilers = sorted(n for n in names if "CompilerThre" in n)
+    assert compilers, f"no JIT compiler thread found among {sorted(names)}"
+    assert all(n.startswith("C1 ") for n in compilers), compilers
+
+
 def test_new_topic_is_unique_and_ready(new_topic, kafka_admin) -> None:
     from confluent_kafka.admin import ConfigResource
 
