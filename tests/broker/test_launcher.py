@@ -346,8 +346,12 @@ def test_the_broker_jvm_runs_only_the_quick_compiler(local_kafka: LocalKafka) ->
     """A local broker shares its machine with the clients it serves: C2's compiler threads
     cost it more CPU than its own work for minutes (benchmarks/README.md), so it has none."""
     assert local_kafka.pid is not None
-    tasks = Path(f"/proc/{local_kafka.pid}/task")
-    names = {(t / "comm").read_text().strip() for t in tasks.iterdir()}
+    names = set()
+    for task in Path(f"/proc/{local_kafka.pid}/task").iterdir():
+        try:
+            names.add((task / "comm").read_text().strip())
+        except OSError:  # the JVM ends idle compiler threads as it goes
+            continue
     compilers = sorted(n for n in names if "CompilerThre" in n)
     assert compilers, f"no JIT compiler thread found among {sorted(names)}"
     assert all(n.startswith("C1 ") for n in compilers), compilers
