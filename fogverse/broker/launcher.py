@@ -574,7 +574,7 @@ class LocalKafka:
             f"-Xms{self.heap}",
             "-XX:+ExitOnOutOfMemoryError",
             # The quick compiler only. A broker that lives minutes to hours on the machine its
-            # clients run on spent more CPU in C2's compiler threads than on its own work (13.0
+            # clients run on spent more CPU in C2's compiler threads than on its own work (>= 13.0
             # against 22.6 s in its first 70 s of traffic, still 0.1-0.2 ms per 720p frame
             # after a minute) and its requests cost it no less for it (C1 only: 0.9 s
             # compiling, 23.4 s working): benchmarks/README.md, "The broker's compiler".
