@@ -16,14 +16,13 @@ the medians and the paired ratios (C1 over tiered). Standalone (not in the suite
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from pathlib import Path
 
 from benchmarks import kafka as k
 from benchmarks import stage
-from benchmarks.common import make_frames
+from benchmarks.common import make_frames, proc_cpu_seconds
 from fogverse.broker import LocalKafka
 
 __all__ = ["main"]
@@ -48,20 +47,14 @@ class _JvmCpu:
         self.compilers: dict[str, float] = {}
 
     def read(self) -> tuple[float, float]:
-        tick = os.sysconf("SC_CLK_TCK")
-
-        def seconds(stat: Path) -> float:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / tick
-
         for task in Path(f"/proc/{self.pid}/task").iterdir():
             try:
                 if "CompilerThre" in (task / "comm").read_text():
-                    self.compilers[task.name] = seconds(task / "stat")
+                    self.compilers[task.name] = proc_cpu_seconds(task / "stat")
             except OSError:  # the thread ended
                 continue
         compiler = sum(self.compilers.values())
-        return compiler, seconds(Path(f"/proc/{self.pid}/stat")) - compiler
+        return compiler, proc_cpu_seconds(f"/proc/{self.pid}/stat") - compiler
 
 
 def _plan(quix: bool) -> list[tuple[str, str, str]]:
@@ -96,14 +89,14 @@ def main(argv: list[str] | None = None) -> int:
                 pass_src = k.create_topic(admin, "jit-pass")
                 k.fill(kafka.bootstrap, pass_src, args.messages, 1024)
                 for label, workload, variant in plan:
-                    if workload == "stage":
-                        n, out = args.frames, k.create_topic(admin, "jit-out", stage.PARTITIONS)
-                        before = jvm.read()
+                    staged = workload == "stage"
+                    n = args.frames if staged else args.messages
+                    out = k.create_topic(admin, "jit-out", stage.PARTITIONS if staged else 1)
+                    before = jvm.read()
+                    if staged:
                         got = stage._run(kafka.bootstrap, stage_src, out, n, variant)
                     else:
-                        n, out = args.messages, k.create_topic(admin, "jit-out")
                         transport = None if variant == k.LOOP else "confluent"
-                        before = jvm.read()
                         got = k._passthrough_run(
                             kafka.bootstrap, pass_src, out, n, variant, transport, False
                         )
@@ -123,13 +116,13 @@ def main(argv: list[str] | None = None) -> int:
                     f"the rest {other:.1f} s ({time.strftime('%H:%M:%S')})",
                     flush=True,
                 )
+
+    def med(xs: list[tuple[float, float, float]], i: int) -> float:
+        return statistics.median(x[i] for x in xs)
+
     for label, _, _ in plan:
         c1, tiered = runs[(label, C1)], runs[(label, TIERED)]
         ratios = [a[0] / b[0] for a, b in zip(c1, tiered, strict=True)]
-
-        def med(xs: list[tuple[float, float, float]], i: int) -> float:
-            return statistics.median(x[i] for x in xs)
-
         print(
             f"{label}: records/s C1 {med(c1, 0):.1f}, tiered {med(tiered, 0):.1f}; C1 over "
             f"tiered, paired: {[round(x, 2) for x in ratios]} (median "

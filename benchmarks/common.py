@@ -46,6 +46,7 @@ __all__ = [
     "median_ratio",
     "now_iso",
     "peak_rss",
+    "proc_cpu_seconds",
     "progress",
     "result",
     "run_async",
@@ -357,6 +358,13 @@ def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
     if len(a) != len(b) or not a:
         raise ValueError("ratio of unpaired runs")
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def proc_cpu_seconds(stat: str | Path) -> float:
+    """User plus system CPU seconds in a ``/proc/<pid>/stat`` or ``/proc/<pid>/task/<tid>/stat``
+    file (a process's total counts its ended threads too). Raises ``OSError`` once it is gone."""
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _hwm_kb(pid: int) -> int:

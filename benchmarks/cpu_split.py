@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -34,13 +33,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from benchmarks import kafka as k
+from benchmarks.common import proc_cpu_seconds
 from fogverse.broker import LocalKafka
 
 
 def _jvm_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return proc_cpu_seconds(f"/proc/{pid}/stat")
 
 
 @contextmanager
