@@ -238,10 +238,6 @@ _JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xC
 _JPEG_SOF |= {0xCE, 0xCF}
 _JPEG_SOS, _JPEG_EOI, _JPEG_SOI, _JPEG_TEM = 0xDA, 0xD9, 0xD8, 0x01
 _JPEG_FILL = re.compile(rb"\xff+")
-# In entropy-coded data 0xFF is always followed by a stuffed 0x00, a restart marker
-# (D0-D7) or more 0xFF fill; anything else is a real marker. No quantifier, so no
-# backtracking on hostile runs of 0xFF.
-_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _JPEG_MAX_SEGMENTS = 4096
 _IMREAD: dict[str, int] = {
     "color": cv2.IMREAD_COLOR,
@@ -289,15 +285,29 @@ def _jpeg_frame(view: memoryview, codec: str) -> tuple[int, int, int]:
     raise _fail(codec, f"more than {_JPEG_MAX_SEGMENTS} header segments")
 
 
+def _jpeg_markers(data: np.ndarray, pos: int) -> np.ndarray:
+    """Ascending offsets (from ``pos``) of every 0xFF that starts a marker: in entropy-coded
+    data 0xFF is always followed by a stuffed 0x00, a restart marker (D0-D7) or more 0xFF
+    fill, so anything else after it is a real marker. One vectorised pass over the scans:
+    a regular expression took twice as long on a 720p frame's ~2 400 fill and stuffed 0xFF."""
+    ff = np.flatnonzero(data[pos:-1] == 0xFF)
+    ff += pos
+    after = data[ff + 1]
+    return ff[(after != 0x00) & (after != 0xFF) & ((after < 0xD0) | (after > 0xD7))]
+
+
 def _jpeg_require_eoi(view: memoryview, pos: int, codec: str) -> None:
     """Walk the scans from ``pos`` to the end-of-image marker; a cut-off file has none."""
-    n = len(view)
+    data = np.frombuffer(view, dtype=np.uint8)
+    n = len(data)
+    markers = _jpeg_markers(data, pos)
     for _ in range(_JPEG_MAX_SEGMENTS):
-        found = _JPEG_MARKER.search(view, pos)
-        if found is None:
+        i = int(markers.searchsorted(pos))
+        if i == len(markers):
             raise _fail(codec, "truncated: no end-of-image marker")
-        marker = view[found.start() + 1]
-        pos = found.end()
+        at = int(markers[i])
+        marker = int(data[at + 1])
+        pos = at + 2
         if marker == _JPEG_EOI:
             return  # bytes after EOI (some cameras pad frames) are ignored, as decoders do
         if marker == _JPEG_TEM:
