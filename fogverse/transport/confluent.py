@@ -78,19 +78,9 @@ CONSUMER_DEFAULTS: dict[str, Any] = {"fetch.queue.backoff.ms": 100}
 # - partitioner=murmur2_random: a keyed record goes to the partition Kafka's Java client (and
 #   aiokafka, Kafka Streams) would pick, not librdkafka's CRC32 one, so that a camera's frames
 #   share a partition with what other clients write under its key.
-# - max.in.flight.requests.per.connection=1 (librdkafka: 1000000, capped at 5 by idempotence):
-#   the broker spends a fixed cost on every request (0.3-0.9 ms of its CPU per produce request
-#   on the 2-core machine the benchmarks run on). With five in flight and linger.ms=0, each
-#   frame went in a request of its own; with one, what is queued while a request is out
-#   leaves in the next, so batches grow only when the broker is the bottleneck and a lone
-#   frame is still sent at once. The video pipeline's top rate rose 1.15-1.44x (5 pairs),
-#   the JPEG stage and p99 at 30 frames/s did not get worse. The cost: at most one batch
-#   (<= batch.size, 1 MB) per round trip per broker, 20 MB/s across a 50 ms link; raise it
-#   (up to 5) for a broker that far away. benchmarks/README.md has the figures.
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
     "enable.idempotence": True,
-    "max.in.flight.requests.per.connection": 1,
     "linger.ms": 5,
     "queue.buffering.max.kbytes": 32 * 1024,
     "partitioner": "murmur2_random",

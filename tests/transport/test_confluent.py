@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import os
 import threading
 import uuid
@@ -589,42 +588,3 @@ def test_config_defaults_and_aiokafka_style_keys_are_translated():
     with pytest.raises(KafkaException, match=r"no\.such\.thing\.ms"):
         asyncio.run(start(bad))
     assert bad._thread is None  # nothing was started
-
-
-EXTRA: dict = {"max.in.flight.requests.per.connection": 5}
-
-
-def test_the_producer_keeps_one_request_in_flight(kafka_bootstrap, new_topic):
-    """With ``linger.ms=0`` librdkafka sends each record as soon as it is queued, with up to
-    five requests in flight, and the broker spends a fixed cost on every request. The
-    transport keeps one produce request in flight per broker, so what is queued while it is
-    out leaves together in the next: librdkafka's own statistics, sampled every 10 ms through
-    a stream of 300 records, never show two requests awaiting a response (with librdkafka's
-    default they showed 2-5)."""
-    topic = new_topic()
-    waiting: list[int] = []
-
-    def stats(doc: str) -> None:
-        brokers = [b for b in json.loads(doc)["brokers"].values() if b["nodeid"] >= 0]
-        if brokers:  # none before the first connection
-            waiting.append(max(b["waitresp_cnt"] for b in brokers))
-
-    async def main() -> None:
-        p = ConfluentProducerTransport(
-            kafka_bootstrap,
-            config={"linger.ms": 0, "statistics.interval.ms": 10, "stats_cb": stats},
-        )
-        await p.start()
-        try:
-            await asyncio.wait_for(await p.send(topic, b"warm"), 30)  # connected, PID acquired
-            acks = []
-            for _ in range(300):
-                acks.append(await p.send(topic, b"x" * 100_000))
-                await asyncio.sleep(0)
-            await asyncio.wait_for(asyncio.gather(*acks), 60)
-        finally:
-            await p.stop()
-        assert waiting, "no statistics were reported"
-        assert max(waiting) == 1, f"{max(waiting)} requests were in flight at once"
-
-    asyncio.run(main())
