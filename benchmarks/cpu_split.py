@@ -37,10 +37,6 @@ from benchmarks.common import proc_cpu_seconds
 from fogverse.broker import LocalKafka
 
 
-def _jvm_seconds(pid: int) -> float:
-    return proc_cpu_seconds(f"/proc/{pid}/stat")
-
-
 @contextmanager
 def _no_reports() -> Iterator[None]:
     from fogverse.transport.confluent import ConfluentProducerTransport as T
@@ -164,15 +160,16 @@ def main() -> None:
         for r in range(args.rounds):
             for name, run in VARIANTS.items():
                 out = k.create_topic(admin, "split-out")
+                jvm_stat = f"/proc/{kafka.pid}/stat"
                 jvm0, thread0, proc0 = (
-                    _jvm_seconds(kafka.pid),
+                    proc_cpu_seconds(jvm_stat),
                     time.thread_time(),
                     time.process_time(),
                 )
                 try:
                     m = run(bootstrap, src, out, n)
                 finally:
-                    jvm = _jvm_seconds(kafka.pid) - jvm0
+                    jvm = proc_cpu_seconds(jvm_stat) - jvm0
                     thread = time.thread_time() - thread0
                     proc = time.process_time() - proc0
                     k.delete_topics(admin, [out])
