@@ -51,6 +51,7 @@ __all__ = [
     "result",
     "run_async",
     "summarize",
+    "thread_cpu_seconds",
     "validate",
     "validate_summary",
     "write_json",
@@ -365,6 +366,21 @@ def proc_cpu_seconds(stat: str | Path) -> float:
     file (a process's total counts its ended threads too). Raises ``OSError`` once it is gone."""
     fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_seconds() -> dict[int, tuple[str, float]]:
+    """This process's live threads: id -> (name, CPU seconds so far). From ``schedstat``'s
+    nanoseconds: ``stat``'s utime and stime tick only every 10 ms. A thread that has ended is
+    absent (the process's own total, ``time.process_time()``, still counts it)."""
+    out: dict[int, tuple[str, float]] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            name = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+            ns = int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0])
+        except OSError:
+            continue  # ended meanwhile
+        out[int(tid)] = (name, ns / 1e9)
+    return out
 
 
 def _hwm_kb(pid: int) -> int:

@@ -33,11 +33,10 @@ import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from benchmarks import kafka as k
-from benchmarks.common import make_frames, proc_cpu_seconds, run_async
+from benchmarks.common import make_frames, run_async, thread_cpu_seconds
 
 __all__ = ["VARIANTS", "produce_all"]
 
@@ -50,18 +49,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "max.in.flight.requests.per.connection": 1,
     },
 }
-
-
-def _threads_cpu() -> dict[str, tuple[str, float]]:
-    """CPU seconds so far of each thread of this process, by thread id, with its name."""
-    out: dict[str, tuple[str, float]] = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            name = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
-            out[tid] = (name, proc_cpu_seconds(f"/proc/self/task/{tid}/stat"))
-        except OSError:  # the thread ended
-            pass
-    return out
 
 
 def produce_all(
@@ -84,7 +71,7 @@ def produce_all(
     )
     producer.produce(topic, b"warm-up", on_delivery=report)
     producer.flush(30)
-    before, thread0, t0 = _threads_cpu(), time.thread_time(), time.perf_counter()
+    before, thread0, t0 = thread_cpu_seconds(), time.thread_time(), time.perf_counter()
     for i in range(n):
         while True:
             try:
@@ -96,7 +83,7 @@ def produce_all(
     if producer.flush(60):
         raise RuntimeError("records still unacknowledged after 60 s")
     wall, thread = time.perf_counter() - t0, time.thread_time() - thread0
-    after = _threads_cpu()
+    after = thread_cpu_seconds()
     if failed:
         raise RuntimeError(f"{len(failed)} records failed: {failed[0]}")
     client = sum(

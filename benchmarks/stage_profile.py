@@ -30,7 +30,7 @@ import time
 import uuid
 from typing import Any
 
-from benchmarks.common import make_frames, run_async
+from benchmarks.common import make_frames, run_async, thread_cpu_seconds
 from benchmarks.kafka import (
     HighWatermark,
     _admin,
@@ -78,20 +78,12 @@ def _thread_cpu(bench: frozenset[int] = frozenset()) -> dict[str, float]:
     benchmark's own threads (the output watermark's client), counted apart."""
     pid = os.getpid()
     out = dict.fromkeys(_THREADS, 0.0)
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                comm = f.read()
-            # Nanoseconds on a CPU (stat's utime and stime tick only every 10 ms).
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                cpu = int(f.read().split()[0]) / 1e9
-        except OSError:
-            continue  # ended meanwhile
-        if int(tid) == pid:
+    for tid, (name, cpu) in thread_cpu_seconds().items():
+        if tid == pid:
             out["event loop thread"] += cpu
-        elif int(tid) in bench:
+        elif tid in bench:
             out["benchmark's watermark client (not the node)"] += cpu
-        elif comm.startswith("rdk:"):
+        elif name.startswith("rdk:"):
             out["librdkafka threads"] += cpu
         else:
             out["other threads (confluent consumer thread)"] += cpu

@@ -300,3 +300,39 @@ def test_target_met_follows_its_operator(op: str, measured: float | None, met: b
     threshold = {">=": 1.7, "<": 100.0, "<=": 50.0, ">": 5.0}[op]
     target = Target("t", "d", "b", op, threshold, "x", measured=measured)
     assert target.as_dict()["met"] is met
+
+
+@pytest.mark.timeout(30)
+def test_thread_cpu_seconds_counts_each_threads_own_cpu() -> None:
+    """A thread that has burnt 50 ms of its own CPU shows at least that under its id, and
+    this (waiting) thread less than that since it started it."""
+    import threading
+    import time
+
+    from benchmarks.common import thread_cpu_seconds
+
+    burnt = threading.Event()
+    release = threading.Event()
+    ident: list[int] = []
+
+    def busy() -> None:
+        ident.append(threading.get_native_id())
+        start = time.thread_time()
+        while time.thread_time() - start < 0.05:
+            pass
+        burnt.set()
+        release.wait(10)
+
+    before = thread_cpu_seconds()[threading.get_native_id()][1]
+    worker = threading.Thread(target=busy)
+    worker.start()
+    try:
+        assert burnt.wait(20)
+        seen = thread_cpu_seconds()
+        name, cpu = seen[ident[0]]
+        assert name  # the OS's name of the thread (librdkafka's read "rdk:...")
+        assert cpu >= 0.05
+        assert seen[threading.get_native_id()][1] - before < cpu
+    finally:
+        release.set()
+        worker.join(10)
