@@ -111,8 +111,15 @@ __all__ = [
 logger = logging.getLogger("examples")
 
 MODEL_SIZE = 640
-# A video frame is a batch on its own: waiting (linger) for more records only adds latency.
-LOW_LATENCY: dict[str, Any] = {"linger_ms": 0}
+# For nodes next to their broker. A video frame is a batch on its own: waiting (linger) for
+# more records only adds latency. One request in flight: librdkafka's idempotent producer
+# counts its in-flight limit in records, and while five frames of a partition are in flight it
+# spins its broker thread until a response comes (810 us of CPU per 720p frame against 80 with
+# one in flight); with one, what queues meanwhile leaves in the next request. The pipeline's
+# top rate read 1.54-1.55x the code of issue 26's filing with it, 1.42x without
+# (benchmarks/README.md). Across a slow link, drop it for several cameras' partitions: one
+# request per round trip is about 4 frames (1 MB) per camera-broker connection.
+LOW_LATENCY: dict[str, Any] = {"linger_ms": 0, "max_in_flight_requests_per_connection": 1}
 _TENSOR_LIMIT = 8 * 1024 * 1024
 
 

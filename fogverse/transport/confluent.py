@@ -72,6 +72,9 @@ CONSUMER_DEFAULTS: dict[str, Any] = {"fetch.queue.backoff.ms": 100}
 #   flight (4.6 against 0.7 us per 1 KiB record, 810 against 87 us per 720p frame;
 #   benchmarks/README.md, "What the idempotent producer costs the client"), which a
 #   node that tolerates duplicates can trade with enable.idempotence=False and one in flight;
+#   for records over a fifth of a batch (video frames) one request in flight alone stops it
+#   (the examples' LOW_LATENCY preset), but five stay the default: one would cap a producer
+#   with several partitions across a slow link at one batch per round trip;
 # - linger.ms=5: batches fill at high rates, and a lone frame waits at most 5 ms;
 # - queue.buffering.max.kbytes: librdkafka queues up to 1 GiB of unsent records by default, so
 #   a node whose sink is slow would hold that much of its input's backlog in memory before

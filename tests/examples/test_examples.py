@@ -454,3 +454,15 @@ def test_detection_sink_commits_a_half_only_with_its_pair(
     headers = dict(dead[0].headers)
     assert headers["fogverse.error.stage"] == b"hold"
     assert headers["fogverse.error.message"] == b"no detections for this frame in 0 s"
+
+
+def test_the_pipeline_benchmark_sends_with_the_examples_low_latency_preset(monkeypatch) -> None:
+    """The suite's video pipeline (benchmarks/kafka.py) measures the producer settings the
+    examples recommend for video nodes, not settings of its own."""
+    from benchmarks import kafka as bench
+    from fogverse.transport.confluent import librdkafka_config
+
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # the example imports its sibling modules
+    preset = _load("video_pipeline").LOW_LATENCY
+    assert librdkafka_config(preset) == bench._low_latency("confluent")
+    assert librdkafka_config(preset)["max.in.flight.requests.per.connection"] == 1
