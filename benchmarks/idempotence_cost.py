@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from benchmarks import kafka as k
-from benchmarks.common import make_frames, run_async, thread_cpu_seconds
+from benchmarks.common import interleaved, make_frames, run_async, thread_cpu_seconds
 
 __all__ = ["VARIANTS", "produce_all"]
 
@@ -113,13 +113,11 @@ def _pipeline_pairs(bootstrap: str, pairs: int) -> None:
     variants = {"idempotent (default)": {}, "not idempotent": {"enable.idempotence": False}}
     rates: dict[str, list[float]] = {v: [] for v in variants}
     scenario = k.Scenario("max-rate-1cam", 1, None, 1500, True)
-    for r in range(pairs):
-        names = list(variants)[r % 2 :] + list(variants)[: r % 2]
-        for name in names:
-            with _producer_defaults(variants[name]):
-                out = run_async(lambda: k.run_scenario(bootstrap, scenario, settings, video))
-            rates[name].append(out["delivered_fps"])
-            print(f"pipeline round {r} {name:22} {out['delivered_fps']:7.1f} frames/s", flush=True)
+    for r, name in interleaved(list(variants), pairs):
+        with _producer_defaults(variants[name]):
+            out = run_async(lambda: k.run_scenario(bootstrap, scenario, settings, video))
+        rates[name].append(out["delivered_fps"])
+        print(f"pipeline round {r} {name:22} {out['delivered_fps']:7.1f} frames/s", flush=True)
     ratios = [
         a / b for a, b in zip(rates["not idempotent"], rates["idempotent (default)"], strict=True)
     ]
@@ -143,21 +141,19 @@ def main(argv: list[str] | None = None) -> int:
     with k._own_node_settings(), k.broker(args.bootstrap) as bootstrap:
         admin = k._admin(bootstrap)
         results: dict[tuple[str, str], list[dict[str, float]]] = {}
-        for r in range(args.rounds):
-            names = list(VARIANTS)[r % len(VARIANTS) :] + list(VARIANTS)[: r % len(VARIANTS)]
+        for r, name in interleaved(list(VARIANTS), args.rounds):
             for load, (values, n) in loads.items():
-                for name in names:
-                    topic = k.create_topic(admin, "idempotence-cost")
-                    try:
-                        m = produce_all(bootstrap, topic, values, n, VARIANTS[name])
-                    finally:
-                        k.delete_topics(admin, [topic])
-                    results.setdefault((load, name), []).append(m)
-                    print(
-                        f"round {r} {load:9} {name:28} {m['rate']:9.0f}/s  CPU us per record: "
-                        f"caller {m['thread_us']:7.2f}, librdkafka threads {m['client_us']:7.2f}",
-                        flush=True,
-                    )
+                topic = k.create_topic(admin, "idempotence-cost")
+                try:
+                    m = produce_all(bootstrap, topic, values, n, VARIANTS[name])
+                finally:
+                    k.delete_topics(admin, [topic])
+                results.setdefault((load, name), []).append(m)
+                print(
+                    f"round {r} {load:9} {name:28} {m['rate']:9.0f}/s  CPU us per record: "
+                    f"caller {m['thread_us']:7.2f}, librdkafka threads {m['client_us']:7.2f}",
+                    flush=True,
+                )
         for (load, name), runs in results.items():
             print(
                 f"{load:9} {name:28} median {statistics.median(m['rate'] for m in runs):9.0f}/s, "
