@@ -28,6 +28,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ import numpy as np
 
 __all__ = [
     "SCHEMA",
+    "DescendantsCpu",
     "Frames",
     "Target",
     "describe_machine",
@@ -381,6 +383,67 @@ def thread_cpu_seconds() -> dict[int, tuple[str, float]]:
             continue  # ended meanwhile
         out[int(tid)] = (name, ns / 1e9)
     return out
+
+
+class DescendantsCpu:
+    """CPU seconds this process's descendants spend inside a ``with`` block (a pool's workers
+    and their forkserver), ``exclude`` aside (a local broker's JVM, measured on its own).
+
+    A process started inside the block counts from zero (its start-up included), one alive at
+    the start from its reading then. A worker's figure leaves ``/proc`` with it when it exits
+    at the end of a run, so a thread reads every descendant each ``interval`` seconds and keeps
+    its last reading; what one spends after that before it exits is lost (at most ``interval``
+    of CPU per process)."""
+
+    def __init__(self, exclude: Iterable[int] = (), interval: float = 0.1) -> None:
+        self.exclude = {os.getpid(), *exclude}
+        self.interval = interval
+        self.seconds = 0.0
+        self._before: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-descendants", daemon=True)
+
+    def _descendants(self) -> list[int]:
+        found, todo = [], [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            try:
+                tasks = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in tasks:
+                with contextlib.suppress(OSError):
+                    todo.extend(
+                        int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+                    )
+            if pid not in self.exclude:
+                found.append(pid)
+        return found
+
+    def _sample(self) -> None:
+        for pid in self._descendants():
+            try:
+                cpu = proc_cpu_seconds(f"/proc/{pid}/stat")
+            except OSError:
+                continue  # exited meanwhile: its last reading stands
+            self._last[pid] = cpu
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> DescendantsCpu:
+        self._sample()
+        self._before = dict(self._last)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self.seconds = sum(cpu - self._before.get(pid, 0.0) for pid, cpu in self._last.items())
 
 
 def _hwm_kb(pid: int) -> int:

@@ -8,7 +8,11 @@ one, twice each:
 
 - ``plain``: no profiler; this process's CPU per frame split between the event loop's thread
   and its other threads (librdkafka's, the confluent consumer threads, the benchmark's lag
-  sampler), which the process's total counts after they end;
+  sampler), which the process's total counts after they end; beside them what the pool's
+  workers (and their forkserver) and the local broker's JVM spent per frame, so the run says
+  how the machine's CPU divides between the parent, the workers and the broker (everything
+  the run costs, start-up included, over the frames sent; no JVM figure with an external
+  broker);
 - ``profiled``: cProfile on the event loop's thread only, its CPU grouped by where the code
   lives: Kafka I/O (confluent-kafka's calls into librdkafka, socket writes and reads),
   FogVerse's node loop, its pool (slot copies, worker replies), the benchmark's own source
@@ -24,18 +28,19 @@ local broker unless ``--bootstrap`` or FOGVERSE_BOOTSTRAP names one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
+import os
 import pstats
 import time
 from typing import Any
 
-from benchmarks.common import make_frames, run_async
+from benchmarks.common import DescendantsCpu, make_frames, proc_cpu_seconds, run_async
 from benchmarks.kafka import (
     Scenario,
     _own_node_settings,
     _where,
-    broker,
     run_scenario,
     settings_for,
 )
@@ -63,16 +68,22 @@ def _group(path: str, name: str) -> str:
     return "other (asyncio, uvloop, builtins)"
 
 
-def profile_pipeline(bootstrap: str, frames: int, reduced_decode: bool, top: int) -> dict[str, Any]:
+def profile_pipeline(
+    bootstrap: str, frames: int, reduced_decode: bool, top: int, jvm_pid: int | None = None
+) -> dict[str, Any]:
     settings = settings_for(False)
     video = make_frames(8)
     warm = Scenario("max-rate-1cam", 1, None, 100, reduced_decode)
     run_async(lambda: run_scenario(bootstrap, warm, settings, video))
     scenario = Scenario("max-rate-1cam", 1, None, frames, reduced_decode)
-    loop0, process0 = time.thread_time(), time.process_time()
-    plain = run_async(lambda: run_scenario(bootstrap, scenario, settings, video))
-    loop_s = time.thread_time() - loop0
-    other_s = time.process_time() - process0 - loop_s
+    jvm_stat = f"/proc/{jvm_pid}/stat" if jvm_pid is not None else None
+    jvm0 = proc_cpu_seconds(jvm_stat) if jvm_stat else 0.0
+    with DescendantsCpu(exclude=[jvm_pid] if jvm_pid is not None else []) as workers:
+        loop0, process0 = time.thread_time(), time.process_time()
+        plain = run_async(lambda: run_scenario(bootstrap, scenario, settings, video))
+        loop_s = time.thread_time() - loop0
+        other_s = time.process_time() - process0 - loop_s
+    jvm_s = proc_cpu_seconds(jvm_stat) - jvm0 if jvm_stat else None
     sent = plain["frames_sent"] or 1
     loop_ms = loop_s / sent * 1e3
     profiler = cProfile.Profile(time.thread_time)
@@ -100,6 +111,8 @@ def profile_pipeline(bootstrap: str, frames: int, reduced_decode: bool, top: int
                 "other threads (librdkafka, consumer threads, lag sampler)": round(
                     other_s / sent * 1e3, 3
                 ),
+                "pool workers": round(workers.seconds / sent * 1e3, 3),
+                "broker JVM": None if jvm_s is None else round(jvm_s / sent * 1e3, 3),
             },
         },
         "delivered_fps_under_profiler": metrics["delivered_fps"],
@@ -124,8 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--bootstrap")
     args = p.parse_args(argv)
-    with broker(args.bootstrap) as servers, _own_node_settings():
-        docs = [profile_pipeline(servers, args.frames, r, args.top) for r in (True, False)]
+    external = args.bootstrap or os.environ.get("FOGVERSE_BOOTSTRAP")
+    with contextlib.ExitStack() as stack, _own_node_settings():
+        servers, jvm_pid = external, None
+        if not servers:
+            from fogverse.broker import LocalKafka
+
+            kafka = stack.enter_context(LocalKafka())
+            servers, jvm_pid = kafka.bootstrap, kafka.pid
+        docs = [profile_pipeline(servers, args.frames, r, args.top, jvm_pid) for r in (True, False)]
     print(json.dumps(docs, indent=1))
     return 0
 

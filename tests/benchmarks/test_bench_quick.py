@@ -336,3 +336,45 @@ def test_thread_cpu_seconds_counts_each_threads_own_cpu() -> None:
     finally:
         release.set()
         worker.join(10)
+
+
+_BURN = """
+import os, sys, time
+start = time.process_time()
+while time.process_time() - start < 0.3:
+    pass
+print(os.getpid(), flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_descendants_cpu_keeps_an_exited_grandchilds_cpu_and_leaves_out_the_excluded() -> None:
+    """A grandchild (as a pool's worker is, under its forkserver) that burns 0.3 s of CPU and
+    exits before the block ends still counts; an excluded child (the broker's JVM) that burns
+    as much does not."""
+    from benchmarks.common import DescendantsCpu
+
+    spawn = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {_BURN!r}])"
+    opts = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+    excluded = subprocess.Popen([sys.executable, "-c", _BURN], **opts)  # type: ignore[call-overload]
+    try:
+        with DescendantsCpu(exclude=[excluded.pid], interval=0.02) as cpu:
+            child = subprocess.Popen([sys.executable, "-c", spawn], **opts)  # type: ignore[call-overload]
+            try:
+                grandchild = int(child.stdout.readline())
+                assert int(excluded.stdout.readline()) == excluded.pid
+                # The sampler has read the grandchild's whole burn before it may exit.
+                wait_until(
+                    lambda: cpu._last.get(grandchild, 0.0) >= 0.3,
+                    20,
+                    "the sampler to read the grandchild's burnt CPU",
+                )
+            finally:
+                child.stdin.close()
+                child.wait(20)
+            assert not psutil.pid_exists(grandchild)
+        assert 0.3 <= cpu.seconds < 0.55  # the excluded child's 0.3 s would pass 0.6
+    finally:
+        excluded.stdin.close()
+        excluded.wait(20)
