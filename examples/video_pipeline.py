@@ -116,7 +116,7 @@ MODEL_SIZE = 640
 # counts its in-flight limit in records, and while five frames of a partition are in flight it
 # spins its broker thread until a response comes (810 us of CPU per 720p frame against 80 with
 # one in flight); with one, what queues meanwhile leaves in the next request. The pipeline's
-# top rate read 1.45-1.55x the code of issue 26's filing with it in four runs, 1.42x without
+# top rate read 1.39-1.55x the code of issue 26's filing with it in six runs, 1.42x without
 # (benchmarks/README.md). Across a slow link, drop it for several cameras' partitions: one
 # request per round trip carries about 4 frames (1 MB) for all of a node's partitions.
 LOW_LATENCY: dict[str, Any] = {"linger_ms": 0, "max_in_flight_requests_per_connection": 1}
