@@ -174,14 +174,22 @@ def settings_for(quick: bool) -> KafkaSettings:
 @contextlib.contextmanager
 def broker(bootstrap: str | None = None) -> Iterator[str]:
     """``bootstrap``, else FOGVERSE_BOOTSTRAP, else a local broker started for the run."""
+    with broker_process(bootstrap) as (servers, _):
+        yield servers
+
+
+@contextlib.contextmanager
+def broker_process(bootstrap: str | None = None) -> Iterator[tuple[str, int | None]]:
+    """:func:`broker`, with the local broker's JVM pid (None for an external broker), for a
+    study that counts the broker's CPU."""
     external = bootstrap or os.environ.get("FOGVERSE_BOOTSTRAP")
     if external:
-        yield external
+        yield external, None
         return
     from fogverse.broker import LocalKafka
 
     with LocalKafka() as kafka:
-        yield kafka.bootstrap
+        yield kafka.bootstrap, kafka.pid
 
 
 # Node settings the environment would impose on every node (topics, groups, profiling): the

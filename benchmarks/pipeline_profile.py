@@ -28,10 +28,8 @@ local broker unless ``--bootstrap`` or FOGVERSE_BOOTSTRAP names one.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import json
-import os
 import pstats
 import time
 from typing import Any
@@ -41,6 +39,7 @@ from benchmarks.kafka import (
     Scenario,
     _own_node_settings,
     _where,
+    broker_process,
     run_scenario,
     settings_for,
 )
@@ -68,6 +67,10 @@ def _group(path: str, name: str) -> str:
     return "other (asyncio, uvloop, builtins)"
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    return 0.0 if pid is None else proc_cpu_seconds(f"/proc/{pid}/stat")
+
+
 def profile_pipeline(
     bootstrap: str, frames: int, reduced_decode: bool, top: int, jvm_pid: int | None = None
 ) -> dict[str, Any]:
@@ -76,14 +79,13 @@ def profile_pipeline(
     warm = Scenario("max-rate-1cam", 1, None, 100, reduced_decode)
     run_async(lambda: run_scenario(bootstrap, warm, settings, video))
     scenario = Scenario("max-rate-1cam", 1, None, frames, reduced_decode)
-    jvm_stat = f"/proc/{jvm_pid}/stat" if jvm_pid is not None else None
-    jvm0 = proc_cpu_seconds(jvm_stat) if jvm_stat else 0.0
-    with DescendantsCpu(exclude=[jvm_pid] if jvm_pid is not None else []) as workers:
+    jvm0 = _cpu_seconds(jvm_pid)
+    with DescendantsCpu(exclude=[] if jvm_pid is None else [jvm_pid]) as workers:
         loop0, process0 = time.thread_time(), time.process_time()
         plain = run_async(lambda: run_scenario(bootstrap, scenario, settings, video))
         loop_s = time.thread_time() - loop0
         other_s = time.process_time() - process0 - loop_s
-    jvm_s = proc_cpu_seconds(jvm_stat) - jvm0 if jvm_stat else None
+    jvm_s = _cpu_seconds(jvm_pid) - jvm0
     sent = plain["frames_sent"] or 1
     loop_ms = loop_s / sent * 1e3
     profiler = cProfile.Profile(time.thread_time)
@@ -112,7 +114,7 @@ def profile_pipeline(
                     other_s / sent * 1e3, 3
                 ),
                 "pool workers": round(workers.seconds / sent * 1e3, 3),
-                "broker JVM": None if jvm_s is None else round(jvm_s / sent * 1e3, 3),
+                "broker JVM": None if jvm_pid is None else round(jvm_s / sent * 1e3, 3),
             },
         },
         "delivered_fps_under_profiler": metrics["delivered_fps"],
@@ -137,14 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--bootstrap")
     args = p.parse_args(argv)
-    external = args.bootstrap or os.environ.get("FOGVERSE_BOOTSTRAP")
-    with contextlib.ExitStack() as stack, _own_node_settings():
-        servers, jvm_pid = external, None
-        if not servers:
-            from fogverse.broker import LocalKafka
-
-            kafka = stack.enter_context(LocalKafka())
-            servers, jvm_pid = kafka.bootstrap, kafka.pid
+    with broker_process(args.bootstrap) as (servers, jvm_pid), _own_node_settings():
         docs = [profile_pipeline(servers, args.frames, r, args.top, jvm_pid) for r in (True, False)]
     print(json.dumps(docs, indent=1))
     return 0
