@@ -296,10 +296,10 @@ def use_transport(
 
 
 def _low_latency(transport: str) -> dict[str, Any]:
-    # The example's LOW_LATENCY (examples/video_pipeline.py), as librdkafka names it: a video
-    # frame is a batch of its own, and one request in flight stops the idempotent producer's
-    # spin (tests/examples/test_examples.py holds the two equal).
-    return {"linger.ms": 0, "max.in.flight.requests.per.connection": 1}
+    # The example's LOW_LATENCY (examples/video_pipeline.py), as librdkafka names it: a 1 ms
+    # linger, and one request in flight, which stops the idempotent producer's spin
+    # (tests/examples/test_examples.py holds the two equal).
+    return {"linger.ms": 1, "max.in.flight.requests.per.connection": 1}
 
 
 # ---- pipeline: nodes ----------------------------------------------------------------------

@@ -111,15 +111,17 @@ __all__ = [
 logger = logging.getLogger("examples")
 
 MODEL_SIZE = 640
-# For nodes next to their broker. A video frame is a batch on its own: waiting (linger) for
-# more records only adds latency. One request in flight: librdkafka's idempotent producer
+# For nodes next to their broker. One request in flight: librdkafka's idempotent producer
 # counts its in-flight limit in records, and while five frames of a partition are in flight it
 # spins its broker thread until a response comes (810 us of CPU per 720p frame against 80 with
-# one in flight); with one, what queues meanwhile leaves in the next request. The pipeline's
-# top rate read 1.39-1.55x the code of issue 26's filing with it in six runs, 1.42x without
-# (benchmarks/README.md). Across a slow link, drop it for several cameras' partitions: one
-# request per round trip carries about 4 frames (1 MB) for all of a node's partitions.
-LOW_LATENCY: dict[str, Any] = {"linger_ms": 0, "max_in_flight_requests_per_connection": 1}
+# one in flight); with one, what queues meanwhile leaves in the next request. A 1 ms linger:
+# frames that two workers finish within a millisecond share a produce request, and the
+# consumer downstream a fetch. At the pipeline's top rate it cut the broker's CPU per frame
+# from 2.25 to 2.00 ms and raised the rate 1.01-1.11x (three paired runs); each lingering hop
+# adds up to 1 ms (p50 at 30 frames/s 12.8-13.8 ms against 11.3-12.8; benchmarks/README.md).
+# Across a slow link, drop the in-flight limit for several cameras' partitions: one request
+# per round trip carries about 4 frames (1 MB) for all of a node's partitions.
+LOW_LATENCY: dict[str, Any] = {"linger_ms": 1, "max_in_flight_requests_per_connection": 1}
 _TENSOR_LIMIT = 8 * 1024 * 1024
 
 
