@@ -117,8 +117,8 @@ MODEL_SIZE = 640
 # one in flight); with one, what queues meanwhile leaves in the next request. A 1 ms linger:
 # frames that two workers finish within a millisecond share a produce request, and the
 # consumer downstream a fetch. At the pipeline's top rate it cut the broker's CPU per frame
-# from 2.25 to 2.00 ms and raised the rate 1.01-1.11x (three paired runs); each lingering hop
-# adds up to 1 ms (p50 at 30 frames/s 12.8-13.8 ms against 11.3-12.8; benchmarks/README.md).
+# from 2.25 to 2.00 ms and raised the rate 1.05x (30 pairs); each lingering hop adds up to
+# 1 ms (p50 at 30 frames/s 12.8-13.8 ms against 11.3-12.8; benchmarks/README.md).
 # Across a slow link, drop the in-flight limit for several cameras' partitions: one request
 # per round trip carries about 4 frames (1 MB) for all of a node's partitions.
 LOW_LATENCY: dict[str, Any] = {"linger_ms": 1, "max_in_flight_requests_per_connection": 1}
