@@ -7,14 +7,20 @@ carries its id in its payload and in an ``id`` header; the nodes keep both on th
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import os
+import signal
 import time
 
 import numpy as np
 
 from fogverse import Consumer, ParallelConsumer, Processor
 from fogverse.autoscale import enable_heartbeats
+
+# A node that stalls can be asked where every thread is: SIGUSR1 writes their stacks to its
+# log (its stderr), which a failing test reports.
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 # Each node of a scenario gets its own dead-letter topic, so that its dead letters can be
 # counted apart from another node's reading the same input.

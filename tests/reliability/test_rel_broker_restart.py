@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import subprocess
 import time
 import uuid
@@ -142,14 +143,68 @@ async def _from_a_fresh_read(
                 tally.out[i] += 1
         missing = sorted(tally.lost)
         if missing:
+            running = proc.poll() is None
+            before = nodes.log(proc)
+            stacks = await _stacks(proc, nodes, len(before)) if running else ""
             # Without librdkafka's reconnection attempts, which fill the outages.
-            lines = [x for x in nodes.log(proc).splitlines() if "Connection refused" not in x]
+            lines = [x for x in before.splitlines() if "Connection refused" not in x]
             log = "\n".join(lines[-60:])
             problems.append(
                 f"{tally.scenario}: {len(missing)} of {len(tally.sent)} ids missing on a fresh "
                 f"read of {topic} (first: {missing[:10]}), {sum(tally.dead.values())} "
-                f"dead-lettered; the node is {'running' if proc.poll() is None else 'gone'}; "
-                f"its log ends:\n{log}"
+                f"dead-lettered; the node is {'running' if running else 'gone'}; "
+                f"its log ends:\n{log}\n\nits threads now:\n{stacks}"
             )
     assert not problems, "\n\n".join(problems)
     logger.warning("the background reader fell behind; a fresh read found every message")
+
+
+async def _stacks(proc: subprocess.Popen[bytes], nodes: Nodes, logged: int) -> str:
+    """Every thread's stack in a node that is still running: it writes them to its log on
+    SIGUSR1 (``rel_nodes``). What the log gained after ``logged`` characters, once it stops
+    growing (at most 10 s)."""
+    proc.send_signal(signal.SIGUSR1)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    size = logged
+    while loop.time() < deadline:
+        await asyncio.sleep(0.2)
+        now = len(nodes.log(proc))
+        if size > logged and now == size:
+            break
+        size = now
+    return nodes.log(proc)[logged:]
+
+
+@pytest.mark.timeout(180)
+def test_a_stalled_node_can_be_asked_for_its_threads_stacks(kafka_bootstrap, new_topic, tmp_path):
+    """What the scenario above reports of a node that stopped emitting: every thread's stack,
+    the ParallelConsumer's consumer thread among them, and the node keeps running."""
+    src, out = new_topic(partitions=2), new_topic()
+    tally = Tally("stacks")
+    nodes = Nodes(tmp_path)
+
+    async def scenario() -> str:
+        async with (
+            Reader(kafka_bootstrap, {out: tally.out}),
+            Feeder(kafka_bootstrap, src, tally, 2) as f,
+        ):
+            node = nodes.start(
+                "ParallelEcho",
+                node_env(kafka_bootstrap, src, out, f"g-{uuid.uuid4().hex[:6]}"),
+                "parallel",
+            )
+            await f.send(20)
+            # Its outputs arrive: the node module (and its SIGUSR1 handler) is loaded.
+            await until(lambda: tally.sent <= tally.out.keys(), 90, "the node's outputs")
+            stacks = await _stacks(node, nodes, len(nodes.log(node)))
+            assert node.poll() is None, nodes.log(node)
+            return stacks
+
+    try:
+        stacks = asyncio.run(scenario())
+    finally:
+        nodes.cleanup()
+    assert "most recent call first" in stacks, stacks
+    assert "fogverse/transport/confluent.py" in stacks, stacks  # the consumer's thread
+    assert "_serve" in stacks, stacks
