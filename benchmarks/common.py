@@ -396,7 +396,7 @@ class DescendantsCpu:
     of CPU per process)."""
 
     def __init__(self, exclude: Iterable[int] = (), interval: float = 0.1) -> None:
-        self.exclude = {os.getpid(), *exclude}
+        self.exclude = set(exclude)
         self.interval = interval
         self.seconds = 0.0
         self._before: dict[int, float] = {}
@@ -405,21 +405,10 @@ class DescendantsCpu:
         self._thread = threading.Thread(target=self._run, name="bench-descendants", daemon=True)
 
     def _descendants(self) -> list[int]:
-        found, todo = [], [os.getpid()]
-        while todo:
-            pid = todo.pop()
-            try:
-                tasks = os.listdir(f"/proc/{pid}/task")
-            except OSError:
-                continue
-            for tid in tasks:
-                with contextlib.suppress(OSError):
-                    todo.extend(
-                        int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
-                    )
-            if pid not in self.exclude:
-                found.append(pid)
-        return found
+        import psutil
+
+        kids = psutil.Process().children(recursive=True)
+        return [c.pid for c in kids if c.pid not in self.exclude]
 
     def _sample(self) -> None:
         for pid in self._descendants():
