@@ -80,7 +80,9 @@ class Runnable:
     commit_interval: float = 0.5
     """Seconds between background commits of finished offsets."""
     drain_timeout: float = 30.0
-    """Seconds a stopping node waits for in-flight outputs to be acknowledged."""
+    """Seconds a stopping node waits for in-flight outputs to be acknowledged, and a
+    rebalance for those of the partitions it gives up; what is unacknowledged by then stays
+    uncommitted, to be read again."""
     dead_letter_topic: str | None = None
     """Where failed inputs go; ``None`` means ``<input topic>.dlq``."""
     profile: bool = False
@@ -101,6 +103,7 @@ class Runnable:
     the environment). ``None`` attaches one only when FOGVERSE_OBSERVER_TOPIC is set (the
     deploy providers set it for the instances they start). Nodes that create
     ``self.observer`` themselves (the seed's way) are left alone."""
+    _closing = False  # set after the last commit: failed outputs are no longer dead-lettered
     _plugins: tuple[Plugin, ...] = ()
     _senders: tuple[Plugin, ...] = ()
 
@@ -197,6 +200,7 @@ class Runnable:
         if self._stopping:
             self._stop_event.set()
         self._fatal: BaseException | None = None
+        self._closing = False
         self._tracker = OffsetTracker()
         self._holds: set[Hold] = set()
         self._plugins = tuple(discover(self, self._attached_plugins()))
@@ -230,6 +234,7 @@ class Runnable:
                 await self._commit()
             except Exception:
                 logger.exception("final commit failed; the uncommitted inputs will be re-read")
+            self._closing = True
             await self._hook("_before_close")
             await self._close()
             await self._hook("_after_close")
@@ -552,8 +557,17 @@ class Runnable:
         self, delivery: Delivery, stage: str, exc: BaseException, tb: str | None = None
     ) -> None:
         record = delivery.record
-        topic = self._dead_letter_topic_for(record)
         where = _where(record)
+        if self._closing:
+            # After the last commit, an output fails because the closing producer gave it
+            # up (unacknowledged at close_timeout), not because of what it holds: no dead
+            # letter, and its input stays uncommitted, to be read again after a restart.
+            logger.warning(
+                "%s failed for %s while closing: %s; left uncommitted", stage, where, exc
+            )
+            delivery.abandon()
+            return
+        topic = self._dead_letter_topic_for(record)
         producer = self._dead_letter_producer()
         if topic is None or producer is None:
             # Nowhere to put it: failing loudly beats committing past a lost message.
@@ -636,9 +650,10 @@ class Runnable:
 
     async def _drain(self) -> None:
         self._abandon_holds()
-        if self.producer is not None:
-            await self.producer.flush()
-        if not await self._tracker.wait_idle(self.drain_timeout):
+        deadline = asyncio.get_running_loop().time() + self.drain_timeout
+        if not await self._flush_until(deadline) or not await self._tracker.wait_idle(
+            _left(deadline)
+        ):
             logger.warning(
                 "%d inputs still unacknowledged after %.0f s; they stay uncommitted",
                 self._tracker.in_flight,
@@ -649,9 +664,10 @@ class Runnable:
         """Finish (or give up on) work for partitions being taken away, then commit it."""
         self._drop_buffered(tps)
         self._abandon_holds(tps)
-        if self.producer is not None:
-            await self.producer.flush()
-        if not await self._tracker.wait_partitions(tps, self.drain_timeout):
+        deadline = asyncio.get_running_loop().time() + self.drain_timeout
+        if not await self._flush_until(deadline) or not await self._tracker.wait_partitions(
+            tps, _left(deadline)
+        ):
             logger.warning(
                 "revoked partitions still had unacknowledged inputs after %.0f s; "
                 "the new owner will process them again",
@@ -666,8 +682,25 @@ class Runnable:
     async def _on_assign(self, tps: set[tuple[str, int]]) -> None:
         return None
 
+    async def _flush_until(self, deadline: float) -> bool:
+        """Send what lingers in the producer and wait for its acknowledgements, until
+        ``deadline`` (loop time) at most: a producer that cannot reach its broker keeps its
+        records until ``message.timeout.ms`` (5 minutes by default), and neither a stop nor
+        a rebalance may wait that long. False if the deadline came first."""
+        if self.producer is None:
+            return True
+        try:
+            await asyncio.wait_for(self.producer.flush(), _left(deadline))
+        except TimeoutError:
+            return False
+        return True
+
     def _drop_buffered(self, tps: set[tuple[str, int]]) -> None:
         return None
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - asyncio.get_running_loop().time())
 
 
 def _where(record: Record) -> str:

@@ -667,10 +667,6 @@ class ConfluentProducerTransport:
                     self._queued(),
                     self.close_timeout,
                 )
-                for client in (producer, self._solo):
-                    if client is not None:
-                        client.purge()
-                self._poll()  # their futures fail with _PURGE_QUEUE
         finally:
             if self._poller is not None:
                 self._poller.cancel()
@@ -679,6 +675,17 @@ class ConfluentProducerTransport:
                 self._poller = None
                 self._wakeup = None
             self._poll()
+            # close() flushes, and a record it cannot deliver holds it for message.timeout.ms
+            # (five minutes by default): fail whatever is still queued (the flush timed out,
+            # or a delivery report sent more) first. Its report, served here, fails its
+            # future with _PURGE_QUEUE; a report that sends again gets one more round.
+            for _ in range(3):
+                if not self._queued():
+                    break
+                for client in (producer, self._solo):
+                    if client is not None:
+                        client.purge()
+                self._poll()
             for client in (producer, self._solo):
                 close = getattr(client, "close", None)  # older confluent-kafka releases lack it
                 if close is not None:
