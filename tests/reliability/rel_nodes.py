@@ -11,16 +11,79 @@ import faulthandler
 import json
 import os
 import signal
+import sys
 import time
 
 import numpy as np
 
 from fogverse import Consumer, ParallelConsumer, Processor
 from fogverse.autoscale import enable_heartbeats
+from fogverse.plugins import Plugin
 
 # A node that stalls can be asked where every thread is: SIGUSR1 writes their stacks to its
-# log (its stderr), which a failing test reports.
+# log (its stderr), which a failing test reports. Written by the C handler, so it arrives
+# even when the event loop is stuck.
 faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
+class TaskDump(Plugin):
+    """On SIGUSR1, also what the event loop is waiting for: every asyncio task's stack (a
+    thread's stack shows only the loop's select()) and the window's state. Needs a running
+    loop; the threads' stacks above do not."""
+
+    async def on_start(self, node) -> None:
+        loop = asyncio.get_running_loop()
+        # faulthandler goes back in front of the loop's handler, chained to it; register()
+        # alone would not reinstall a handler it believes is still there.
+        faulthandler.unregister(signal.SIGUSR1)
+        loop.add_signal_handler(signal.SIGUSR1, _dump_tasks, node)
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)
+
+
+def _dump_tasks(node) -> None:
+    out = sys.stderr
+    pool = getattr(node, "pool", None)
+    consumer = node.consumer
+    print("--- asyncio tasks ---", file=out)
+    print(
+        f"node: outstanding={getattr(node, '_outstanding', None)} "
+        f"queued={getattr(node, '_queued', None)} buffered={len(getattr(node, '_buffer', ()))} "
+        f"in_flight={node._tracker.in_flight} stopping={node.stopping}",
+        file=out,
+    )
+    if pool is not None:
+        workers = {
+            w.index: (w.pid, w.live, len(w.outstanding), len(w.wbuf))
+            for w in pool._workers.values()
+        }
+        print(
+            f"pool: active={pool._active} pending={len(pool._pending)} "
+            f"unsent={len(pool._unsent)} free_slots={len(pool._slots._free)} "
+            f"slot_waiters={len(pool._slots._waiters)} workers(pid, live, outstanding, "
+            f"wbuf)={workers}",
+            file=out,
+        )
+    if consumer is not None:
+        print(
+            f"consumer: jobs={consumer._jobs.qsize()} deferred={len(consumer._deferred)} "
+            f"assigned={sorted(consumer._assigned)} rebalances={consumer._rebalances}",
+            file=out,
+        )
+    for task in asyncio.all_tasks():
+        print(f"task {task.get_name()}:", file=out)
+        # Task.print_stack shows a suspended coroutine's outermost frame only: follow what
+        # each one awaits, down to the future it waits on.
+        awaited = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is None:
+                print(f"  waiting on {awaited!r}"[:300], file=out)
+                break
+            code = frame.f_code
+            print(f"  {code.co_filename}:{frame.f_lineno} in {code.co_name}", file=out)
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    print("--- end of asyncio tasks ---", file=out, flush=True)
+
 
 # Each node of a scenario gets its own dead-letter topic, so that its dead letters can be
 # counted apart from another node's reading the same input.
@@ -58,6 +121,10 @@ class ParallelEcho(ParallelConsumer):
     dead_letter_topic = DEAD_LETTER_TOPIC
     process_number = 2
     max_running_task = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plugins.append(TaskDump())
 
 
 class HeartbeatEcho(Echo):

@@ -15,6 +15,7 @@ from backends import read_kafka
 from rel_harness import Feeder, Nodes, Reader, Tally, id_of, node_env, until
 
 pytestmark = pytest.mark.fault
+TASKS_DUMPED = "--- end of asyncio tasks ---"  # rel_nodes' last line on SIGUSR1
 logger = logging.getLogger(__name__)
 
 
@@ -160,26 +161,25 @@ async def _from_a_fresh_read(
 
 
 async def _stacks(proc: subprocess.Popen[bytes], nodes: Nodes, logged: int) -> str:
-    """Every thread's stack in a node that is still running: it writes them to its log on
-    SIGUSR1 (``rel_nodes``). What the log gained after ``logged`` characters, once it stops
-    growing (at most 10 s)."""
+    """Every thread's stack in a node that is still running, then its asyncio tasks': it
+    writes them to its log on SIGUSR1 (``rel_nodes``). What the log gained after ``logged``
+    characters once the tasks' dump has ended, or after 10 s (a stuck event loop never
+    writes that part)."""
     proc.send_signal(signal.SIGUSR1)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
-    size = logged
     while loop.time() < deadline:
         await asyncio.sleep(0.2)
-        now = len(nodes.log(proc))
-        if size > logged and now == size:
+        if TASKS_DUMPED in nodes.log(proc)[logged:]:
             break
-        size = now
     return nodes.log(proc)[logged:]
 
 
 @pytest.mark.timeout(180)
 def test_a_stalled_node_can_be_asked_for_its_threads_stacks(kafka_bootstrap, new_topic, tmp_path):
     """What the scenario above reports of a node that stopped emitting: every thread's stack,
-    the ParallelConsumer's consumer thread among them, and the node keeps running."""
+    the ParallelConsumer's consumer thread among them, every asyncio task's stack with the
+    window's state, and the node keeps running."""
     src, out = new_topic(partitions=2), new_topic()
     tally = Tally("stacks")
     nodes = Nodes(tmp_path)
@@ -208,3 +208,8 @@ def test_a_stalled_node_can_be_asked_for_its_threads_stacks(kafka_bootstrap, new
     assert "most recent call first" in stacks, stacks
     assert "fogverse/transport/confluent.py" in stacks, stacks  # the consumer's thread
     assert "_serve" in stacks, stacks
+    # And what the event loop waits for: the tasks' stacks, the window and the consumer.
+    assert TASKS_DUMPED in stacks, stacks
+    assert "_parallel_loop" in stacks, stacks  # the node's admission task
+    assert "_emit_loop" in stacks, stacks
+    assert "pool: active=" in stacks and "consumer: jobs=" in stacks, stacks
