@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,11 +24,13 @@ N = 20
 NEVER = {"message.timeout.ms": 600_000}
 
 
-def _refusing_address() -> str:
-    """A local address where nothing listens: every connection to it is refused."""
+@pytest.fixture
+def refusing_address() -> Iterator[str]:
+    """A local address that refuses every connection: bound for the whole test but never
+    listening, so no other process's server can take the port meanwhile."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+        yield f"127.0.0.1:{s.getsockname()[1]}"
 
 
 class Counting(Consumer):
@@ -58,13 +61,13 @@ class Recording:
         return await self.inner.send(topic, *args, **kwargs)
 
 
-def _node(bootstrap: str, src: str, group: str) -> Counting:
+def _node(bootstrap: str, src: str, group: str, output: str) -> Counting:
     node = Counting(
         src,
         bootstrap,
         group,
         producer_topic=f"out-{uuid.uuid4().hex[:8]}",
-        producer_servers=_refusing_address(),
+        producer_servers=output,
         producer_conf=NEVER,
         input_codec="bytes",
     )
@@ -73,11 +76,13 @@ def _node(bootstrap: str, src: str, group: str) -> Counting:
 
 
 @pytest.mark.timeout(120)
-def test_a_stop_waits_drain_timeout_at_most_for_an_unreachable_output(kafka_bootstrap, new_topic):
+def test_a_stop_waits_drain_timeout_at_most_for_an_unreachable_output(
+    kafka_bootstrap, new_topic, refusing_address
+):
     src = new_topic()
     group = f"g-{uuid.uuid4().hex[:8]}"
     asyncio.run(produce_kafka(kafka_bootstrap, src, [(None, b"m%d" % i, []) for i in range(N)]))
-    node = _node(kafka_bootstrap, src, group)
+    node = _node(kafka_bootstrap, src, group, refusing_address)
 
     async def scenario() -> float:
         running = asyncio.create_task(node.run())
@@ -100,7 +105,7 @@ def test_a_stop_waits_drain_timeout_at_most_for_an_unreachable_output(kafka_boot
 
 @pytest.mark.timeout(120)
 def test_a_rebalance_waits_drain_timeout_at_most_for_an_unreachable_output(
-    kafka_bootstrap, new_topic
+    kafka_bootstrap, new_topic, refusing_address
 ):
     """A second member joins while the node's outputs cannot be delivered: the node gives
     its partitions up after ``drain_timeout``, not after the transport's 120 s
@@ -108,7 +113,7 @@ def test_a_rebalance_waits_drain_timeout_at_most_for_an_unreachable_output(
     src = new_topic(partitions=2)
     group = f"g-{uuid.uuid4().hex[:8]}"
     asyncio.run(produce_kafka(kafka_bootstrap, src, [(None, b"m%d" % i, []) for i in range(N)]))
-    node = _node(kafka_bootstrap, src, group)
+    node = _node(kafka_bootstrap, src, group, refusing_address)
     assigned = threading.Event()
     leave = threading.Event()
 
