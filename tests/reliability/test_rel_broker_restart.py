@@ -154,7 +154,7 @@ async def _from_a_fresh_read(
                 f"{tally.scenario}: {len(missing)} of {len(tally.sent)} ids missing on a fresh "
                 f"read of {topic} (first: {missing[:10]}), {sum(tally.dead.values())} "
                 f"dead-lettered; the node is {'running' if running else 'gone'}; "
-                f"its log ends:\n{log}\n\nits threads now:\n{stacks}"
+                f"its log ends:\n{log}\n\nits threads and tasks now:\n{stacks}"
             )
     assert not problems, "\n\n".join(problems)
     logger.warning("the background reader fell behind; a fresh read found every message")
@@ -168,11 +168,11 @@ async def _stacks(proc: subprocess.Popen[bytes], nodes: Nodes, logged: int) -> s
     proc.send_signal(signal.SIGUSR1)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
-    while loop.time() < deadline:
+    gained = ""
+    while loop.time() < deadline and TASKS_DUMPED not in gained:
         await asyncio.sleep(0.2)
-        if TASKS_DUMPED in nodes.log(proc)[logged:]:
-            break
-    return nodes.log(proc)[logged:]
+        gained = nodes.log(proc)[logged:]
+    return gained
 
 
 @pytest.mark.timeout(180)
