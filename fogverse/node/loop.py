@@ -570,10 +570,14 @@ class Runnable:
         topic = self._dead_letter_topic_for(record)
         producer = self._dead_letter_producer()
         if topic is None or producer is None:
-            # Nowhere to put it: failing loudly beats committing past a lost message.
-            raise RuntimeError(
-                f"{stage} failed for {where} and there is no dead-letter topic"
-            ) from exc
+            # Nowhere to put it: the node stops, and neither this input nor any after it in
+            # its partition is committed (raising from here would leave the input sealed,
+            # hence committed, and a parallel node's emitter dead with its window full).
+            delivery.abandon()
+            fatal = RuntimeError(f"{stage} failed for {where} and there is no dead-letter topic")
+            fatal.__cause__ = exc
+            self._die(fatal)
+            return
         logger.warning(
             "%s failed for %s: %s: %s; sent to %s", stage, where, type(exc).__name__, exc, topic
         )

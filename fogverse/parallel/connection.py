@@ -104,26 +104,42 @@ class WorkerConnection:
         buf = self.rbuf
         view = self.rview
         pos = 0
+        failed: BaseException | None = None
         while end - pos >= 4:
             (size,) = _LEN_UNPACK(buf, pos)
             stop = pos + 4 + size
             if stop > end:
                 if 4 + size > len(buf):
                     self._grow(pos, end, 4 + size)
-                    return True
+                    pos = -1  # _grow kept the partial frame
                 break
-            on_frame(self, view[pos:stop])
+            frame = view[pos:stop]
             pos = stop
+            try:
+                on_frame(self, frame)
+            except BaseException as exc:
+                # The frames after it are read already and no event will come for them: they
+                # are handled now, or their tasks would never finish, and the error after.
+                if failed is None:
+                    failed = exc
+        if pos >= 0:
+            self._keep(pos, end)
+        if failed is not None:
+            raise failed
+        return True
+
+    def _keep(self, pos: int, end: int) -> None:
+        """Keep the unread bytes ``[pos:end]`` at the buffer's start."""
+        view = self.rview
         if pos == end:
             self.rend = 0
-            if len(buf) > _RECV_SIZE:
+            if len(self.rbuf) > _RECV_SIZE:
                 # One large frame should not pin a large buffer for the worker's lifetime.
                 self.rbuf = bytearray(_RECV_SIZE)
                 self.rview = memoryview(self.rbuf)
         else:
             view[: end - pos] = view[pos:end]
             self.rend = end - pos
-        return True
 
     def _grow(self, pos: int, end: int, size: int) -> None:
         rbuf = bytearray(max(size, 2 * len(self.rbuf)))
@@ -139,7 +155,10 @@ class WorkerConnection:
             frame = bytes(self.wbuf) + frame
             self.wbuf.clear()
         rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())
-        self.sock.sendmsg([frame], [rights])
+        sent = self.sock.sendmsg([frame], [rights])
+        if sent < len(frame):
+            # A signal can cut a blocking send short; the descriptor went with the first byte.
+            self.sock.sendall(memoryview(frame)[sent:])
 
     def kill(self) -> None:
         with contextlib.suppress(Exception):

@@ -679,7 +679,7 @@ class WorkerPool:
         for w in workers:
             w.wbuf.clear()  # tasks not yet sent were failed above
             with contextlib.suppress(OSError):
-                w.sock.send(stop)
+                w.sock.sendall(stop)
         exits = [w.exited for w in workers]
         if exits:
             await asyncio.wait(exits, timeout=max(0.0, deadline - loop.time()))
