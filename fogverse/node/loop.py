@@ -227,6 +227,9 @@ class Runnable:
                 committer = asyncio.create_task(self._commit_loop())
             await body()
             await self._drain()
+        except BaseException:
+            self._abandon_open_inputs()
+            raise
         finally:
             if committer is not None:
                 committer.cancel()
@@ -244,6 +247,14 @@ class Runnable:
                 logger.info("profile: %s", self.profiler.summary())
         if self._fatal is not None:
             raise self._fatal
+
+    def _abandon_open_inputs(self) -> None:
+        """The loop was cut short (cancelled, or it failed): an input whose outputs were not
+        all handed to the producer (a parallel node's admitted tasks, say) never will be. No
+        commit goes past it, and the drains on the way out do not wait for it."""
+        for entry in self._tracker.waiting():
+            if isinstance(entry, Delivery) and not entry.sealed:
+                entry.abandon()
 
     async def _start(self) -> None:
         for plugin in self._plugins:
@@ -382,34 +393,40 @@ class Runnable:
             stamps = delivery.stamps
             stage = "decode"
             try:
-                if type(record) is UnreadableRecord:
-                    raise record.error()
-                data = decode(record)
-                if async_decode:
-                    data = await data
-                if stamps is not None:
-                    stamps.decoded = now()
-                stage = "process"
-                result = process(data)
-                if async_process or type(result) is CoroutineType:
-                    result = await result
-                if stamps is not None:
-                    stamps.processed = now()
-                stage = "encode"
-                if result is not None:
-                    out = encode(result)
-                    if async_encode:
-                        out = await out
-                    if profiler is not None:
-                        profiler.count_output(stamps, out)
-                    if send_now is None or not send_now(out, delivery):
-                        await self.send(out)
+                try:
+                    if type(record) is UnreadableRecord:
+                        raise record.error()
+                    data = decode(record)
+                    if async_decode:
+                        data = await data
                     if stamps is not None:
-                        stamps.sent = now()
-            except Exception as exc:
-                await dead_letter(delivery, stage, exc)
+                        stamps.decoded = now()
+                    stage = "process"
+                    result = process(data)
+                    if async_process or type(result) is CoroutineType:
+                        result = await result
+                    if stamps is not None:
+                        stamps.processed = now()
+                    stage = "encode"
+                    if result is not None:
+                        out = encode(result)
+                        if async_encode:
+                            out = await out
+                        if profiler is not None:
+                            profiler.count_output(stamps, out)
+                        if send_now is None or not send_now(out, delivery):
+                            await self.send(out)
+                        if stamps is not None:
+                            stamps.sent = now()
+                except Exception as exc:
+                    await dead_letter(delivery, stage, exc)
+            except BaseException:
+                # Cut short (the node is being cancelled): its output may not have left, so
+                # it is never committed, and drains do not wait for it.
+                delivery.abandon()
+                raise
             finally:
-                delivery.seal()
+                delivery.seal()  # after abandon(), commits nothing
             # A batch of buffered inputs and sync steps never suspend: let the committer,
             # the delivery reports and the rebalance callbacks run every few milliseconds.
             if loop.time() - last_yield > yield_every:
@@ -452,6 +469,9 @@ class Runnable:
                 continue
             try:
                 await self._handle(delivery)
+            except BaseException:
+                delivery.abandon()  # cut short (cancelled): as in the batch loop
+                raise
             finally:
                 delivery.seal()
             # Buffered records and a sync process() never suspend: let the group heartbeat,

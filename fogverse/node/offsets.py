@@ -109,6 +109,10 @@ class OffsetTracker:
                 still.append((tps, fut))
         self._waiters = still
 
+    def waiting(self) -> list[Pending]:
+        """The entries still waited for (neither done nor abandoned)."""
+        return [p for part in self._parts.values() for p in part.inflight if p.waited_for]
+
     def committable(self) -> dict[TopicPartition, int]:
         """Watermarks that moved since the last :meth:`mark_committed`."""
         return {

@@ -304,35 +304,41 @@ class ParallelRunnable(Runnable):
         self.message = delivery.record
         stage = "process"
         try:
-            if task.failed is not None:
-                await self._dead_letter(delivery, *task.failed)
-                return
-            if task.out is not _NO_OUTPUT:
-                stage = "encode"
-                await self.send(task.out)
-                if delivery.stamps is not None:
-                    delivery.stamps.sent = Profiler.now()
-                return
             try:
-                result = await task.handle
-            except TaskFailed as exc:
-                await self._dead_letter(delivery, "process", exc, exc.traceback_text)
-                return
-            except WorkerCrashed as exc:
-                await self._dead_letter(delivery, "worker", exc)
-                return
-            if delivery.stamps is not None:
-                delivery.stamps.processed = Profiler.now()
-            await self._hook("_after_process", result)
-            stage = "encode"
-            await self._encode_and_send(result, delivery)
-        except Exception as exc:
-            await self._dead_letter(delivery, stage, exc)
+                if task.failed is not None:
+                    await self._dead_letter(delivery, *task.failed)
+                    return
+                if task.out is not _NO_OUTPUT:
+                    stage = "encode"
+                    await self.send(task.out)
+                    if delivery.stamps is not None:
+                        delivery.stamps.sent = Profiler.now()
+                    return
+                try:
+                    result = await task.handle
+                except TaskFailed as exc:
+                    await self._dead_letter(delivery, "process", exc, exc.traceback_text)
+                    return
+                except WorkerCrashed as exc:
+                    await self._dead_letter(delivery, "worker", exc)
+                    return
+                if delivery.stamps is not None:
+                    delivery.stamps.processed = Profiler.now()
+                await self._hook("_after_process", result)
+                stage = "encode"
+                await self._encode_and_send(result, delivery)
+            except Exception as exc:
+                await self._dead_letter(delivery, stage, exc)
+        except BaseException:
+            # Cut short (the node is being cancelled): its output may not have left, so it
+            # is never committed, and drains do not wait for it.
+            delivery.abandon()
+            raise
         finally:
             # The result may be a view into the task's shared-memory slot: the encoded copy
             # is in the producer's buffer now, so the slot can take the next task.
             task.handle.release()
-            delivery.seal()
+            delivery.seal()  # after abandon(), commits nothing
 
 
 class ParallelProducer(Producer, ParallelRunnable):
