@@ -689,19 +689,24 @@ class Runnable:
         self._drop_buffered(tps)
         self._abandon_holds(tps)
         deadline = asyncio.get_running_loop().time() + self.drain_timeout
-        if not await self._flush_until(deadline) or not await self._tracker.wait_partitions(
-            tps, _left(deadline)
-        ):
-            logger.warning(
-                "revoked partitions still had unacknowledged inputs after %.0f s; "
-                "the new owner will process them again",
-                self.drain_timeout,
-            )
         try:
-            await self._commit()
-        except Exception as exc:
-            logger.warning("commit on revoke failed: %s", exc)
-        self._tracker.forget(tps)
+            if not await self._flush_until(deadline) or not await self._tracker.wait_partitions(
+                tps, _left(deadline)
+            ):
+                logger.warning(
+                    "revoked partitions still had unacknowledged inputs after %.0f s; "
+                    "the new owner will process them again",
+                    self.drain_timeout,
+                )
+            try:
+                await self._commit()
+            except Exception as exc:
+                logger.warning("commit on revoke failed: %s", exc)
+        finally:
+            # Also when the transport stopped waiting for this (its rebalance_timeout cancels
+            # it): the partitions are gone either way, and the committer must not go on
+            # committing offsets of partitions this member no longer owns.
+            self._tracker.forget(tps)
 
     async def _on_assign(self, tps: set[tuple[str, int]]) -> None:
         return None

@@ -152,3 +152,64 @@ def test_a_rebalance_waits_drain_timeout_at_most_for_an_unreachable_output(
     assert handed_over_in < 60, f"the rebalance took {handed_over_in:.0f} s"
     for partition in (0, 1):
         assert committed_kafka(kafka_bootstrap, group, src, partition) is None, partition
+
+
+@pytest.mark.timeout(120)
+def test_partitions_given_up_at_the_rebalance_timeout_are_forgotten_by_the_node(
+    kafka_bootstrap, new_topic, refusing_address
+):
+    """The node would wait ten minutes for its outputs (``drain_timeout``), the transport
+    waits 3 s for ``on_revoke`` (``rebalance_timeout``) and then gives the partitions up:
+    the node must let go of their inputs too, or its committer goes on committing offsets of
+    partitions another member owns."""
+    src = new_topic(partitions=2)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    asyncio.run(produce_kafka(kafka_bootstrap, src, [(None, b"m%d" % i, []) for i in range(N)]))
+    node = _node(kafka_bootstrap, src, group, refusing_address)
+    node.drain_timeout = 600.0
+    node.consumer.rebalance_timeout = 3.0  # type: ignore[union-attr]
+    theirs: set[tuple[str, int]] = set()
+    assigned = threading.Event()
+    leave = threading.Event()
+
+    def on_assign(_c: Any, parts: Any) -> None:
+        if parts:
+            theirs.update((p.topic, p.partition) for p in parts)
+            assigned.set()
+
+    def second_member() -> None:
+        c = KafkaConsumer(
+            {
+                "bootstrap.servers": kafka_bootstrap,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "session.timeout.ms": 10_000,
+            }
+        )
+        c.subscribe([src], on_assign=on_assign)
+        try:
+            while not leave.is_set():
+                c.poll(0.1)
+        finally:
+            c.close()
+
+    async def scenario() -> int:
+        running = asyncio.create_task(node.run())
+        await until(lambda: node.seen >= N, 60, "the node to read every input")
+        member = threading.Thread(target=second_member)
+        member.start()
+        try:
+            await until(assigned.is_set, 90, "the second member's partitions")
+            return node._tracker.pending_in(theirs)
+        finally:
+            leave.set()
+            await asyncio.to_thread(member.join, 30)
+            node.drain_timeout = 1.0  # the stop need not wait ten minutes either
+            node.stop()
+            await running
+
+    still_tracked = asyncio.run(scenario())
+    assert theirs
+    assert still_tracked == 0, f"{still_tracked} inputs of the other member's partitions"
+    for partition in (0, 1):
+        assert committed_kafka(kafka_bootstrap, group, src, partition) is None, partition
