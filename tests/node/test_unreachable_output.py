@@ -75,6 +75,26 @@ def _node(bootstrap: str, src: str, group: str, output: str) -> Counting:
     return node
 
 
+def _second_member(
+    bootstrap: str, group: str, src: str, on_assign: Any, leave: threading.Event
+) -> None:
+    """A raw member of ``group`` that polls until ``leave`` is set (run in a thread)."""
+    c = KafkaConsumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "session.timeout.ms": 10_000,
+        }
+    )
+    c.subscribe([src], on_assign=on_assign)
+    try:
+        while not leave.is_set():
+            c.poll(0.1)
+    finally:
+        c.close()
+
+
 @pytest.mark.timeout(120)
 def test_a_stop_waits_drain_timeout_at_most_for_an_unreachable_output(
     kafka_bootstrap, new_topic, refusing_address
@@ -117,21 +137,12 @@ def test_a_rebalance_waits_drain_timeout_at_most_for_an_unreachable_output(
     assigned = threading.Event()
     leave = threading.Event()
 
+    def on_assign(_c: Any, parts: Any) -> None:
+        if parts:
+            assigned.set()
+
     def second_member() -> None:
-        c = KafkaConsumer(
-            {
-                "bootstrap.servers": kafka_bootstrap,
-                "group.id": group,
-                "enable.auto.commit": False,
-                "session.timeout.ms": 10_000,
-            }
-        )
-        c.subscribe([src], on_assign=lambda _c, parts: parts and assigned.set())
-        try:
-            while not leave.is_set():
-                c.poll(0.1)
-        finally:
-            c.close()
+        _second_member(kafka_bootstrap, group, src, on_assign, leave)
 
     async def scenario() -> float:
         running = asyncio.create_task(node.run())
@@ -178,20 +189,7 @@ def test_partitions_given_up_at_the_rebalance_timeout_are_forgotten_by_the_node(
             assigned.set()
 
     def second_member() -> None:
-        c = KafkaConsumer(
-            {
-                "bootstrap.servers": kafka_bootstrap,
-                "group.id": group,
-                "enable.auto.commit": False,
-                "session.timeout.ms": 10_000,
-            }
-        )
-        c.subscribe([src], on_assign=on_assign)
-        try:
-            while not leave.is_set():
-                c.poll(0.1)
-        finally:
-            c.close()
+        _second_member(kafka_bootstrap, group, src, on_assign, leave)
 
     async def scenario() -> int:
         running = asyncio.create_task(node.run())
