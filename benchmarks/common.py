@@ -411,7 +411,11 @@ class DescendantsCpu:
         return [c.pid for c in kids if c.pid not in self.exclude]
 
     def _sample(self) -> None:
-        for pid in self._descendants():
+        try:
+            pids = self._descendants()
+        except Exception:  # psutil.Error: a process tree changing under the walk
+            return  # the next round reads it
+        for pid in pids:
             try:
                 cpu = proc_cpu_seconds(f"/proc/{pid}/stat")
             except OSError:

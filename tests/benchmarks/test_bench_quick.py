@@ -338,11 +338,18 @@ def test_thread_cpu_seconds_counts_each_threads_own_cpu() -> None:
         worker.join(10)
 
 
+# Burns until /proc says 0.3 s of CPU, the clock the sampler reads: process_time() is exact,
+# /proc/<pid>/stat counts in ticks, and on this VM's kernel the two can disagree by more than
+# the start-up's CPU (the sampler once never saw the grandchild reach 0.3 s).
 _BURN = """
-import os, sys, time
-start = time.process_time()
-while time.process_time() - start < 0.3:
-    pass
+import os, sys
+tick = os.sysconf("SC_CLK_TCK")
+def cpu():
+    f = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / tick
+while cpu() < 0.3:
+    for _ in range(20000):
+        pass
 print(os.getpid(), flush=True)
 sys.stdin.read()
 """
