@@ -393,40 +393,35 @@ class Runnable:
             stamps = delivery.stamps
             stage = "decode"
             try:
-                try:
-                    if type(record) is UnreadableRecord:
-                        raise record.error()
-                    data = decode(record)
-                    if async_decode:
-                        data = await data
+                if type(record) is UnreadableRecord:
+                    raise record.error()
+                data = decode(record)
+                if async_decode:
+                    data = await data
+                if stamps is not None:
+                    stamps.decoded = now()
+                stage = "process"
+                result = process(data)
+                if async_process or type(result) is CoroutineType:
+                    result = await result
+                if stamps is not None:
+                    stamps.processed = now()
+                stage = "encode"
+                if result is not None:
+                    out = encode(result)
+                    if async_encode:
+                        out = await out
+                    if profiler is not None:
+                        profiler.count_output(stamps, out)
+                    if send_now is None or not send_now(out, delivery):
+                        await self.send(out)
                     if stamps is not None:
-                        stamps.decoded = now()
-                    stage = "process"
-                    result = process(data)
-                    if async_process or type(result) is CoroutineType:
-                        result = await result
-                    if stamps is not None:
-                        stamps.processed = now()
-                    stage = "encode"
-                    if result is not None:
-                        out = encode(result)
-                        if async_encode:
-                            out = await out
-                        if profiler is not None:
-                            profiler.count_output(stamps, out)
-                        if send_now is None or not send_now(out, delivery):
-                            await self.send(out)
-                        if stamps is not None:
-                            stamps.sent = now()
-                except Exception as exc:
-                    await dead_letter(delivery, stage, exc)
-            except BaseException:
-                # Cut short (the node is being cancelled): its output may not have left, so
-                # it is never committed, and drains do not wait for it.
-                delivery.abandon()
-                raise
-            finally:
-                delivery.seal()  # after abandon(), commits nothing
+                        stamps.sent = now()
+            except Exception as exc:
+                await dead_letter(delivery, stage, exc)
+            # Not reached when cut short (cancelled): its output may not have left, and the
+            # loop's end (_abandon_open_inputs) leaves it uncommitted.
+            delivery.seal()
             # A batch of buffered inputs and sync steps never suspend: let the committer,
             # the delivery reports and the rebalance callbacks run every few milliseconds.
             if loop.time() - last_yield > yield_every:
@@ -467,13 +462,8 @@ class Runnable:
             delivery = await self._next()
             if delivery is None:
                 continue
-            try:
-                await self._handle(delivery)
-            except BaseException:
-                delivery.abandon()  # cut short (cancelled): as in the batch loop
-                raise
-            finally:
-                delivery.seal()
+            await self._handle(delivery)
+            delivery.seal()  # not reached when cut short: as in the batch loop
             # Buffered records and a sync process() never suspend: let the group heartbeat,
             # the committer and the ack callbacks run at least every few milliseconds.
             if loop.time() - last_yield > yield_every:

@@ -330,8 +330,8 @@ class ParallelRunnable(Runnable):
             except Exception as exc:
                 await self._dead_letter(delivery, stage, exc)
         except BaseException:
-            # Cut short (the node is being cancelled): its output may not have left, so it
-            # is never committed, and drains do not wait for it.
+            # Cut short: its output may not have left. The emitter is a task of its own, so
+            # unlike the serial loops it may end without the loop's end abandoning for it.
             delivery.abandon()
             raise
         finally:

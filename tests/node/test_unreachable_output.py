@@ -76,9 +76,21 @@ def _node(bootstrap: str, src: str, group: str, output: str) -> Counting:
 
 
 def _second_member(
-    bootstrap: str, group: str, src: str, on_assign: Any, leave: threading.Event
+    bootstrap: str,
+    group: str,
+    src: str,
+    theirs: set[tuple[str, int]],
+    assigned: threading.Event,
+    leave: threading.Event,
 ) -> None:
-    """A raw member of ``group`` that polls until ``leave`` is set (run in a thread)."""
+    """A raw member of ``group`` that polls until ``leave`` is set (run in a thread); the
+    partitions it is given go into ``theirs``, and ``assigned`` is set then."""
+
+    def on_assign(_c: Any, parts: Any) -> None:
+        if parts:
+            theirs.update((p.topic, p.partition) for p in parts)
+            assigned.set()
+
     c = KafkaConsumer(
         {
             "bootstrap.servers": bootstrap,
@@ -134,20 +146,17 @@ def test_a_rebalance_waits_drain_timeout_at_most_for_an_unreachable_output(
     group = f"g-{uuid.uuid4().hex[:8]}"
     asyncio.run(produce_kafka(kafka_bootstrap, src, [(None, b"m%d" % i, []) for i in range(N)]))
     node = _node(kafka_bootstrap, src, group, refusing_address)
+    theirs: set[tuple[str, int]] = set()
     assigned = threading.Event()
     leave = threading.Event()
-
-    def on_assign(_c: Any, parts: Any) -> None:
-        if parts:
-            assigned.set()
-
-    def second_member() -> None:
-        _second_member(kafka_bootstrap, group, src, on_assign, leave)
 
     async def scenario() -> float:
         running = asyncio.create_task(node.run())
         await until(lambda: node.seen >= N, 60, "the node to read every input")
-        member = threading.Thread(target=second_member)
+        member = threading.Thread(
+            target=_second_member,
+            args=(kafka_bootstrap, group, src, theirs, assigned, leave),
+        )
         began = time.monotonic()
         member.start()
         try:
@@ -183,18 +192,13 @@ def test_partitions_given_up_at_the_rebalance_timeout_are_forgotten_by_the_node(
     assigned = threading.Event()
     leave = threading.Event()
 
-    def on_assign(_c: Any, parts: Any) -> None:
-        if parts:
-            theirs.update((p.topic, p.partition) for p in parts)
-            assigned.set()
-
-    def second_member() -> None:
-        _second_member(kafka_bootstrap, group, src, on_assign, leave)
-
     async def scenario() -> int:
         running = asyncio.create_task(node.run())
         await until(lambda: node.seen >= N, 60, "the node to read every input")
-        member = threading.Thread(target=second_member)
+        member = threading.Thread(
+            target=_second_member,
+            args=(kafka_bootstrap, group, src, theirs, assigned, leave),
+        )
         member.start()
         try:
             await until(assigned.is_set, 90, "the second member's partitions")
