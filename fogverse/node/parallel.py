@@ -119,18 +119,45 @@ class ParallelRunnable(Runnable):
         self._finish_now = self._completer()
         batches = self._input_batches()
         emitter = asyncio.create_task(self._emit_loop())
+        # The emitter ends only when this loop ends it, unless something escapes it (a
+        # CancelledError from user code that awaited something cancelled elsewhere). Then
+        # admission, which may be waiting for a slot that only the emitter would free, is
+        # interrupted, and the emitter's end is this loop's end, as it would be in the serial
+        # loop; the inputs left behind are abandoned by the node's end.
+        admission = asyncio.current_task()
+        assert admission is not None
+        ours = interrupted = False
+
+        def emitter_ended(_: asyncio.Task[None]) -> None:
+            nonlocal interrupted
+            if not ours:
+                interrupted = True
+                admission.cancel()
+
+        emitter.add_done_callback(emitter_ended)
+        drained: asyncio.Task[Any] | None = None
         try:
             if batches is not None and not self._hooks:
                 await self._admit_batches(*batches, emitter)
             else:
                 await self._admit_each(emitter)
             # Drain: everything admitted is emitted before we return.
-            waiter = asyncio.create_task(self._all_emitted.wait())
-            await asyncio.wait([waiter, emitter], return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
+            drained = asyncio.create_task(self._all_emitted.wait())
+            await asyncio.wait([drained, emitter], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            if not interrupted or admission.cancelling() > 1:
+                raise  # the node itself is cancelled
+            admission.uncancel()
         finally:
+            ours = True
             emitter.cancel()
-        if emitter.done() and not emitter.cancelled() and emitter.exception() is not None:
+            if drained is not None:
+                drained.cancel()
+        if emitter.done():  # it ended before this loop ended it
+            if emitter.cancelled():
+                raise asyncio.CancelledError(
+                    "a CancelledError that was not the node's escaped its send, encode or a hook"
+                )
             raise emitter.exception()  # type: ignore[misc]
 
     # ---- admission ----------------------------------------------------------------------
