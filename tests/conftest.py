@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import hypothesis
 import pytest
 from backends import backend  # noqa: F401  (the memory/kafka parametrized fixture)
 from stop_on_sigterm import (  # noqa: F401  (SIGTERM tears the run down)
@@ -29,6 +30,12 @@ from fogverse.broker import BrokerUnavailable, LocalKafka, LocalKafkaCluster, st
 pytest_plugins = ("own_tmpdir",)
 
 logger = logging.getLogger(__name__)
+
+# An example's time is the machine's, not the code's: on a loaded machine one example can
+# outlast hypothesis's default 200 ms deadline and fail its test (every test has its own
+# timeout instead).
+hypothesis.settings.register_profile("fogverse", deadline=None)
+hypothesis.settings.load_profile("fogverse")
 
 _KAFKA_FIXTURES = frozenset(
     {"kafka_bootstrap", "kafka_admin", "local_kafka", "new_topic", "kafka_cluster"}

@@ -70,7 +70,10 @@ def _num(
     # bool is an int subclass; "true" is not a number of anything.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidMessage(f"field {key!r} must be a number")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # a JSON integer of hundreds of digits
+        value = math.inf
     if not math.isfinite(value) or not lo <= value <= hi:
         raise InvalidMessage(f"field {key!r} out of range [{lo}, {hi}]: {value}")
     return value

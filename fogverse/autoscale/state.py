@@ -27,6 +27,10 @@ __all__ = ["ControlState", "Instance", "RateTracker", "Stage", "StageKey"]
 
 logger = logging.getLogger(__name__)
 
+# A heartbeat's clock this far ahead of the master's has jumped (or the message is garbage)
+# rather than drifted: it must not hold back the ones after it.
+_FAR_AHEAD = 300.0
+
 StageKey = tuple[str, str]
 """``(source_topic, target_topic)``: the stage that reads the first and writes the second."""
 
@@ -98,6 +102,9 @@ class Instance:
     group_id: str | None = None
     final: bool = False
     last_beat: dict[str | None, float] = field(default_factory=dict)
+    """Per target topic, the newest heartbeat's timestamp clamped to the master's clock."""
+    last_raw: dict[str | None, float] = field(default_factory=dict)
+    """Per target topic, the newest heartbeat's own timestamp (to know a re-read of it)."""
 
     def alive(self, current: float, expiry_factor: float) -> bool:
         return not self.final and current - self.last_seen <= expiry_factor * self.interval
@@ -179,15 +186,28 @@ class ControlState:
         inst = self._touch(
             hb.instance_id, ts, hb.interval, hb.source_topic, hb.target_topic, hb.group_id
         )
-        # The same heartbeat read twice (a producer retry, an overlapping re-read) counts once.
-        if hb.ts <= inst.last_beat.get(hb.target_topic, 0.0):
+        # The same heartbeat read twice (a producer retry, an overlapping re-read) counts once:
+        # one no newer than the newest seen is a re-read.
+        target = hb.target_topic
+        newest = inst.last_raw.get(target, 0.0)
+        if newest > current + _FAR_AHEAD:
+            # The newest came from far in the future (a clock that jumped ahead once, garbage):
+            # it must not make every later heartbeat look like a re-read, nor decide ``final``,
+            # until then. Meanwhile they are ordered by their timestamps clamped to our clock,
+            # and a repeat of it still counts once. A clock that is always a little ahead keeps
+            # the exact order of its own timestamps.
+            seen = hb.ts <= inst.last_beat.get(target, 0.0) or hb.ts == newest
+        else:
+            seen = hb.ts <= newest
+        if seen:
             return
-        if hb.ts >= max(inst.last_beat.values(), default=0.0):
+        if ts >= max(inst.last_beat.values(), default=0.0):
             # The newest heartbeat decides: an id reused by a restarted node lives again.
             if hb.final and not inst.final:
                 logger.info("instance %s stopped", hb.instance_id)
             inst.final = hb.final
-        inst.last_beat[hb.target_topic] = hb.ts
+        inst.last_beat[target] = ts
+        inst.last_raw[target] = max(newest, hb.ts)
         if hb.target_topic is not None and hb.total_messages:
             self.rates.add(hb.target_topic, hb.since, hb.ts, hb.total_messages)
         if hb.source_topic and hb.target_topic and hb.instance_id not in self._instance_stage:

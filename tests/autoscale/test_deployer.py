@@ -609,3 +609,23 @@ def test_stop_does_not_swallow_the_cancellation_of_its_caller() -> None:
         assert asyncio.all_tasks() == {asyncio.current_task()}
 
     run(scenario())
+
+
+@pytest.mark.timeout(30)
+def test_a_deploy_event_from_the_future_does_not_hold_deploys_back_until_then() -> None:
+    async def scenario() -> None:
+        rig = Rig(deploy_delay=10.0, after_heartbeat_delay=0.0)
+        # A previous master whose clock ran a day ahead deployed "svc-old", which never came up.
+        rig.deployer.on_message(
+            DeployEvent("svc-old", rig.clock() + 86_400, *STAGE, "deploy", "LOCAL", "svc")
+        )
+        rig.deployer.recommend(STAGE, 2, "test", ttl=10_000)
+        for _ in range(12):  # two minutes: past startup_timeout, backoff and deploy_delay
+            rig.clock.advance(10)
+            rig.beat_all()
+            await rig.tick()
+            if rig.calls:
+                break
+        assert len(rig.calls) == 1, rig.deployer.counts(STAGE)
+
+    run(scenario())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from fogverse.autoscale.config import IOSettings
 from fogverse.autoscale.messages import AutoScaleRequest, DeploySpec, Heartbeat
 from fogverse.autoscale.state import ControlState
@@ -121,3 +123,22 @@ def test_both_rates_use_the_same_window_so_uneven_heartbeats_do_not_bias_the_rat
         if int(clock.t) % 2 == 0:
             state.apply(Heartbeat("a", clock.t, "out", 80, clock.t - 2.0, 2.0, "in", "g"))
     assert abs(worker.evaluate()[STAGE].ratio - 1.0) < 0.05
+
+
+@pytest.mark.timeout(30)
+def test_min_input_rate_zero_judges_every_stage_with_input_and_skips_one_without() -> None:
+    # min_input_rate: 0 passes validation; a stage with no input then divided by zero and the
+    # exception ended the evaluation before the other stages were judged.
+    worker, state, clock, rec = _rig()
+    worker.settings = IOSettings(
+        refresh_rate_second=1.0,
+        input_output_ratio_threshold=0.8,
+        window_seconds=5.0,
+        min_input_rate=0.0,
+    )
+    state.apply(AutoScaleRequest("z", T0, "idle", "out2", DeploySpec("LOCAL", "s", 4), "g"))
+    _run(state, clock, 10, 50, {"a": 10})
+    samples = worker.evaluate()
+    assert samples[("idle", "out2")].ratio is None
+    assert samples[STAGE].ratio is not None and samples[STAGE].ratio < 0.8
+    assert rec.calls == [(STAGE, 2, "input_output")]

@@ -198,3 +198,19 @@ def test_a_lock_only_master_needs_no_kafka_and_serves_locks() -> None:
         await asyncio.wait_for(run, 10)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.timeout(30)
+def test_a_huge_integer_in_a_message_is_skipped_and_the_master_keeps_handling() -> None:
+    rec = Recorder()
+    huge = b'{"v":1,"type":"heartbeat","instance_id":"x","ts":1' + b"0" * 400 + b"}"
+
+    async def scenario() -> Master:
+        master = Master(None, "m", None, [rec])
+        assert await master.handle_raw(huge) is None
+        await master.handle_raw(_beat("a", 1))
+        return master
+
+    master = asyncio.run(scenario())
+    assert master.invalid_messages == 1
+    assert [m.instance_id for m in rec.seen] == ["a"]

@@ -172,3 +172,17 @@ def test_arbitrary_json_objects_never_raise_anything_but_invalid_message(d: dict
         raw = json.dumps({**d, "v": 1, "type": kind}).encode()
         with contextlib.suppress(InvalidMessage):
             parse_message(raw)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("field", ["ts", "since", "interval"])
+def test_an_integer_too_large_for_a_float_is_an_invalid_message_not_an_overflow(
+    field: str,
+) -> None:
+    # JSON integers have no size limit (Python parses up to 4300 digits); float() of one
+    # with 400 digits raises OverflowError, which the master does not catch.
+    raw = _heartbeat(**{field: 0}).replace(
+        f'"{field}": 0'.encode(), f'"{field}": 1{"0" * 400}'.encode()
+    )
+    with pytest.raises(InvalidMessage, match=f"'{field}' out of range"):
+        parse_message(raw)

@@ -54,3 +54,47 @@ def test_instances_belong_to_the_stage_they_asked_to_scale_or_report_for() -> No
     assert state.instances_of(("in", "out")) == []
     state.prune(T0 + 10_000)
     assert state.instances == {}
+
+
+@pytest.mark.timeout(30)
+def test_one_heartbeat_from_the_future_does_not_make_later_ones_look_like_duplicates() -> None:
+    # A node's clock jumped a day ahead for one heartbeat (or a garbage/forged one) that said
+    # final: its later, correct heartbeats must still count and keep it alive.
+    clock = Clock()
+    state = ControlState(clock=clock)
+    state.apply(Heartbeat("a", T0 + 86_400, "out", 1, T0 + 86_399, 1.0, "in", final=True))
+    for k in range(1, 11):
+        clock.t = T0 + k
+        state.apply(Heartbeat("a", T0 + k, "out", 100, T0 + k - 1, 1.0, "in"))
+    assert state.rates.count("out", T0, T0 + 10) == pytest.approx(1000)
+    assert [i.instance_id for i in state.live_instances()] == ["a"]
+
+
+@pytest.mark.timeout(30)
+def test_a_heartbeat_from_a_slightly_fast_clock_read_twice_counts_once() -> None:
+    clock = Clock()
+    state = ControlState(clock=clock)
+    hb = Heartbeat("a", T0 + 0.5, "out", 10, T0 - 0.5, 1.0)  # sender 0.5 s ahead
+    state.apply(hb)
+    clock.t = T0 + 0.1
+    state.apply(hb)  # a producer retry
+    later = Heartbeat("a", T0 + 1.5, "out", 10, T0 + 0.5, 1.0)
+    clock.t = T0 + 1.0
+    state.apply(later)
+    state.apply(hb)  # an old one, late
+    state.apply(later)
+    assert state.rates.count("out", T0 - 1, T0 + 2) == pytest.approx(20)
+
+
+@pytest.mark.timeout(30)
+def test_heartbeats_from_a_clock_always_two_minutes_ahead_read_twice_count_once() -> None:
+    # A node without NTP, steadily ahead: its own timestamps still order its heartbeats, so a
+    # re-read of an older one (a master's overlapping re-read) is known as one.
+    clock = Clock()
+    state = ControlState(clock=clock)
+    beats = [Heartbeat("a", T0 + 120 + k, "out", 10, T0 + 119 + k, 1.0) for k in range(1, 6)]
+    for k, hb in enumerate(beats, 1):
+        clock.t = T0 + k
+        state.apply(hb)
+        state.apply(beats[0])  # read again
+    assert state.rates.count("out", T0, T0 + 200) == pytest.approx(50)

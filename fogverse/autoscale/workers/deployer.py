@@ -154,14 +154,17 @@ class AutoDeployer(PeriodicWorker):
     def _restore(self, event: DeployEvent) -> None:
         """Learn about a deploy from the control topic (ours, or a previous master's)."""
         st = self._status(event.stage)
-        st.last_action = max(st.last_action, event.ts)
+        # Clamped to our clock, as the state clamps heartbeats: an event dated in the future
+        # (a previous master's fast clock) must not hold this stage's deploys back until then.
+        ts = min(event.ts, self.clock())
+        st.last_action = max(st.last_action, ts)
         if event.action != "deploy":
             return
         known = event.instance_id in st.pending or any(
             o.instance_id == event.instance_id for o in st.owned
         )
         seen = self.state is not None and event.instance_id in self.state.instances
-        deadline = event.ts + self.settings.startup_timeout
+        deadline = ts + self.settings.startup_timeout
         if not known and not seen and deadline > self.clock():
             logger.debug(
                 "instance %s of %s was deployed at %.0f and has not reported yet",

@@ -72,7 +72,8 @@ class InputOutputWorker(PeriodicWorker):
             instances = len(self.state.instances_of(key, current))
             ratio: float | None = None
             wanted: int | None = None
-            if in_rate >= self.settings.min_input_rate:
+            # in_rate > 0 too: min_input_rate may be 0, and no input is nothing to judge.
+            if in_rate > 0 and in_rate >= self.settings.min_input_rate:
                 ratio = out_rate / in_rate
                 behind = ratio < self.settings.input_output_ratio_threshold
                 wanted = instances + 1 if behind else instances
