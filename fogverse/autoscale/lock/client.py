@@ -147,7 +147,10 @@ class _Connection:
     ) -> None:
         self.reader = reader
         self.writer = writer
+        # What the server accepts (lowered to its limit after hello) bounds our requests only;
+        # its replies echo names and carry error details, so they are read with our own bound.
         self.max_frame_bytes = max_frame_bytes
+        self.max_reply_bytes = max_frame_bytes
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         # Acquires whose caller gave up before the reply: a late grant is released at once.
         self.abandoned: set[int] = set()
@@ -219,7 +222,7 @@ class _Connection:
         try:
             while True:
                 message = decode_body(
-                    await read_frame(self.reader, max_frame_bytes=self.max_frame_bytes)
+                    await read_frame(self.reader, max_frame_bytes=self.max_reply_bytes)
                 )
                 request_id = message.get("id")
                 future = self.pending.pop(request_id, None) if type(request_id) is int else None
@@ -412,6 +415,12 @@ class LockClient:
         fence, granted_ms = reply.get("fence"), reply.get("lease_ms")
         if type(fence) is not int or type(granted_ms) is not int or granted_ms <= 0:
             raise LockServiceError(f"malformed grant for {name!r}: {reply!r}", code="bad_reply")
+        if conn.closed:
+            # The connection went down after the grant arrived but before this task resumed:
+            # the server has released the lock with it.
+            raise LockServiceError(
+                f"lock {name!r}: connection closed: {conn.close_reason}", code=CONNECTION_LOST
+            )
         # The lease started when the server granted it, which is after we asked: measuring from
         # the request keeps the local estimate on the safe side.
         grant = LockGrant(name, fence, granted_ms / 1000, started + granted_ms / 1000, conn)
@@ -505,23 +514,29 @@ class LockClient:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             if grant.lost or grant.released:
                 return
-            # Wait for the server's verdict at least until the lease would end (and a moment
-            # more, so that a frozen-then-resumed holder hears "not held" rather than guessing).
             remaining = grant.expires_at - time.monotonic()
-            timeout = min(self._request_timeout, max(remaining, 1.0))
+            # Wait for the server's verdict no longer than the lease lasts: the server hands the
+            # lock on when it ends, so a holder still waiting then has lost it. Only a holder
+            # whose loop stalled past the lease asks for a moment (it hears "not held" rather
+            # than guessing).
+            timeout = min(self._request_timeout, remaining if remaining > 0 else 1.0)
             try:
                 await self._renew(grant, None, timeout)
             except LockLost:
                 return
             except LockServiceError as exc:
-                if time.monotonic() >= grant.expires_at:
+                if (exc.code == NO_REPLY and timeout >= remaining) or (
+                    time.monotonic() >= grant.expires_at
+                ):
                     grant._mark_lost(f"lease ran out while renewals failed ({exc})")
                     return
                 logger.warning("renewing lock %r failed (%s); retrying", grant.name, exc)
                 if exc.code not in (NO_REPLY, CONNECTION_LOST):
                     grant._mark_lost(f"renewal refused: {exc}")
                     return
-                next_at = time.monotonic() + min(grant.lease / 3, 0.2)
+                # Retry while some of the lease is left, not after it has run out.
+                left = max(0.0, grant.expires_at - time.monotonic())
+                next_at = time.monotonic() + min(grant.lease / 3, 0.2, left / 2)
                 continue
             next_at = time.monotonic() + grant.lease / 3
 

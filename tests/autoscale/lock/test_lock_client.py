@@ -4,7 +4,9 @@ abandoned requests, reconnection and error types."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import struct
 import threading
 import time
 from collections.abc import Awaitable
@@ -313,3 +315,98 @@ def test_sync_client_reports_a_loss_when_the_block_ends(lock_server: Any) -> Non
             wait_until(lambda: grant.lost, 10, "the client to notice the lost lock")
         with pytest.raises(LockLost):
             client.renew(grant)
+
+
+@pytest.mark.timeout(60)
+def test_unrenewable_lease_is_lost_by_its_end_before_the_lock_passes_on() -> None:
+    # The holder's renewals stop reaching the server (its connection stays open): the server
+    # hands the lock to the waiter when the lease ends, so by then the holder's block must
+    # already have been told, not up to a second later.
+    async def scenario() -> None:
+        async with (
+            LockServer(HOST, 0) as server,
+            LockClient(HOST, server.port, request_timeout=1.0) as a,
+            LockClient(HOST, server.port) as b,
+        ):
+            entered = asyncio.Event()
+            held: list[Any] = []
+
+            async def holder() -> None:
+                async with a.lock("p", lease=0.3) as grant:
+                    held.append(grant)
+                    assert a._conn is not None
+                    a._conn.writer.write = lambda data: None  # type: ignore[method-assign]
+                    entered.set()
+                    await asyncio.sleep(30)
+
+            task = asyncio.create_task(holder())
+            await entered.wait()
+            taken = await b.acquire("p", lease=30, timeout=20)
+            # The holder's wait for a renewal ends when its lease does (its own estimate, no
+            # later than the server's), so on a stalled loop the holder's timeout and B's
+            # grant can become ready in one pass: let the loop run the few steps from that
+            # timeout to the loss before looking. The old wait ran a second past the lease.
+            for _ in range(20):
+                await asyncio.sleep(0)
+            lost_by_then = held[0].lost
+            with pytest.raises(LockLost):
+                await task
+            assert lost_by_then, "the lock passed on while its previous holder's block still ran"
+            await b.release(taken)
+
+    run(scenario())
+
+
+@pytest.mark.timeout(60)
+def test_small_server_frame_limit_does_not_cut_the_client_off_on_long_replies() -> None:
+    # max_frame_bytes bounds what the server reads; its replies ("not held" with the lock's name
+    # and fence) can be longer. Refusing them would drop the connection and every lock on it.
+    async def scenario() -> None:
+        async with (
+            LockServer(HOST, 0, max_frame_bytes=128) as server,
+            LockClient(HOST, server.port) as client,
+        ):
+            kept = await client.acquire("keep", lease=30)
+            short = await client.acquire("short", lease=0.05)
+            await until(lambda: server.stats()["held"] == 1, 10, "the short lease to expire")
+            with pytest.raises(LockLost, match="not held"):
+                await client.renew(short)
+            assert not kept.lost, kept.lost_reason
+            assert server.stats()["held"] == 1
+            await client.release(kept)
+
+    run(scenario())
+
+
+@pytest.mark.timeout(60)
+def test_grant_whose_connection_closed_before_acquire_returned_is_not_handed_out() -> None:
+    # The grant reply and, in the same read, a frame that makes the client drop the connection
+    # (the server then releases the lock): acquire must not return the grant as held.
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def recv() -> dict[str, Any]:
+            (length,) = struct.unpack(">I", await reader.readexactly(4))
+            return json.loads(await reader.readexactly(length))
+
+        def frame(message: dict[str, Any]) -> bytes:
+            body = json.dumps(message).encode()
+            return struct.pack(">I", len(body)) + body
+
+        hello = await recv()
+        writer.write(frame({"v": 1, "id": hello["id"], "ok": True}))
+        req = await recv()
+        grant = {"v": 1, "id": req["id"], "ok": True, "name": req["name"], "fence": 7}
+        writer.write(frame({**grant, "lease_ms": 30000}) + b"\xff\xff\xff\xff")
+        await reader.read()
+        writer.close()
+
+    async def scenario() -> None:
+        fake = await asyncio.start_server(handle, HOST, 0)
+        async with fake, LockClient(HOST, fake.sockets[0].getsockname()[1]) as client:
+            try:
+                grant = await client.acquire("z", lease=30)
+            except LockServiceError as exc:
+                assert exc.code == "connection_lost"
+            else:
+                assert grant.lost, "acquire returned a grant on a closed connection as held"
+
+    run(scenario())
