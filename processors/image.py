@@ -78,8 +78,10 @@ def reduced_scale(src_hw: tuple[int, int], target_hw: tuple[int, int]) -> int:
 def _checked(
     data: ImageBytes, max_pixels: int
 ) -> tuple[NDArray[np.uint8], tuple[int, int] | None, bool]:
-    """The payload as a buffer, its ``(height, width)`` from the header (None when not JPEG
-    or PNG), and whether it is a JPEG (the only format with reduced-size decoding)."""
+    """The payload as a buffer, its ``(height, width)`` from the header, and whether it is a
+    JPEG (the only format with reduced-size decoding). Only JPEG and PNG are accepted: the
+    size of any other format (WebP, TIFF, BMP...) is unknown until OpenCV has allocated it,
+    so ``max_pixels`` could not hold (a 10 KB WebP decodes to 800 MB)."""
     buf = _as_buffer(data)
     if buf.size == 0:
         raise ValueError("cannot decode an empty image payload")
@@ -87,7 +89,10 @@ def _checked(
     is_jpeg = head[:3] == _JPEG_SOI + b"\xff"
     checker = _JPEG if is_jpeg else _PNG if head == _PNG_MAGIC else None
     if checker is None:
-        return buf, None, False
+        raise ValueError(
+            f"cannot decode image payload ({buf.size} bytes, starts with {head!r}): not a "
+            "JPEG or PNG, the only formats whose size is checked against max_pixels"
+        )
     if max_pixels != checker.max_pixels:
         checker = replace(checker, max_pixels=max_pixels)
     w, h = checker.check(memoryview(buf))  # DecodeError is a ValueError
@@ -97,12 +102,12 @@ def _checked(
 def decode_image(
     data: ImageBytes, flags: int = cv2.IMREAD_COLOR, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> NDArray[np.uint8]:
-    """Decode a JPEG/PNG (any format OpenCV reads) into an ndarray, BGR HxWx3 by default.
+    """Decode a JPEG or PNG into an ndarray, BGR HxWx3 by default.
 
-    JPEG and PNG payloads first pass the codec's structure check (truncation, corrupt
+    The payload first passes the codec's structure check (truncation, corrupt
     segments) and pixel budget, so a decompression bomb is refused before OpenCV allocates
     anything. Raises :class:`ValueError` when the payload is empty, truncated, too large or
-    not an image, and :class:`TypeError` when it is not bytes-like.
+    not a JPEG or PNG, and :class:`TypeError` when it is not bytes-like.
     """
     buf, _, _ = _checked(data, max_pixels)
     return _imdecode(buf, flags)
@@ -120,8 +125,8 @@ def decode_image_sized(
     which costs a fraction of a full decode; the caller resizes the rest of the way, from
     the returned image, with the geometry of the original size. ``target_hw`` is a size, or a
     function of the original ``(height, width)`` giving it (the header is read before
-    decoding, so the scale is chosen without a second decode). Other formats decode at full
-    size. BGR HxWx3, checked as :func:`decode_image` does.
+    decoding, so the scale is chosen without a second decode). PNG decodes at full size.
+    BGR HxWx3, checked as :func:`decode_image` does.
     """
     buf, src_hw, is_jpeg = _checked(data, max_pixels)
     k = 1

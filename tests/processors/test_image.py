@@ -139,3 +139,16 @@ def test_an_image_bomb_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(cv2, "imdecode", refuse)
     with pytest.raises(ValueError, match="exceeds"):
         DecodeImage(max_pixels=1_000_000).process(bomb)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ext", [".webp", ".tiff", ".bmp"])
+def test_formats_without_a_pixel_check_are_refused_not_decoded_past_max_pixels(ext: str) -> None:
+    # Only JPEG and PNG headers are checked against max_pixels; any other format went
+    # straight to OpenCV, so a 10 KB lossless WebP of 16383x16383 decoded to 800 MB.
+    ok, buf = cv2.imencode(ext, np.zeros((100, 100, 3), np.uint8))
+    assert ok
+    with pytest.raises(ValueError, match="JPEG or PNG"):
+        DecodeImage(max_pixels=1000).process(buf.tobytes())
+    with pytest.raises(ValueError, match="JPEG or PNG"):
+        DecodeImage(max_pixels=1000, fit=64).process(buf.tobytes())
