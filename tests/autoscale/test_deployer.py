@@ -629,3 +629,128 @@ def test_a_deploy_event_from_the_future_does_not_hold_deploys_back_until_then() 
         assert len(rig.calls) == 1, rig.deployer.counts(STAGE)
 
     run(scenario())
+
+
+@pytest.mark.timeout(30)
+def test_a_scale_in_whose_stop_fails_keeps_counting_the_instance_and_its_handle() -> None:
+    """A stop that raises (an engine timeout, an API error) left the instance running but
+    counted out for as long as it ran, and its handle dropped: never stopped again."""
+    attempts: list[str] = []
+
+    class FailsOnce(Handle):
+        def stop(self) -> None:
+            attempts.append(self.instance_id)
+            if len(attempts) == 1:
+                raise RuntimeError("engine timed out")
+            self.stopped = True
+
+    async def scenario() -> Rig:
+        rig = Rig(
+            fn=lambda log, conf: rig.calls.append(dict(conf)) or FailsOnce(conf["instance_id"]),
+            deploy_delay=1.0,
+            after_heartbeat_delay=0.0,
+            scale_in=True,
+            stabilisation_window=2.0,
+        )
+        rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
+        await rig.tick()
+        rig.beat(rig.calls[0]["instance_id"])
+        assert rig.deployer.counts(STAGE) == (2, 0)
+        for _ in range(20):
+            rig.clock.advance(0.5)
+            rig.beat_all()
+            rig.deployer.recommend(STAGE, 2 if attempts else 1, "test", ttl=1000)
+            await rig.tick()
+            if attempts:
+                break
+        assert attempts, "no scale-in was tried"
+        # The instance still runs and reports: it is still one of the stage's two.
+        rig.clock.advance(0.5)
+        rig.beat_all()
+        assert rig.deployer.counts(STAGE) == (2, 0)
+        await rig.deployer.stop_all()
+        return rig
+
+    run(scenario())
+    assert len(attempts) == 2, "the instance whose stop failed was never stopped again"
+
+
+class Replica:
+    """A scale-mode handle: the replica it adds reports under a name of its own."""
+
+    anonymous = True
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+@pytest.mark.timeout(30)
+def test_a_replica_that_reports_under_its_own_name_is_not_a_startup_timeout() -> None:
+    """KUBERNETES scale mode: the new pod reports under its pod name, never the instance id
+    the deployer made up; the deploy was taken for one that never came up and undone."""
+    replicas: list[Replica] = []
+
+    def scale_up(log: Any, conf: Any) -> Replica:
+        replicas.append(Replica())
+        return replicas[-1]
+
+    async def scenario() -> Rig:
+        rig = Rig(fn=scale_up, startup_timeout=5.0, deploy_delay=0.0, after_heartbeat_delay=0.0)
+        rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
+        await rig.tick()
+        assert len(replicas) == 1 and rig.deployer.counts(STAGE) == (1, 1)
+        rig.clock.advance(1.0)
+        rig.beat("first")
+        rig.beat("detector-7f9c-x2x")  # the new pod
+        await rig.tick()
+        assert rig.deployer.counts(STAGE) == (2, 0), "the new pod was counted twice"
+        for _ in range(10):  # past startup_timeout
+            rig.clock.advance(1.0)
+            rig.beat("first")
+            rig.beat("detector-7f9c-x2x")
+            await rig.tick()
+        return rig
+
+    rig = run(scenario())
+    assert [r.action for r in rig.deployer.records] == ["deploy"]
+    assert not replicas[0].stopped, "the replica was scaled away again"
+    assert rig.deployer.counts(STAGE) == (2, 0)
+
+
+@pytest.mark.timeout(30)
+def test_scale_in_gives_back_a_replica_that_reports_under_its_own_name() -> None:
+    replicas: list[Replica] = []
+
+    def scale_up(log: Any, conf: Any) -> Replica:
+        replicas.append(Replica())
+        return replicas[-1]
+
+    async def scenario() -> Rig:
+        rig = Rig(
+            fn=scale_up,
+            deploy_delay=1.0,
+            after_heartbeat_delay=0.0,
+            scale_in=True,
+            stabilisation_window=2.0,
+        )
+        rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
+        await rig.tick()
+        rig.beat("pod-b")
+        await rig.tick()
+        assert rig.deployer.counts(STAGE) == (2, 0)
+        for _ in range(20):
+            rig.clock.advance(0.5)
+            rig.beat("first")
+            rig.beat("pod-b")
+            rig.deployer.recommend(STAGE, 1, "test", ttl=1000)
+            await rig.tick()
+            if replicas[0].stopped:
+                break
+        return rig
+
+    rig = run(scenario())
+    assert replicas[0].stopped, "scale-in never gave the replica back"
+    assert [r.action for r in rig.deployer.records] == ["deploy", "scale-in"]

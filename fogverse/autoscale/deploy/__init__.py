@@ -2,9 +2,11 @@
 
 A deploy function is ``fn(logger, config: DeployConfig)``, sync (run off the event loop) or
 async (awaited). It returns a handle whose ``stop()`` (sync or async) stops the instance it
-started, or ``None`` when the deploy failed. Built-in providers: :class:`LocalDeployer`
-(a subprocess), :class:`DockerDeployer` (the ``docker`` SDK) and :class:`KubernetesDeployer`
-(the official ``kubernetes`` client); the last two import their library only when built.
+started, or ``None`` when the deploy failed; a handle whose instance reports under an id of
+its own choosing rather than ``instance_id`` (a Deployment's replica) says ``anonymous = True``.
+Built-in providers: :class:`LocalDeployer` (a subprocess), :class:`DockerDeployer` (the
+``docker`` SDK) and :class:`KubernetesDeployer` (the official ``kubernetes`` client); the last
+two import their library only when built.
 
 The command, image or manifest a built-in provider starts comes from the master's own
 configuration (selected by ``service_name``), never from the control topic: anyone who can

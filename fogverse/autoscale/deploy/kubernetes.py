@@ -57,6 +57,10 @@ def _replicas(scale: Any) -> int:
 class ScaleHandle:
     """One replica added to a Deployment; ``stop()`` removes one."""
 
+    anonymous = True
+    """The replica's pod reports under its own name, not ``instance_id``: the deployer counts
+    it from the stage's heartbeats (the first new instance id settles the deploy)."""
+
     def __init__(self, apps: Any, name: str, namespace: str, instance_id: str) -> None:
         self.apps, self.name, self.namespace = apps, name, namespace
         self.instance_id = instance_id

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,8 +65,12 @@ class LocalHandle:
         service: str,
         stop_timeout: float,
         output: IO[bytes] | None,
+        group: bool = False,
     ) -> None:
         self.process = process
+        self.group = group
+        """The instance leads a process group of its own (``new_session``): stop() signals
+        the whole group, so the children of a deploy script end with it."""
         self.instance_id = instance_id
         self.service = service
         self.stop_timeout = stop_timeout
@@ -79,22 +84,43 @@ class LocalHandle:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def _signal(self, sig: int) -> bool:
+        """Signal the instance (its whole group if it leads one); False: nothing left."""
+        if not self.group:
+            self.process.send_signal(sig)
+            return self.process.returncode is None
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def _group_gone(self) -> bool:
+        return not self.group or not self._signal(0)
+
     def stop(self, timeout: float | None = None) -> int:
-        """SIGTERM, wait up to ``timeout`` (default ``stop_timeout``) seconds, then SIGKILL."""
+        """SIGTERM, wait up to ``timeout`` (default ``stop_timeout``) seconds, then SIGKILL
+        (to its whole process group with ``new_session``)."""
         timeout = self.stop_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         with self._lock:
-            if self.process.poll() is None:
+            if self.process.poll() is None or not self._group_gone():
                 logger.info("stopping instance %s (pid %d)", self.instance_id, self.pid)
-                self.process.send_signal(signal.SIGTERM)
+                self._signal(signal.SIGTERM)
                 try:
                     self.process.wait(timeout)
+                    # The script's children may still be draining: the group gets the rest.
+                    while not self._group_gone() and time.monotonic() < deadline:
+                        time.sleep(0.05)
                 except subprocess.TimeoutExpired:
+                    pass
+                if self.process.poll() is None or not self._group_gone():
                     logger.warning(
                         "instance %s ignored SIGTERM for %.0f s; killing it",
                         self.instance_id,
                         timeout,
                     )
-                    self.process.kill()
+                    self._signal(signal.SIGKILL)
                     self.process.wait()
             if self._output is not None:
                 self._output.close()
@@ -168,7 +194,9 @@ class LocalDeployer:
                 output.close()
             log.error("LOCAL: cannot start %s: %s", service.command[0], exc)
             return None
-        handle = LocalHandle(process, instance_id, name, service.stop_timeout, output)
+        handle = LocalHandle(
+            process, instance_id, name, service.stop_timeout, output, group=self.new_session
+        )
         with self._lock:
             self.handles = [h for h in self.handles if h.alive()] + [handle]
         log.info("LOCAL: started %s as pid %d (%s)", name, process.pid, instance_id)

@@ -65,6 +65,9 @@ class _Owned:
     instance_id: str
     handle: Any
     deployed_at: float
+    anonymous: bool = False
+    """Its instance reports under a name of its own (a Deployment's replica), not
+    ``instance_id``: it is counted from heartbeats only and never named by scale-in."""
 
 
 @dataclass
@@ -78,6 +81,9 @@ class StageStatus:
     pending: dict[str, float] = field(default_factory=dict)
     owned: list[_Owned] = field(default_factory=list)
     stopping: set[str] = field(default_factory=set)
+    anonymous: dict[str, set[str]] = field(default_factory=dict)
+    """Pending deploys whose instance reports under a name of its own: the ids of the stage's
+    instances known when each was deployed (the first id not among them is its instance)."""
     recommendations: dict[str, tuple[float, int, float]] = field(default_factory=dict)
     history: deque[tuple[float, int]] = field(default_factory=deque)
     blocked: str | None = None
@@ -111,7 +117,7 @@ class AutoDeployer(PeriodicWorker):
         self.control_topic: str | None = None
         self.control_servers: str | None = None
         self._master: Any = None
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
 
     # ---- wiring --------------------------------------------------------------------------
@@ -209,7 +215,7 @@ class AutoDeployer(PeriodicWorker):
         live |= {
             o.instance_id
             for o in st.owned
-            if o.instance_id not in st.pending and _running(o.handle)
+            if not o.anonymous and o.instance_id not in st.pending and _running(o.handle)
         }
         starting = [i for i in st.pending if self.state is None or i not in self.state.instances]
         return len(live - st.stopping), len(starting)
@@ -267,11 +273,28 @@ class AutoDeployer(PeriodicWorker):
 
     def _settle_pending(self, key: StageKey, st: StageStatus, current: float) -> None:
         assert self.state is not None
+        claimed: set[str] = set()
         for iid, deadline in list(st.pending.items()):
-            if iid in self.state.instances:
-                del st.pending[iid]  # it reported: heartbeats count it from now on
+            known = st.anonymous.get(iid)
+            new: set[str] = set()
+            if known is not None:
+                new = (
+                    {
+                        i.instance_id
+                        for i in self.state.instances.values()
+                        if self.state.stage_of(i) == key
+                    }
+                    - known
+                    - claimed
+                )
+            if iid in self.state.instances or new:
+                # It reported: heartbeats count it from now on.
+                del st.pending[iid]
+                st.anonymous.pop(iid, None)
+                claimed |= set(sorted(new)[:1])
             elif current > deadline:
                 del st.pending[iid]
+                st.anonymous.pop(iid, None)
                 self._failed(st, current)
                 self.records.append(DeployRecord(current, key, "startup-timeout", iid, 0))
                 logger.warning(
@@ -283,7 +306,7 @@ class AutoDeployer(PeriodicWorker):
                 owned = next((o for o in st.owned if o.instance_id == iid), None)
                 if owned is not None:
                     st.owned.remove(owned)
-                    task = asyncio.create_task(self._stop_quietly(owned))
+                    task = asyncio.create_task(self._stop_or_keep(st, owned))
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
         live = {i.instance_id for i in self.state.live_instances(current)}
@@ -391,7 +414,8 @@ class AutoDeployer(PeriodicWorker):
                 DeployRecord(current, stage.key, "deploy-failed", instance_id, effective, error)
             )
             return
-        owned = _Owned(instance_id, handle, current)
+        anonymous = bool(getattr(handle, "anonymous", False))
+        owned = _Owned(instance_id, handle, current, anonymous)
         if self._closed and self.settings.stop_instances_on_exit:
             # stop() gave up waiting for this deploy and has already stopped the rest.
             logger.warning("deploy of %s returned after stop(); stopping it", instance_id)
@@ -402,7 +426,14 @@ class AutoDeployer(PeriodicWorker):
         st.last_action = current
         st.owned.append(owned)
         assert self.state is not None
-        if instance_id not in self.state.instances:
+        if anonymous:
+            st.anonymous[instance_id] = {
+                i.instance_id
+                for i in self.state.instances.values()
+                if self.state.stage_of(i) == stage.key
+            }
+            st.pending[instance_id] = finished + self.settings.startup_timeout
+        elif instance_id not in self.state.instances:
             st.pending[instance_id] = finished + self.settings.startup_timeout
         self.records.append(
             DeployRecord(current, stage.key, "deploy", instance_id, effective, reason)
@@ -433,12 +464,17 @@ class AutoDeployer(PeriodicWorker):
         assert self.state is not None
         live = {i.instance_id for i in self.state.instances_of(key, current)}
         candidates = [
-            o for o in st.owned if o.instance_id in live and o.instance_id not in st.stopping
+            o
+            for o in st.owned
+            if (o.anonymous and o.instance_id not in st.pending)
+            or (o.instance_id in live and o.instance_id not in st.stopping)
         ]
         if not candidates:
             return  # nothing of ours to stop (instances started elsewhere stay)
         victim = max(candidates, key=lambda o: o.deployed_at)
-        st.stopping.add(victim.instance_id)
+        if not victim.anonymous:
+            # (Which replica goes is not ours to know: it is counted until it leaves.)
+            st.stopping.add(victim.instance_id)
         st.owned.remove(victim)
         st.last_action = current
         reason = (
@@ -459,7 +495,8 @@ class AutoDeployer(PeriodicWorker):
         st.task = asyncio.create_task(self._scale_in(key, victim, current, reason))
 
     async def _scale_in(self, key: StageKey, victim: _Owned, current: float, reason: str) -> None:
-        await self._stop_quietly(victim)
+        if not await self._stop_or_keep(self._status(key), victim):
+            return
         if self._master is not None:
             await self._master.publish(
                 DeployEvent(
@@ -467,11 +504,23 @@ class AutoDeployer(PeriodicWorker):
                 )
             )
 
-    async def _stop_quietly(self, owned: _Owned) -> None:
+    async def _stop_quietly(self, owned: _Owned) -> bool:
         try:
             await stop_handle(owned.handle)
         except Exception:
             logger.exception("stopping instance %s failed", owned.instance_id)
+            return False
+        return True
+
+    async def _stop_or_keep(self, st: StageStatus, owned: _Owned) -> bool:
+        """Stop ``owned``; if that fails it may still run: it is counted and held again (a
+        later scale-in or ``stop_all`` tries again) rather than counted out and forgotten."""
+        if await self._stop_quietly(owned):
+            return True
+        st.stopping.discard(owned.instance_id)
+        if not self._closed and owned not in st.owned:
+            st.owned.append(owned)
+        return False
 
     async def stop_all(self) -> None:
         """Stop every instance this deployer started and still holds a handle for."""

@@ -94,6 +94,7 @@ def test_scale_mode_patches_the_deployments_scale_subresource(cluster: Recording
         host=cluster.url,
     )
     handle = deployer(logger, _config())
+    assert handle is not None and handle.anonymous, "its pod does not report as instance_id"
     path = "/apis/apps/v1/namespaces/vision/deployments/slow-stage/scale"
     assert cluster.calls() == [("GET", path), ("PATCH", path)]
     patch = cluster.requests[1]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -146,3 +148,42 @@ def test_commands_are_argument_lists_and_come_from_the_master_yaml() -> None:
         build_deploy_scripts({"X": {"type": "ssh"}})
     scripts = build_deploy_scripts({"MINE": {"function": "json:dumps"}})
     assert scripts.get_deploy_function("MINE") is json.dumps
+
+
+# A deploy script: starts the real node as a child of its own and waits for it (no exec, no
+# signal forwarding), as a shell wrapper does. The grandchild writes its pid, then waits.
+WRAPPER = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import os, sys, time\\n"
+                  "open(sys.argv[1], 'w').write(str(os.getpid()))\\n"
+                  "while True: time.sleep(0.05)", sys.argv[1]])
+while True:
+    time.sleep(0.05)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.timeout(60)
+def test_stop_ends_the_children_of_an_instance_in_its_own_session(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    d = LocalDeployer(
+        {"child": LocalService([sys.executable, "-c", WRAPPER, str(pid_file)], stop_timeout=5)},
+        new_session=True,
+    )
+    handle = d(logger, _config())
+    assert handle is not None
+    wait_until(lambda: pid_file.exists() and pid_file.read_text() != "", 20, "the grandchild")
+    grandchild = int(pid_file.read_text())
+    try:
+        handle.stop()
+        wait_until(lambda: not _running(grandchild), 10, "the grandchild to end")
+    finally:
+        if _running(grandchild):
+            os.kill(grandchild, signal.SIGKILL)
