@@ -128,7 +128,12 @@ def parse_detections(value: bytes | None) -> Detections:
 
 
 def _finite(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # a JSON integer of hundreds of digits: no float holds it
+        return False
 
 
 def _labels(d: dict[str, Any], n: int) -> list[str]:

@@ -153,7 +153,13 @@ class TopicReader:
             del self._resume_at[tp]
         assigned = self._consumer.assignment()
         due = [tp for tp in due if tp in assigned]
-        ends = await self._consumer.end_offsets(due) if due else {}
+        try:
+            ends = await self._consumer.end_offsets(due) if due else {}
+        except Exception as exc:
+            # The broker may be restarting: read on from where they stand rather than leave
+            # them paused for good (and end the reader with this exception).
+            logger.warning("view: reading the end of %s failed: %r", due, exc)
+            ends = {}
         for tp in due:
             end = ends.get(tp)
             if end is not None and end - 1 > await self._consumer.position(tp):

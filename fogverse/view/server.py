@@ -17,7 +17,7 @@ from importlib import resources
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from fogverse.view.config import ViewConfig
 from fogverse.view.figures import Figures
@@ -42,6 +42,10 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+SEND_TIMEOUT = 30.0
+"""Seconds a browser may take to accept one frame before it is taken for gone and cut off."""
+CLOSE_TIMEOUT = 2.0
+"""Seconds a browser is given to answer a WebSocket close before its socket is aborted."""
 
 
 class Served(Protocol):
@@ -58,6 +62,7 @@ class Served(Protocol):
 
 
 _KEY: web.AppKey[Served] = web.AppKey("view")
+_STREAMS: web.AppKey[dict[web.WebSocketResponse, asyncio.Transport]] = web.AppKey("streams")
 
 
 def _asset(name: str) -> bytes:
@@ -85,7 +90,8 @@ async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
         auth = request.headers.get("Authorization", "")
         if auth.startswith("Bearer "):
             given = auth[7:]
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        # A header of non-UTF-8 bytes arrives with surrogates: a wrong token, not an error.
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode()):
             return web.Response(status=401, text="a valid token is required\n")
     elif not _host_allowed(request, view):
         return web.Response(status=403, text="unexpected Host header\n")
@@ -138,6 +144,11 @@ async def _stream(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096)
     await ws.prepare(request)
     view.figures.clients += 1
+    # Held here: aiohttp forgets the request's transport when it gives up on the connection,
+    # though the socket stays open while it has bytes to send.
+    transport = request.transport
+    assert transport is not None
+    request.app[_STREAMS][ws] = transport
     drain = asyncio.create_task(_discard_incoming(ws))
     interval = 1.0 / view.config.max_fps if view.config.max_fps > 0 else 0.0
     loop = asyncio.get_running_loop()
@@ -153,18 +164,41 @@ async def _stream(request: web.Request) -> web.WebSocketResponse:
                 continue
             sent_at = loop.time()
             # One frame in flight per browser: aiohttp waits for the socket to drain, and
-            # frames arriving meanwhile replace each other in the store.
-            await ws.send_bytes(payload)
+            # frames arriving meanwhile replace each other in the store. A browser that takes
+            # no more is cut off: nothing else ends that wait.
+            try:
+                async with asyncio.timeout(SEND_TIMEOUT):
+                    await ws.send_bytes(payload)
+            except TimeoutError:
+                logger.info("view: a browser took no frame for %.0f s: cut off", SEND_TIMEOUT)
+                transport.abort()
+                break
             if interval:
                 await asyncio.sleep(max(0.0, sent_at + interval - loop.time()))
     except (ConnectionError, RuntimeError):
         pass  # the browser went away mid-send
     finally:
         view.figures.clients -= 1
+        request.app[_STREAMS].pop(ws, None)
         drain.cancel()
-        with contextlib.suppress(Exception):
-            await ws.close()
+        await _hang_up(ws, transport)
     return ws
+
+
+async def _hang_up(ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+    """Close ``ws``, then abort its socket: a closed socket with bytes a stalled browser
+    never reads would otherwise stay open (and its handler wait) for good. Not waiting for
+    the socket to drain: a send cut off by its timeout leaves aiohttp's drain future
+    cancelled, and waiting on it again would raise CancelledError."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await ws.close(code=WSCloseCode.GOING_AWAY, drain=False)
+    transport.abort()
+
+
+async def _end_streams(app: web.Application) -> None:
+    # A stream never ends by itself: without this, shutting down waits aiohttp's 60 s.
+    await asyncio.gather(*(_hang_up(ws, tr) for ws, tr in list(app[_STREAMS].items())))
 
 
 async def _discard_incoming(ws: web.WebSocketResponse) -> None:
@@ -179,6 +213,8 @@ def make_app(view: Served) -> web.Application:
     topic and the frames' WebSocket stream, all GET and guarded (token or Host check)."""
     app = web.Application(middlewares=[_guard], client_max_size=4096)
     app[_KEY] = view
+    app[_STREAMS] = {}
+    app.on_shutdown.append(_end_streams)
     app.router.add_get("/", _index)
     app.router.add_get("/static/{name}", _static)
     app.router.add_get("/api/figures", _figures)

@@ -103,11 +103,15 @@ class View:
 
         from fogverse.view.server import make_app
 
-        await self.reader.start()
-        self._runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
-        await site.start()
+        try:
+            await self.reader.start()
+            self._runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.config.host, self.config.port)
+            await site.start()
+        except BaseException:
+            await self.close()  # the port in use, say: no Kafka consumer left running
+            raise
         self.port = self._runner.addresses[0][1]
         self._tasks = [
             asyncio.create_task(self._poll_loop(), name="view-poll"),

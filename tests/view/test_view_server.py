@@ -4,19 +4,23 @@ read-only), dropping frames for a slow browser, and the checks on what the topic
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import math
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import cv2
 import numpy as np
 import pytest
 from aiohttp import web
 from view_harness import make_frame
 
 from fogverse.codec import NDArrayCodec
-from fogverse.view import View, ViewConfig
+from fogverse.view import View, ViewConfig, server
 from fogverse.view.frames import (
     PAIR_DETECTIONS,
     PAIR_FRAMES,
@@ -306,3 +310,136 @@ def test_detections_in_the_detection_helpers_shapes(record: dict, labels: list[s
 def test_malformed_detections_are_refused(raw: bytes) -> None:
     with pytest.raises(ValueError):
         parse_detections(raw)
+
+
+@pytest.mark.timeout(30)
+def test_a_detection_with_a_number_too_big_for_a_float_is_skipped_not_raised() -> None:
+    """A JSON integer of 400 digits is finite to ``json`` but no float holds it: the record is
+    counted as skipped, not an OverflowError out of the reader's loop (which ended it)."""
+    view = View(ViewConfig("127.0.0.1:1", frames=[FRAMES], detections="dets", port=0))
+    huge = "1" + "0" * 400
+    view._on_record("dets", b"1", [], f'{{"boxes": [[{huge}, 0, 1, 1]]}}'.encode(), True)
+    assert view.figures.topics["dets"].skipped == {"a box is not [x1, y1, x2, y2]": 1}
+    found = parse_detections(f'{{"boxes": [[0, 0, 1, 1]], "scores": [{huge}]}}'.encode())
+    assert found.boxes == [[0.0, 0.0, 1.0, 1.0]] and math.isnan(found.scores[0])
+
+
+@asynccontextmanager
+async def _runner(**options: Any) -> AsyncIterator[tuple[View, web.AppRunner, str]]:
+    view = View(ViewConfig("127.0.0.1:1", frames=[FRAMES], port=0, **options))
+    runner = web.AppRunner(make_app(view), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield view, runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.timeout(60)
+def test_the_server_shuts_down_at_once_with_a_browser_watching() -> None:
+    """Before, an open frame stream never ended by itself: shutting down (View.close) waited
+    aiohttp's 60 s shutdown timeout for it."""
+
+    async def test() -> None:
+        async with (
+            _runner() as (view, runner, base),
+            aiohttp.ClientSession() as http,
+            http.ws_connect(base + f"/ws?topic={FRAMES}") as ws,
+        ):
+            reading = asyncio.create_task(ws.receive())  # a browser reads: it answers a close
+            await _until(lambda: view.figures.clients == 1, 5, "the stream never started")
+            async with asyncio.timeout(10):
+                await runner.cleanup()
+            assert (await reading).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            assert view.figures.clients == 0
+
+    asyncio.run(test())
+
+
+@pytest.mark.timeout(60)
+def test_a_browser_that_never_reads_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that opens the stream and never reads: once a frame cannot be sent for
+    SEND_TIMEOUT, its connection is dropped. Before, its handler waited for the socket to
+    drain for good, the heartbeat's close waiting for the same unsent bytes: the socket, the
+    task and a frame held forever, and the page's client count never went down."""
+    monkeypatch.setattr(server, "SEND_TIMEOUT", 0.5, raising=False)
+    # Noise does not compress: 1.4 MB a frame fills the socket's buffers in a few frames.
+    noise = np.random.default_rng(0).integers(0, 255, (600, 800, 3), dtype=np.uint8)
+    png = cv2.imencode(".png", noise)[1].tobytes()
+
+    async def test() -> None:
+        async with _runner(max_fps=0) as (view, runner, _):
+            port = runner.addresses[0][1]
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+            key = base64.b64encode(b"0123456789abcdef").decode()
+            sock.send(
+                f"GET /ws?topic={FRAMES} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            try:
+                await _until(lambda: view.figures.clients == 1, 5, "the stream never started")
+                deadline = asyncio.get_running_loop().time() + 20
+                i = 0
+                while view.figures.clients or runner.server.connections:  # type: ignore[union-attr]
+                    assert asyncio.get_running_loop().time() < deadline, "never cut off"
+                    i += 1
+                    view.frames.add_frame(FRAMES, str(i).encode(), [], png)
+                    await asyncio.sleep(0.05)
+            finally:
+                sock.close()
+
+    asyncio.run(test())
+
+
+@pytest.mark.timeout(30)
+def test_a_token_header_of_non_utf8_bytes_is_refused_not_an_error() -> None:
+    async def test() -> None:
+        async with serving(token="s3cret") as (_, base):
+            port = int(base.rsplit(":", 1)[1])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"GET /api/figures HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Authorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n"
+            )
+            status = await reader.readline()
+            writer.close()
+            assert status.startswith(b"HTTP/1.1 401"), status
+
+    asyncio.run(test())
+
+
+@pytest.mark.timeout(30)
+def test_a_view_that_cannot_bind_its_port_stops_its_kafka_reader() -> None:
+    async def test() -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            view = View(ViewConfig("127.0.0.1:1", frames=[FRAMES], port=port))
+            calls: list[str] = []
+
+            async def start() -> None:
+                calls.append("start")
+
+            async def stop() -> None:
+                calls.append("stop")
+
+            view.reader.start = start  # type: ignore[method-assign]
+            view.reader.stop = stop  # type: ignore[method-assign]
+            with pytest.raises(OSError):
+                await view.start()
+            assert calls == ["start", "stop"]
+
+    asyncio.run(test())
