@@ -83,11 +83,23 @@ class KafkaAdmin:
 
     async def grow_partitions(self, name: str, total: int) -> None:
         """Raise the partition count to ``total``; partitions never shrink."""
+        from confluent_kafka import KafkaError, KafkaException
         from confluent_kafka.admin import NewPartitions
 
         if await self.partitions(name) >= total:
             return
-        await self._wait(self.client.create_partitions([NewPartitions(name, total)]))
+        try:
+            await self._wait(self.client.create_partitions([NewPartitions(name, total)]))
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            # Another client grew it between our count and our request ("already has N",
+            # "N would not be an increase"): done, if it has enough now.
+            if not (
+                isinstance(err, KafkaError)
+                and err.code() == KafkaError.INVALID_PARTITIONS
+                and await self.partitions(name) >= total
+            ):
+                raise
 
 
 def _is_already_exists(exc: Exception) -> bool:

@@ -1051,3 +1051,35 @@ def test_bad_arguments_are_refused_before_anything_happens():
         asyncio.run(call([], "g"))
     with pytest.raises(ValueError, match="group"):
         asyncio.run(call("t", ""))
+
+
+@pytest.mark.timeout(120)
+def test_kafka_admin_grow_partitions_raced_by_another_grower_is_a_success(
+    kafka_bootstrap, kafka_admin, new_topic
+):
+    from confluent_kafka.admin import NewPartitions
+
+    from fogverse.admin import KafkaAdmin
+
+    topic = new_topic(partitions=1)
+
+    async def scenario() -> None:
+        admin = KafkaAdmin(kafka_bootstrap)
+        counted = admin.partitions
+        # (the other grower's target, ours): the other lands between our count and our request.
+        for theirs, ours in ((3, 3), (5, 4)):
+
+            async def then_raced(name: str, theirs: int = theirs) -> int:
+                count = await counted(name)
+                del admin.partitions  # once: later counts are the real ones
+                grown = kafka_admin.create_partitions(
+                    [NewPartitions(name, theirs)], operation_timeout=30
+                )[name]
+                await asyncio.wrap_future(grown)
+                return count
+
+            admin.partitions = then_raced  # type: ignore[method-assign]
+            await admin.grow_partitions(topic, ours)
+            assert await partition_count(kafka_admin, topic) == theirs
+
+    asyncio.run(scenario())
