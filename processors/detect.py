@@ -231,28 +231,48 @@ def nms(
     ``iou`` (intersection over union); boxes of different classes never suppress each other.
     ``backend="opencv"`` (default) uses ``cv2.dnn.NMSBoxesBatched``; ``"numpy"`` gives the same
     result and measured 1.5-12x slower from 10 to 5000 candidates (``python -m
-    benchmarks.detect``).
+    benchmarks.detect``). A box with no area overlaps nothing. A candidate with a NaN or
+    infinite coordinate or score is not a detection and is dropped.
     """
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     scores = np.asarray(scores, np.float32).reshape(-1)
     class_ids = np.asarray(class_ids).reshape(-1)
-    if not len(boxes):
+    if backend not in ("numpy", "opencv"):
+        raise ValueError(f"backend must be 'numpy' or 'opencv', got {backend!r}")
+    # Left in, one non-finite box would poison the class offsets and the IoUs below and
+    # suppress every other box of the frame.
+    candidates = np.flatnonzero(np.isfinite(boxes).all(axis=1) & np.isfinite(scores))
+    if not len(candidates):
         return np.zeros(0, np.int64)
     if backend == "opencv":
         import cv2
 
-        xywh = boxes.astype(np.float64)
+        # OpenCV takes two boxes of no area for identical (IoU 1, whatever their classes and
+        # places); they overlap nothing, so they bypass it: never suppressed, suppressing none.
+        b = boxes[candidates]
+        solid = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+        idx = candidates[solid]
+        xywh = boxes[idx].astype(np.float64)
+        if len(xywh):
+            # OpenCV separates the classes by offsets sized from the largest coordinate, as if
+            # none were negative: a box past the top-left edge would reach into the previous
+            # class's region. Moving every box by the same amount changes no IoU.
+            xywh -= min(xywh[:, :2].min(), 0.0)
         xywh[:, 2:] -= xywh[:, :2]
-        kept = cv2.dnn.NMSBoxesBatched(xywh, scores, class_ids.astype(np.int32), -np.inf, iou)
-        kept = np.asarray(kept, np.int64).reshape(-1)
+        found = cv2.dnn.NMSBoxesBatched(
+            xywh, scores[idx], class_ids[idx].astype(np.int32), -np.inf, iou
+        )
+        kept = np.sort(
+            np.concatenate([idx[np.asarray(found, np.int64).reshape(-1)], candidates[~solid]])
+        )
         return kept[np.argsort(-scores[kept], kind="stable")][:max_det]
-    if backend != "numpy":
-        raise ValueError(f"backend must be 'numpy' or 'opencv', got {backend!r}")
     # One pass for all classes: shifting each class's boxes into a region of its own makes
-    # boxes of different classes disjoint.
+    # boxes of different classes disjoint. In float64: float32 would round a shifted box to
+    # 1/8 px from class ~1000 (LVIS), enough to turn the decision on small boxes.
+    boxes = boxes[candidates].astype(np.float64)
     span = float(np.abs(boxes).max()) * 2 + 1
-    shifted = boxes + (class_ids.astype(np.float32) * span)[:, None]
-    return _nms_numpy(shifted, scores, iou, max_det)
+    shifted = boxes + (class_ids[candidates].astype(np.float64) * span)[:, None]
+    return candidates[_nms_numpy(shifted, scores[candidates], iou, max_det)]
 
 
 # ---- the record ------------------------------------------------------------------------------

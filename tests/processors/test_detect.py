@@ -269,3 +269,71 @@ def test_split_steps_give_the_fused_detectors_record() -> None:
     split = cloud.process(fog.process(jpeg))
     assert split == YoloDetect(model, conf=0.5).process(jpeg)
     np.testing.assert_allclose(split["boxes"], [[900, 500, 1100, 650]], atol=3)
+
+
+# ---- NMS edge cases, against first-principles IoU --------------------------------------------
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("backend", ["numpy", "opencv"])
+def test_nms_never_lets_a_box_off_the_top_left_edge_suppress_another_class(backend) -> None:
+    # Class 0 near the bottom-right corner; class 1 sticking out past the top-left corner
+    # (YOLO boxes do extend past the image). They do not overlap at all: both stay.
+    boxes = np.array([[89, 89, 100, 100], [-10, -10, 1, 1]], np.float32)
+    assert _iou(boxes[0], boxes[1]) == 0
+    keep = nms(boxes, np.array([0.9, 0.8]), np.array([0, 1]), iou=0.45, backend=backend)
+    assert keep.tolist() == [0, 1]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("backend", ["numpy", "opencv"])
+def test_nms_keeps_disjoint_zero_area_boxes(backend) -> None:
+    # Two degenerate boxes far apart (IoU 0 by any definition) and a normal box.
+    boxes = np.array([[0, 0, 0, 10], [50, 50, 50, 60], [100, 100, 110, 110]], np.float32)
+    keep = nms(boxes, np.array([0.9, 0.8, 0.7]), np.array([0, 1, 0]), backend=backend)
+    assert keep.tolist() == [0, 1, 2]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("backend", ["numpy", "opencv"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_box_does_not_wipe_out_the_other_detections(backend, bad) -> None:
+    boxes = np.array(
+        [[0, 0, 10, 10], [100, 100, 120, 120], [200, 200, 210, bad], [300, 300, 310, 310]],
+        np.float32,
+    )
+    scores = np.array([0.9, 0.8, 0.95, 0.7], np.float32)
+    keep = nms(boxes, scores, np.array([0, 0, 1, 2]), backend=backend)
+    assert keep.tolist() == [0, 1, 3]  # the finite boxes overlap nothing
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("backend", ["numpy", "opencv"])
+def test_decode_drops_a_candidate_with_a_nan_box_and_keeps_the_rest(backend) -> None:
+    out = np.zeros((1, 6, 8400), np.float32)  # v8, 2 classes
+    out[0, :5, 0] = [50, 50, 20, 20, 0.9]
+    out[0, :5, 1] = [300, 300, 20, 20, 0.8]
+    out[0, :4, 2] = [np.nan, 400, 20, 20]
+    out[0, 5, 2] = 0.95
+    for frame_hw in (None, (640, 640)):
+        rec = YoloDecode(640, frame_hw=frame_hw, nms_backend=backend).process(out)
+        assert rec["boxes"] == [[40, 40, 60, 60], [290, 290, 310, 310]]
+        assert rec["scores"] == [0.9, 0.8]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("class_id", [0, 79, 1200])
+def test_numpy_nms_decision_does_not_depend_on_the_class_id(class_id) -> None:
+    # Small boxes with IoU 0.428, clearly under 0.45: kept whatever their class (LVIS has
+    # 1203 classes; the class offset must not cost the coordinates their precision).
+    boxes = np.array([[453.4, 147.8, 456.3, 154.3], [453.9, 147.6, 455.2, 154.8]])
+    assert _iou(boxes[0], boxes[1]) == pytest.approx(0.4276, abs=1e-3)
+    for backend in ("numpy", "opencv"):
+        keep = nms(boxes, np.array([0.9, 0.8]), np.full(2, class_id), backend=backend)
+        assert keep.tolist() == [0, 1], backend
