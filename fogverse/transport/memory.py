@@ -28,6 +28,9 @@ SCHEME = "memory://"
 class _Group:
     committed: dict[TopicPartition, int] = field(default_factory=dict)
     members: list[MemoryConsumerTransport] = field(default_factory=list)
+    # Who holds each partition now: a partition reaches its new owner only once the old one
+    # gave it up (after its on_revoke), as in Kafka's rebalance.
+    owners: dict[TopicPartition, MemoryConsumerTransport] = field(default_factory=dict)
 
 
 class MemoryBroker:
@@ -43,7 +46,7 @@ class MemoryBroker:
         self.default_partitions = default_partitions
         self.topics: dict[str, list[list[Record]]] = {}
         self.groups: dict[str, _Group] = {}
-        self._changed = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []
         self._rr = itertools.count()
 
     @classmethod
@@ -88,13 +91,22 @@ class MemoryBroker:
         return rec
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def wait_for_change(self, timeout: float) -> None:
-        event = self._changed
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+        # A future of the running loop, not an Event bound to the first loop that waited: a
+        # named broker outlives an asyncio.run() (a restarted pipeline, the next test).
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, timeout)
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
 
     def _rebalance_all(self) -> None:
         for group in self.groups.values():
@@ -120,6 +132,7 @@ class MemoryBroker:
                 wanted[members[i % len(members)]].add(tp)
         for member, tps_for in wanted.items():
             member._set_assignment(tps_for)
+        self._notify()  # members waiting in getmany() take part in the rebalance now
 
 
 class MemoryConsumerTransport:
@@ -139,9 +152,11 @@ class MemoryConsumerTransport:
         self.on_revoke: RebalanceCallback | None = None
         self._assigned: set[TopicPartition] = set()
         self._position: dict[TopicPartition, int] = {}
-        self._pending_change: set[TopicPartition] | None = None
+        self._target: set[TopicPartition] = set()
+        self._stopped = False
 
     async def start(self) -> None:
+        self._stopped = False
         for t in self.topics:
             self.broker.create_topic(t)
         group = self.broker.groups.setdefault(self.group_id, _Group())
@@ -150,28 +165,41 @@ class MemoryConsumerTransport:
 
     async def stop(self) -> None:
         group = self.broker.groups.get(self.group_id)
+        self._stopped = True
         if group and self in group.members:
-            await self._apply(set())
-            group.members.remove(self)
-            self.broker._rebalance(group)
+            self._target = set()
+            try:
+                await self._apply()
+            finally:
+                group.members.remove(self)
+                self.broker._rebalance(group)
+        self.broker._notify()  # a getmany() waiting on this consumer returns
 
     def _set_assignment(self, tps: set[TopicPartition]) -> None:
-        if tps != self._assigned:
-            self._pending_change = tps
+        self._target = tps
 
-    async def _apply(self, tps: set[TopicPartition]) -> None:
-        revoked = self._assigned - tps
-        if revoked and self.on_revoke is not None:
-            await self.on_revoke(revoked)
-        added = tps - self._assigned
-        self._assigned = set(tps)
+    async def _apply(self) -> None:
         group = self.broker.groups[self.group_id]
-        for tp in revoked:
-            self._position.pop(tp, None)
+        revoked = self._assigned - self._target
+        if revoked:
+            try:
+                if self.on_revoke is not None:
+                    await self.on_revoke(revoked)
+            finally:  # given up even if on_revoke failed, as the Kafka transport does
+                self._assigned -= revoked
+                for tp in revoked:
+                    self._position.pop(tp, None)
+                    if group.owners.get(tp) is self:
+                        del group.owners[tp]
+                self.broker._notify()  # members waiting for these partitions take them
+        # Partitions another member still holds come once it revoked them.
+        added = {tp for tp in self._target - self._assigned if tp not in group.owners}
+        self._assigned |= added
         for tp in added:
+            group.owners[tp] = self
             if tp in group.committed:
                 self._position[tp] = group.committed[tp]
-            elif self.auto_offset_reset == "latest":
+            elif self.auto_offset_reset in ("latest", "largest", "end"):  # librdkafka's names
                 self._position[tp] = len(self.broker.topics[tp[0]][tp[1]])
             else:
                 self._position[tp] = 0
@@ -182,9 +210,10 @@ class MemoryConsumerTransport:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            if self._pending_change is not None:
-                change, self._pending_change = self._pending_change, None
-                await self._apply(change)
+            if self._stopped:
+                return []
+            if self._target != self._assigned:
+                await self._apply()
             out: list[Record] = []
             for tp in sorted(self._assigned):
                 log = self.broker.topics[tp[0]][tp[1]]
@@ -202,7 +231,7 @@ class MemoryConsumerTransport:
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         group = self.broker.groups[self.group_id]
         for tp, off in offsets.items():
-            group.committed[tp] = max(off, group.committed.get(tp, 0))
+            group.committed[tp] = off  # as in Kafka: a lower offset rewinds the group
 
     async def seek_to_end(self, partitions: Iterable[TopicPartition]) -> None:
         for tp in partitions:
