@@ -145,8 +145,23 @@ def _forget(path: Path, state: dict[str, Any]) -> None:
     path.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGTERM/SIGHUP raise SystemExit: a detached JVM is stopped unless it was recorded."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def _start(args: argparse.Namespace) -> int:
-    with _locked_state() as path:
+    with _signals_raise(), _locked_state() as path:
         state = _read(path)
         if state is not None:
             if _alive(state):
@@ -173,22 +188,30 @@ def _start(args: argparse.Namespace) -> int:
         except BrokerError as exc:
             logger.error("%s", exc)
             return 1
-        assert broker.data_dir is not None
-        state = {
-            "pid": broker.pid,
-            "bootstrap": broker.bootstrap,
-            "port": broker.port,
-            "controller_port": broker.controller_port,
-            "data_dir": str(broker.data_dir),
-            "owns_data_dir": broker.owns_data_dir,
-            "log": str(broker.log_path),
-            "version": broker.version,
-            "started_at": time.time(),
-        }
-        _write(path, state)
+        try:
+            _record_broker(path, broker)
+        except BaseException:
+            broker.stop(0)
+            raise
         logger.info("Broker %s (pid %s), log %s", broker.bootstrap, broker.pid, broker.log_path)
         sys.stdout.write(f"{broker.bootstrap}\n")
         return 0
+
+
+def _record_broker(path: Path, broker: LocalKafka) -> None:
+    assert broker.data_dir is not None
+    state = {
+        "pid": broker.pid,
+        "bootstrap": broker.bootstrap,
+        "port": broker.port,
+        "controller_port": broker.controller_port,
+        "data_dir": str(broker.data_dir),
+        "owns_data_dir": broker.owns_data_dir,
+        "log": str(broker.log_path),
+        "version": broker.version,
+        "started_at": time.time(),
+    }
+    _write(path, state)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -259,7 +282,11 @@ def _start_cluster(args: argparse.Namespace, path: Path) -> int:
         "version": cluster.version,
         "started_at": time.time(),
     }
-    _write(path, state)
+    try:
+        _write(path, state)
+    except BaseException:
+        cluster.stop(0)
+        raise
     logger.info("Cluster of %d at %s, data %s", args.brokers, cluster.bootstrap, cluster.data_dir)
     sys.stdout.write(f"{cluster.bootstrap}\n")
     return 0

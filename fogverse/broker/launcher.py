@@ -466,6 +466,11 @@ class LocalKafka:
         # Ports we chose ourselves may be taken by someone else before the JVM binds them;
         # a fresh cluster can simply try other ones.
         retry_ports = fresh and self._port is None and self._controller_port is None
+        # A port something already serves (another broker, or one on this data directory) would
+        # answer our readiness checks in place of our JVM, which cannot bind it.
+        for port in (self._port, self._controller_port):
+            if port is not None and _port_open(port):
+                raise BrokerError(f"port {port} on {_HOST} is already in use (data {data_dir})")
         for attempt in range(3 if retry_ports else 1):
             if self._port is None or self._controller_port is None:
                 ports = _free_ports(2)
@@ -669,7 +674,10 @@ class LocalKafka:
                 remaining = deadline - time.monotonic()
                 try:
                     metadata = admin.list_topics(timeout=max(0.5, min(5.0, remaining)))
-                    if metadata.brokers:
+                    # Only our cluster counts: another broker may have taken the port first.
+                    # (Unknown when the user moved log.dirs: then any answer does, as before.)
+                    ours = self._disk_cluster_id()
+                    if metadata.brokers and ours in (None, metadata.cluster_id):
                         return
                 except Exception as exc:
                     logger.debug("Broker not answering metadata yet: %s", exc)
@@ -682,6 +690,14 @@ class LocalKafka:
                     )
         finally:
             del admin
+
+    def _disk_cluster_id(self) -> str | None:
+        assert self._data_dir is not None
+        with contextlib.suppress(OSError):
+            for line in (self._data_dir / "logs" / "meta.properties").read_text().splitlines():
+                if line.startswith("cluster.id="):
+                    return line.partition("=")[2].strip()
+        return None
 
     def _terminate(self, timeout: float) -> None:
         proc, self._proc = self._proc, None

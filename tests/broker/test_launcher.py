@@ -407,3 +407,69 @@ def test_single_node_groups_and_transactions_work(kafka_bootstrap: str, new_topi
             assert consumer.commit(asynchronous=False)
         finally:
             consumer.close()
+
+
+@needs_tools
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("where", ["its port", "its data dir"])
+def test_start_fails_when_another_broker_serves_the_port(
+    local_kafka: LocalKafka, tmp_path: Path, where: str
+) -> None:
+    """A second broker whose JVM cannot bind must not report the first one's answers as its own."""
+    if where == "its port":
+        other = LocalKafka(port=local_kafka.port, data_dir=tmp_path / "data")
+    else:
+        other = LocalKafka(data_dir=local_kafka.data_dir)
+    try:
+        with pytest.raises(BrokerError, match="already in use"):
+            other.start()
+        assert not other.is_running()
+    finally:
+        other.stop(0)
+        _kill_jvms_under(tmp_path)
+    assert local_kafka.is_running()
+    assert _admin(local_kafka.bootstrap).list_topics(timeout=10).brokers
+
+
+def _jvms_under(path: Path) -> list[int]:
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if "kafka.Kafka" in (p.info["cmdline"] or [])
+        and any(str(path) in arg for arg in p.info["cmdline"])
+    ]
+
+
+@needs_tools
+@pytest.mark.kafka
+@pytest.mark.timeout(180)
+def test_cli_start_terminated_during_start_up_leaves_no_jvm(tmp_path: Path) -> None:
+    """SIGTERM to ``fogverse broker start`` (e.g. ``timeout``) before it recorded the broker."""
+    state_dir = tmp_path / "state"
+    env = {**os.environ, "FOGVERSE_STATE_DIR": str(state_dir), "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fogverse", "broker", "start"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    jvms: list[int] = []
+    try:
+        wait_until(
+            lambda: jvms.extend(_jvms_under(tmp_path)) or jvms, 60, "the JVM to spawn", interval=0.1
+        )
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        assert proc.returncode != 0
+        wait_until(
+            lambda: not any(pid_alive(p) for p in jvms), 30, "the JVM to exit", interval=0.05
+        )
+        assert not (state_dir / "broker.json").exists()
+        assert not list(tmp_path.glob("fogverse-kafka-*")), "temporary data dir left behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _kill_jvms_under(tmp_path)
