@@ -47,7 +47,8 @@ class Plugin:
 
     def on_send(self, node: Any, topic: str, count: int) -> None:
         """``count`` records were just handed to the node's producer for ``topic``. Called on
-        the hot path: keep it to a few cheap operations, never I/O."""
+        the hot path: keep it to a few cheap operations, never I/O. An exception here is
+        logged; the records were sent all the same."""
 
     async def on_stop(self, node: Any) -> None:
         """The node is closing: after its consumer stopped, before its producer stops. An

@@ -216,3 +216,45 @@ def test_the_add_ons_register_their_factories() -> None:
     found = {ep.name: ep.load() for ep in entry_points(group=ENTRY_POINT_GROUP)}
     assert found["heartbeats"] is fogverse.autoscale.observer.node_plugin
     assert found["dynamic_partitions"] is fogverse.partitions.node_plugin
+
+
+class _SendsItself(Consumer):
+    # send() overridden: outputs take the node's awaited send path, not the loop's fast one.
+    async def send(self, data: Any, topic: Any = None, *args: Any, **kwargs: Any) -> Any:
+        return await super().send(data, topic, *args, **kwargs)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("node_class", [Consumer, _SendsItself])
+def test_a_plugin_failing_on_send_neither_dead_letters_a_sent_input_nor_starves_the_next_plugin(
+    node_class: type[Consumer], caplog: pytest.LogCaptureFixture
+) -> None:
+    servers, broker = _broker(5)
+
+    class Broken(Plugin):
+        def on_send(self, node: Any, topic: str, count: int) -> None:
+            raise RuntimeError("plugin bug")
+
+    class Counts(Plugin):
+        sent = 0
+
+        def on_send(self, node: Any, topic: str, count: int) -> None:
+            self.sent += count
+
+    counts = Counts()
+
+    async def scenario() -> None:
+        node = node_class("in", servers, "g", producer_topic="out")
+        node.plugins.extend([Broken(), counts])
+        task = asyncio.create_task(node.run())
+        await until(lambda: len(broker.records("out")) == 5, 5, "5 outputs")
+        # Its inputs are committed once their outputs are acknowledged: all five handled.
+        await until(lambda: counts.sent == 5 or task.done(), 5, "5 outputs counted")
+        node.stop()
+        await task
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(scenario())
+    assert "plugin bug" in caplog.text, "the plugin's failure was not logged"
+    assert broker.records("in.dlq") == [], "inputs whose outputs were sent were dead-lettered"
+    assert counts.sent == 5, "the plugin after the failing one missed outputs"

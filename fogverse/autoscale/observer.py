@@ -113,9 +113,10 @@ class Observer(Plugin):
         self._thread_counts: dict[str | None, int] = {}
         self._loop_thread: int | None = None
         self._since: dict[str | None, float] = {}
+        # When the latest heartbeat was taken: a topic first counted after it starts there.
+        self._last_beat = now()
         self._requests: dict[tuple[str, str], AutoScaleRequest] = {}
         self._requests_due = False
-        self._started = now()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -181,6 +182,11 @@ class Observer(Plugin):
             self._begin(asyncio.get_running_loop())
 
     def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            if not self._thread_counts and not self._counts and not self._since:
+                # Nothing counted yet: the first heartbeat's span starts now, not when the
+                # observer was made (the seed makes it at import, long before its node runs).
+                self._last_beat = now()
         self._loop = loop
         self._wake = asyncio.Event()
         self._task = loop.create_task(self._run(), name=f"observer-{self.instance_id}")
@@ -287,6 +293,12 @@ class Observer(Plugin):
             producer = self._make_producer()
             try:
                 await producer.start()
+            except asyncio.CancelledError:
+                # Stopped while connecting (start() may wait indefinitely): close what the
+                # client has opened so far, or its connections and tasks outlive the node.
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                raise
             except Exception as exc:
                 with contextlib.suppress(Exception):
                     await producer.stop()
@@ -378,8 +390,9 @@ class Observer(Plugin):
             if not topics:
                 topics.add(None)
             beats = []
+            last_beat, self._last_beat = self._last_beat, ts
             for topic in topics:
-                since = self._since.get(topic, self._started)
+                since = self._since.get(topic, last_beat)
                 self._since[topic] = ts
                 beats.append(
                     Heartbeat(

@@ -140,8 +140,8 @@ class _Output:
         ack = await self.producer.send(topic, data, key, list(headers))
         if delivery is not None:
             delivery.track(ack)
-        for plugin in self._senders:
-            plugin.on_send(self, topic, 1)
+        if self._senders:
+            _count_sent(self, topic)
         if callback is not None:
             return asyncio.ensure_future(_call_after(ack, callback))
         return ack
@@ -176,11 +176,22 @@ class _Output:
             if not sent:
                 delivery.pending -= 1
                 return False
-            for plugin in self._senders:
-                plugin.on_send(self, topic, 1)
+            if self._senders:
+                _count_sent(self, topic)
             return True
 
         return send_now
+
+
+def _count_sent(node: _Output, topic: str) -> None:
+    """Tell the node's plugins that one record for ``topic`` is in the producer's hands. The
+    record has left: a plugin that fails here is logged, not taken for the input's failure
+    (which would dead-letter an input whose output was sent), and the others still hear of it."""
+    for plugin in node._senders:
+        try:
+            plugin.on_send(node, topic, 1)
+        except Exception:
+            logger.exception("plugin %r failed in on_send (the record was sent)", plugin)
 
 
 def _value(record: Record) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -340,3 +341,73 @@ def test_heartbeats_reach_the_real_broker_aggregated(kafka_bootstrap: str, new_t
     assert sum(b.total_messages for b in beats) == 500
     assert [b.total_messages for b in beats if b.total_messages] == [500]
     assert beats[-1].final
+
+
+@pytest.mark.timeout(30)
+def test_a_topics_first_counted_beat_covers_only_the_time_since_the_previous_heartbeat() -> None:
+    # The master spreads a count over since..ts: a first count for a topic spread back to the
+    # observer's creation lands mostly in windows it has already judged.
+    async def scenario() -> None:
+        fake = FakeProducer()
+        obs = _observer(fake)
+        await obs.start()
+        await until(lambda: len(fake.beats()) >= 5, 5, "five liveness heartbeats")
+        obs.send_heartbeat("other", 10)
+        await until(lambda: any(b["total_messages"] for b in fake.beats()), 5, "a counted beat")
+        beats = fake.beats()
+        i = next(i for i, b in enumerate(beats) if b["total_messages"])
+        assert beats[i]["target_topic"] == "other" and beats[i]["total_messages"] == 10
+        assert beats[i]["since"] >= beats[i - 1]["ts"], (
+            f"the count is spread from {beats[i]['since']}, before the previous heartbeat "
+            f"at {beats[i - 1]['ts']}"
+        )
+        await obs.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(30)
+def test_close_while_the_producer_is_still_starting_stops_it() -> None:
+    # aiokafka's start() can wait indefinitely (an idempotent producer waits for its producer
+    # id); a node that stops meanwhile must not leave that client's connections and tasks behind.
+    started, stopped = asyncio.Event(), []
+
+    class SlowStart(FakeProducer):
+        async def start(self) -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+        async def stop(self) -> None:
+            stopped.append(self)
+
+    async def scenario() -> None:
+        fake = SlowStart()
+        obs = _observer(fake)
+        await obs.start()
+        await asyncio.wait_for(started.wait(), 5)
+        await obs.close()
+        assert stopped == [fake], "the producer being started was never stopped"
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(30)
+def test_the_first_heartbeat_does_not_reach_back_before_the_observer_started() -> None:
+    # The seed makes its observer at import; the node may load a model for a minute before it
+    # starts. Nothing was counted before start(): the first beat's span begins there.
+    async def scenario() -> None:
+        fake = FakeProducer()
+        obs = _observer(fake, heartbeat_interval=0.5)
+        await asyncio.sleep(0.3)  # a gap between creating the observer and starting it
+        before_start = time.time()
+        await obs.start()
+        obs.send_heartbeat("out", 5)
+        await until(lambda: fake.beats(), 5, "the first heartbeat")
+        first = fake.beats()[0]
+        assert first["total_messages"] == 5
+        assert first["since"] >= before_start, (
+            f"the first beat's span starts {before_start - first['since']:.3f} s before start()"
+        )
+        await obs.close()
+
+    asyncio.run(scenario())
