@@ -631,6 +631,13 @@ def test_a_deploy_event_from_the_future_does_not_hold_deploys_back_until_then() 
     run(scenario())
 
 
+def _scaling_in(fn: Any) -> Rig:
+    """A rig that deploys through ``fn`` and scales in after a 2 s stabilisation window."""
+    return Rig(
+        fn=fn, deploy_delay=1.0, after_heartbeat_delay=0.0, scale_in=True, stabilisation_window=2.0
+    )
+
+
 @pytest.mark.timeout(30)
 def test_a_scale_in_whose_stop_fails_keeps_counting_the_instance_and_its_handle() -> None:
     """A stop that raises (an engine timeout, an API error) left the instance running but
@@ -645,12 +652,8 @@ def test_a_scale_in_whose_stop_fails_keeps_counting_the_instance_and_its_handle(
             self.stopped = True
 
     async def scenario() -> Rig:
-        rig = Rig(
-            fn=lambda log, conf: rig.calls.append(dict(conf)) or FailsOnce(conf["instance_id"]),
-            deploy_delay=1.0,
-            after_heartbeat_delay=0.0,
-            scale_in=True,
-            stabilisation_window=2.0,
+        rig = _scaling_in(
+            lambda log, conf: rig.calls.append(dict(conf)) or FailsOnce(conf["instance_id"])
         )
         rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
         await rig.tick()
@@ -729,13 +732,7 @@ def test_scale_in_gives_back_a_replica_that_reports_under_its_own_name() -> None
         return replicas[-1]
 
     async def scenario() -> Rig:
-        rig = Rig(
-            fn=scale_up,
-            deploy_delay=1.0,
-            after_heartbeat_delay=0.0,
-            scale_in=True,
-            stabilisation_window=2.0,
-        )
+        rig = _scaling_in(scale_up)
         rig.deployer.recommend(STAGE, 2, "test", ttl=1000)
         await rig.tick()
         rig.beat("pod-b")
