@@ -115,7 +115,10 @@ def test_send_heartbeat_never_waits_for_acks_and_counts_from_threads_add_up() ->
         await until(
             lambda: sum(b["total_messages"] for b in fake.beats()) == 80_000, 5, "80000 counted"
         )
-        assert len(fake.beats()) > 3, "heartbeats went on although no ack ever arrived"
+        # How many beats the hammering took depends on the machine; that more follow does not.
+        await until(
+            lambda: len(fake.beats()) > 3, 5, "heartbeats to go on although no ack ever arrived"
+        )
         await obs.close(timeout=0.5)
 
     asyncio.run(scenario())
