@@ -141,7 +141,9 @@ async def _stream(request: web.Request) -> web.WebSocketResponse:
     topic = request.query.get("topic", "")
     if topic not in view.frames.topics:
         raise web.HTTPNotFound(text="not a viewed image topic\n")
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096)
+    # No permessage-deflate: the frames are JPEG or PNG, already compressed. Deflating a 720p
+    # JPEG (240 KB) again cost 5.5 ms of CPU per frame and viewer and saved 1.7 % of its bytes.
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096, compress=False)
     await ws.prepare(request)
     view.figures.clients += 1
     # Held here: aiohttp forgets the request's transport when it gives up on the connection,

@@ -123,6 +123,21 @@ def test_figures_json_has_the_documented_shape() -> None:
     run(test)
 
 
+def test_frames_are_not_deflated_again_for_a_browser_that_offers_compression() -> None:
+    # Browsers offer permessage-deflate; the frames are JPEG or PNG already.
+    async def test() -> None:
+        async with (
+            serving(max_fps=0) as (view, base),
+            aiohttp.ClientSession() as http,
+            http.ws_connect(base + f"/ws?topic={FRAMES}", compress=15) as ws,
+        ):
+            assert ws.compress == 0, "the server accepted permessage-deflate"
+            view.frames.add_frame(FRAMES, b"0", [], make_frame(1))
+            assert _header(await ws.receive_bytes(timeout=5))
+
+    run(test)
+
+
 def test_a_browser_gets_the_newest_frame_not_a_queue() -> None:
     async def test() -> None:
         async with (
