@@ -188,30 +188,31 @@ def _start(args: argparse.Namespace) -> int:
         except BrokerError as exc:
             logger.error("%s", exc)
             return 1
-        try:
-            _record_broker(path, broker)
-        except BaseException:
-            broker.stop(0)
-            raise
+        assert broker.data_dir is not None
+        state = {
+            "pid": broker.pid,
+            "bootstrap": broker.bootstrap,
+            "port": broker.port,
+            "controller_port": broker.controller_port,
+            "data_dir": str(broker.data_dir),
+            "owns_data_dir": broker.owns_data_dir,
+            "log": str(broker.log_path),
+            "version": broker.version,
+            "started_at": time.time(),
+        }
+        _record(path, state, broker)
         logger.info("Broker %s (pid %s), log %s", broker.bootstrap, broker.pid, broker.log_path)
         sys.stdout.write(f"{broker.bootstrap}\n")
         return 0
 
 
-def _record_broker(path: Path, broker: LocalKafka) -> None:
-    assert broker.data_dir is not None
-    state = {
-        "pid": broker.pid,
-        "bootstrap": broker.bootstrap,
-        "port": broker.port,
-        "controller_port": broker.controller_port,
-        "data_dir": str(broker.data_dir),
-        "owns_data_dir": broker.owns_data_dir,
-        "log": str(broker.log_path),
-        "version": broker.version,
-        "started_at": time.time(),
-    }
-    _write(path, state)
+def _record(path: Path, state: dict[str, Any], started: LocalKafka | LocalKafkaCluster) -> None:
+    """Write ``state``; what could not be recorded is stopped, as nothing would know to."""
+    try:
+        _write(path, state)
+    except BaseException:
+        started.stop(0)
+        raise
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -282,11 +283,7 @@ def _start_cluster(args: argparse.Namespace, path: Path) -> int:
         "version": cluster.version,
         "started_at": time.time(),
     }
-    try:
-        _write(path, state)
-    except BaseException:
-        cluster.stop(0)
-        raise
+    _record(path, state, cluster)
     logger.info("Cluster of %d at %s, data %s", args.brokers, cluster.bootstrap, cluster.data_dir)
     sys.stdout.write(f"{cluster.bootstrap}\n")
     return 0

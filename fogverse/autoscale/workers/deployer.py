@@ -274,19 +274,10 @@ class AutoDeployer(PeriodicWorker):
     def _settle_pending(self, key: StageKey, st: StageStatus, current: float) -> None:
         assert self.state is not None
         claimed: set[str] = set()
+        ids = self._ids_of(key) if st.anonymous else set()
         for iid, deadline in list(st.pending.items()):
             known = st.anonymous.get(iid)
-            new: set[str] = set()
-            if known is not None:
-                new = (
-                    {
-                        i.instance_id
-                        for i in self.state.instances.values()
-                        if self.state.stage_of(i) == key
-                    }
-                    - known
-                    - claimed
-                )
+            new = ids - known - claimed if known is not None else set()
             if iid in self.state.instances or new:
                 # It reported: heartbeats count it from now on.
                 del st.pending[iid]
@@ -427,11 +418,7 @@ class AutoDeployer(PeriodicWorker):
         st.owned.append(owned)
         assert self.state is not None
         if anonymous:
-            st.anonymous[instance_id] = {
-                i.instance_id
-                for i in self.state.instances.values()
-                if self.state.stage_of(i) == stage.key
-            }
+            st.anonymous[instance_id] = self._ids_of(stage.key)
             st.pending[instance_id] = finished + self.settings.startup_timeout
         elif instance_id not in self.state.instances:
             st.pending[instance_id] = finished + self.settings.startup_timeout
@@ -503,6 +490,12 @@ class AutoDeployer(PeriodicWorker):
                     victim.instance_id, current, key[0], key[1], "stop", reason=reason[:_MAX_REASON]
                 )
             )
+
+    def _ids_of(self, key: StageKey) -> set[str]:
+        """Every instance the state knows for stage ``key``, live or not."""
+        state = self.state
+        assert state is not None
+        return {i.instance_id for i in state.instances.values() if state.stage_of(i) == key}
 
     async def _stop_quietly(self, owned: _Owned) -> bool:
         try:
