@@ -154,6 +154,7 @@ class MemoryConsumerTransport:
         self._position: dict[TopicPartition, int] = {}
         self._target: set[TopicPartition] = set()
         self._stopped = False
+        self._turn = 0  # which assigned partition a fetch starts at
 
     async def start(self) -> None:
         self._stopped = False
@@ -215,7 +216,13 @@ class MemoryConsumerTransport:
             if self._target != self._assigned:
                 await self._apply()
             out: list[Record] = []
-            for tp in sorted(self._assigned):
+            # Each fetch starts one partition further on, so a partition with a long backlog
+            # does not starve the others behind it (Kafka's fetches rotate the same way).
+            tps = sorted(self._assigned)
+            if tps:
+                self._turn = (self._turn + 1) % len(tps)
+                tps = tps[self._turn :] + tps[: self._turn]
+            for tp in tps:
                 log = self.broker.topics[tp[0]][tp[1]]
                 pos = self._position[tp]
                 take = log[pos : pos + max_records - len(out)]

@@ -140,3 +140,20 @@ def test_a_named_broker_serves_consumers_on_a_later_event_loop() -> None:
         assert asyncio.run(read("g2")) == []
     finally:
         MemoryBroker.reset()
+
+
+@pytest.mark.timeout(10)
+def test_a_partition_with_a_long_backlog_does_not_starve_the_others() -> None:
+    async def main() -> None:
+        broker = MemoryBroker()
+        broker.create_topic("t", 2)
+        for i in range(20):
+            assert broker.append("t", b"%d" % i, b"d", []).partition == 0
+        assert broker.append("t", b"one", b"a", []).partition == 1
+        consumer = MemoryConsumerTransport(broker, ["t"], "g")
+        await consumer.start()
+        # Two fetches of 5 may not both come from partition 0 while partition 1 waits.
+        seen = {r.partition for _ in range(2) for r in await consumer.getmany(0, 5)}
+        assert seen == {0, 1}
+
+    asyncio.run(main())
