@@ -76,7 +76,8 @@ class FaceCascade(Processor):
     def _search_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
         height, width = hw
         scale = min(1.0, self.detect_width / width)
-        return round(height * scale), round(width * scale)
+        # At least a pixel: a wide strip's height must not round to an empty image.
+        return max(1, round(height * scale)), max(1, round(width * scale))
 
     def process(self, data: Any) -> Detections:
         if self._cascade is None:
@@ -89,9 +90,7 @@ class FaceCascade(Processor):
             frame = decode_image(data)
             height, width = frame.shape[:2]
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-        # scale: search size over the ORIGINAL frame's, so boxes map back to its pixels.
-        scale = min(1.0, self.detect_width / width)
-        size = (round(width * scale), round(height * scale))
+        size = self._search_hw((height, width))[::-1]
         if gray.shape[:2] != size[::-1]:
             gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         found = self._cascade.detect_multi_scale(
@@ -106,7 +105,10 @@ class FaceCascade(Processor):
             [[d["c"], d["r"], d["c"] + d["width"], d["r"] + d["height"]] for d in found],
             np.float64,
         ).reshape(-1, 4)
-        boxes /= scale
+        # To the ORIGINAL frame's pixels with each axis's own scale: the search size was
+        # rounded per axis (a 5x1000 frame is searched at 2x480, not 2.4x480).
+        boxes[:, [0, 2]] *= width / size[0]
+        boxes[:, [1, 3]] *= height / size[1]
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
         # The cascade's grouping leaves overlapping hits of one face at neighbouring scales.

@@ -28,6 +28,9 @@ class Compose(Processor):
 
     def __init__(self, *steps: Step) -> None:
         for step in steps:
+            if isinstance(step, type) and issubclass(step, Processor):
+                # Callable, but calling it makes a processor out of the data (ToFloat(frame)).
+                raise TypeError(f"Compose step {step.__name__} is a class: pass an instance")
             if not isinstance(step, Processor) and not callable(step):
                 raise TypeError(f"Compose step must be a Processor or callable, got {step!r}")
         self.steps: tuple[Step, ...] = steps

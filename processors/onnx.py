@@ -166,7 +166,8 @@ class OnnxInference(Processor):
 
     def class_names(self) -> tuple[str, ...] | None:
         """Class names stored in the model's metadata (``names``, as Ultralytics exports
-        write it: a dict literal ``{0: 'person', ...}``), or None."""
+        write it: a dict literal ``{0: 'person', ...}``), or None when there are none or
+        their ids are not exactly ``0..n-1``."""
         text = self.metadata.get("names")
         if not text:
             return None
@@ -175,7 +176,15 @@ class OnnxInference(Processor):
         except (ValueError, SyntaxError):
             return None
         if isinstance(names, dict):
-            return tuple(str(names[k]) for k in sorted(names))
+            # The keys are class ids, also when written as JSON strings ("10" sorts before
+            # "2"): ordered as numbers, and only a complete 0..n-1 map gives names by index.
+            try:
+                by_id = {int(k): str(v) for k, v in names.items()}
+            except (TypeError, ValueError):
+                return None
+            if sorted(by_id) != list(range(len(names))):
+                return None
+            return tuple(by_id[i] for i in range(len(by_id)))
         if isinstance(names, list | tuple):
             return tuple(str(n) for n in names)
         return None

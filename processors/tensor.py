@@ -121,7 +121,7 @@ class ToFloat(Processor):
     def process(self, data: NDArray[np.generic]) -> NDArray[np.float32]:
         if data.dtype == np.uint8:
             return _u8_to_float(data, self.scale)
-        return np.multiply(data, np.float32(self.scale), dtype=np.float32)
+        return np.multiply(data, np.float32(self.scale), dtype=np.float32, order="C")
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,8 @@ class Normalize(Processor):
                 raise ValueError(f"{len(values)} mean/std values for {channels} channels")
             stats.append(np.asarray(values, dtype=np.float32).reshape(shape))
         mean, std = stats
-        out = np.subtract(data, mean, dtype=np.float32)
+        # order="C": a ufunc lays its result out like its input, e.g. a transposed view.
+        out = np.subtract(data, mean, dtype=np.float32, order="C")
         np.divide(out, std, out=out)
         return out
 

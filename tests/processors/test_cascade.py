@@ -50,3 +50,27 @@ def test_finds_the_face_in_a_zoomed_16_by_9_view(astronaut) -> None:
 def test_no_face_no_box() -> None:
     blank = np.full((360, 640, 3), 90, np.uint8)
     assert FaceCascade().process(blank)["boxes"] == []
+
+
+def test_a_one_pixel_high_strip_is_searched_not_refused() -> None:
+    # 1200 wide is searched at 480: its height, 0.4 px, must stay one pixel, not become 0.
+    strip = np.full((1, 1200, 3), 90, np.uint8)
+    for frame in (strip, encode_jpeg(strip)):
+        record = FaceCascade().process(frame)
+        assert (record["width"], record["height"], record["boxes"]) == (1200, 1, [])
+
+
+class _WholeImage:
+    """A stand-in cascade that finds one "face" covering the whole search image."""
+
+    def detect_multi_scale(self, img: np.ndarray, **_: object) -> list[dict[str, int]]:
+        return [{"r": 0, "c": 0, "height": img.shape[0], "width": img.shape[1]}]
+
+
+@pytest.mark.parametrize("hw", [(5, 1000), (722, 1280), (300, 400)])
+def test_boxes_map_back_with_each_axis_own_scale(hw) -> None:
+    # 5x1000 is searched at 2x480: its height's scale is 2/5, not 480/1000.
+    cascade = FaceCascade()
+    cascade._cascade = _WholeImage()
+    record = cascade.process(np.full((*hw, 3), 90, np.uint8))
+    np.testing.assert_allclose(record["boxes"], [[0, 0, hw[1], hw[0]]])

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from fogverse.processor import Processor
-from processors import Compose
+from processors import Compose, ToFloat
 
 
 class Recorder(Processor):
@@ -89,6 +89,12 @@ def test_plain_functions_and_nesting() -> None:
 def test_rejects_non_callables() -> None:
     with pytest.raises(TypeError):
         Compose(42)  # type: ignore[arg-type]
+
+
+def test_rejects_a_processor_class_for_its_instance() -> None:
+    # ToFloat without () would turn each frame into ToFloat(scale=frame), sent on as the result.
+    with pytest.raises(TypeError, match="ToFloat is a class: pass an instance"):
+        Compose(Recorder("a", []), ToFloat)
 
 
 def test_repr_names_the_steps() -> None:

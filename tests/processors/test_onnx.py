@@ -4,6 +4,7 @@ and bad inputs, alone and inside the worker pool (the pool is no Kafka part: no 
 from __future__ import annotations
 
 import asyncio
+import json
 import pickle
 
 import cloudpickle
@@ -111,3 +112,22 @@ def test_uint8_model_input_type_is_read_from_the_model() -> None:
     np.testing.assert_array_equal(inference.process(np.zeros((1, 3, 640, 640), np.uint8)), OUT)
     with pytest.raises(ModelError, match="takes uint8, got float32"):
         inference.process(np.zeros((1, 3, 640, 640), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        # JSON writes the ids as strings: "10" must not sort before "2".
+        (json.dumps({str(i): f"n{i}" for i in range(12)}), tuple(f"n{i}" for i in range(12))),
+        ("{0: 'a', '1': 'b'}", ("a", "b")),
+        ("{0: 'a', 2: 'c'}", None),  # id 1 missing: names by index would shift
+        ("{0: 'a', 'x': 'b'}", None),
+    ],
+)
+def test_class_names_are_ordered_by_class_id(names: str, expected) -> None:
+    inference = OnnxInference(constant_model(OUT, "named", metadata={"names": names}))
+    inference.setup()
+    try:
+        assert inference.class_names() == expected
+    finally:
+        inference.teardown()

@@ -139,6 +139,16 @@ def test_normalize_does_not_modify_input() -> None:
     assert (chw == 1).all()
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float64])
+def test_float_results_are_c_contiguous_for_a_transposed_input(make_frame, dtype) -> None:
+    chw = make_frame(6, 7, 3).astype(dtype).transpose(2, 0, 1)  # an HWC frame seen as CHW
+    scaled = ToFloat().process(chw)
+    normalized = Normalize((1, 2, 3), (2, 2, 2)).process(chw)
+    assert scaled.flags.c_contiguous and normalized.flags.c_contiguous
+    np.testing.assert_allclose(scaled, chw / 255, rtol=1e-6)
+    np.testing.assert_allclose(normalized, (chw - [[[1]], [[2]], [[3]]]) / 2, rtol=1e-6)
+
+
 def test_batch_stacks_in_order(make_frame) -> None:
     items = [make_frame(4, 5, 3, seed=s).transpose(2, 0, 1) for s in range(3)]
     out = Batch().process(items)
