@@ -154,6 +154,8 @@ class _Connection:
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         # Acquires whose caller gave up before the reply: a late grant is released at once.
         self.abandoned: set[int] = set()
+        # Whether the server withdraws a queued acquire on request (its hello lists "cancel").
+        self.can_cancel = False
         self.grants: set[LockGrant] = set()
         self.closed = False
         self.close_reason = "not connected"
@@ -201,6 +203,7 @@ class _Connection:
             if op == "acquire" and not delivered:
                 if unanswered:
                     self.abandoned.add(request_id)
+                    self._withdraw(request_id)
                 elif (
                     future.done()
                     and not future.cancelled()
@@ -209,6 +212,13 @@ class _Connection:
                 ):
                     # The grant arrived but its caller was cancelled before taking it.
                     self._release_quietly(future.result())
+
+    def _withdraw(self, request_id: int) -> None:
+        # Left queued, the request would be granted later to nobody, and the waiters behind it
+        # would wait until the grant came back. Its reply (grant or "cancelled") still comes.
+        if self.can_cancel and not self.closed:
+            with contextlib.suppress(LockServiceError, OSError):
+                self.post("cancel", acquire_id=request_id)
 
     def _release_quietly(self, reply: dict[str, Any]) -> None:
         name, fence = reply.get("name"), reply.get("fence")
@@ -378,6 +388,8 @@ class LockClient:
             limit = reply.get("max_frame_bytes")
             if type(limit) is int and limit > 0:
                 conn.max_frame_bytes = limit
+            ops = reply.get("ops")
+            conn.can_cancel = isinstance(ops, list) and "cancel" in ops
             idle_ms = reply.get("idle_timeout_ms")
             if type(idle_ms) is int and idle_ms > 0:
                 conn.start_keepalive(idle_ms / 3000, self._request_timeout)

@@ -9,13 +9,20 @@ Requests:
 ========  ===================================================  ==============================
 op        fields                                               ok reply adds
 ========  ===================================================  ==============================
-hello     ``token`` (str, optional), ``client`` (str, opt.)    server limits (see server.py)
+hello     ``token`` (str, optional), ``client`` (str, opt.)    ``ops``, server limits
 acquire   ``name``, ``lease_ms`` (opt.), ``wait_ms`` (opt.,    ``name``, ``fence``,
           null or absent = wait until granted)                 ``lease_ms``
 renew     ``name``, ``fence``, ``lease_ms`` (opt.)             ``lease_ms``
 release   ``name``, ``fence``                                  --
+cancel    ``acquire_id`` (id of this connection's acquire)     ``withdrawn`` (bool)
 ping      --                                                   --
 ========  ===================================================  ==============================
+
+``cancel`` withdraws an acquire that is still queued: the acquire is answered first, with error
+``cancelled``, so every acquire gets exactly one reply. An acquire already answered (granted,
+timed out) is left alone and ``withdrawn`` is false; a grant the caller no longer wants is given
+back with ``release``. The hello reply lists the server's ``ops``: a client sends ``cancel``
+only to a server that lists it (older ones close the connection on an unknown op).
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ MAX_NAME_CHARS: Final = 256
 MAX_TOKEN_CHARS: Final = 1024
 # Largest id/fence/duration accepted: JSON numbers beyond 2**53 lose precision in many clients.
 MAX_ID: Final = 2**53 - 1
-OPS: Final = frozenset({"hello", "acquire", "renew", "release", "ping"})
+OPS: Final = frozenset({"hello", "acquire", "renew", "release", "cancel", "ping"})
 
 
 class ErrorCode(StrEnum):
@@ -78,6 +85,7 @@ class ErrorCode(StrEnum):
     AUTH_FAILED = "auth_failed"
     TIMEOUT = "timeout"
     NOT_HELD = "not_held"
+    CANCELLED = "cancelled"
     TOO_MANY_PENDING = "too_many_pending"
     BUSY = "busy"
     SHUTTING_DOWN = "shutting_down"
@@ -123,6 +131,7 @@ class Request:
     wait_ms: int | None = None
     token: str | None = None
     client: str | None = None
+    acquire_id: int | None = None
 
 
 def encode_frame(message: Mapping[str, Any], *, max_frame_bytes: int | None = None) -> bytes:
@@ -252,6 +261,9 @@ def parse_request(obj: Mapping[str, Any]) -> Request:
             )
         if op == "ping":
             return Request(op, request_id)
+        if op == "cancel":
+            acquire_id = _int_field(obj, "acquire_id", required=True, minimum=0)
+            return Request(op, request_id, acquire_id=acquire_id)
         name = _str_field(obj, "name", required=True)
         if op == "acquire":
             return Request(

@@ -26,6 +26,7 @@ from typing import Any
 from fogverse.autoscale.lock.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     MAX_ID,
+    OPS,
     ErrorCode,
     ProtocolError,
     Request,
@@ -177,6 +178,21 @@ class _LockTable:
             return
         self._vacate(lock)
         session.send(ok_reply(req.id))
+
+    def cancel(self, session: _Session, req: Request) -> None:
+        # A caller that gave up waiting: left queued, the lock would later be granted to nobody
+        # and every waiter behind would wait for that grant to be given back or to expire.
+        withdrawn = [w for w in session.waiters if w.request_id == req.acquire_id]
+        for waiter in withdrawn:
+            self._forget_waiter(waiter)
+            session.send(
+                error_reply(
+                    waiter.request_id,
+                    ErrorCode.CANCELLED,
+                    f"acquire of lock {waiter.lock.name!r} withdrawn",
+                )
+            )
+        session.send(ok_reply(req.id, withdrawn=bool(withdrawn)))
 
     def drop(self, session: _Session) -> None:
         """Forget a closed connection: cancel its waits, release its locks."""
@@ -451,8 +467,10 @@ class LockServer:
                 return True
             except EOFError:
                 return False
-            except (asyncio.IncompleteReadError, ConnectionError) as exc:
-                logger.debug("%r went away mid-frame: %r", session, exc)
+            except (asyncio.IncompleteReadError, OSError) as exc:
+                # OSError, not only ConnectionError: a peer whose host vanished fails the read
+                # with EHOSTUNREACH and the like, which is its going away, not our fault.
+                logger.debug("%r went away: %r", session, exc)
                 return False
             if not session.authed or req.op == "hello":
                 rejection = self._check_hello(req)
@@ -470,7 +488,7 @@ class LockServer:
                 logger.info("dropping %r: it does not read its replies", session)
                 writer.transport.abort()
                 return False
-            except ConnectionError:
+            except OSError:
                 return False
         return False
 
@@ -490,6 +508,8 @@ class LockServer:
             self._table.renew(session, req)
         elif req.op == "release":
             self._table.release(session, req)
+        elif req.op == "cancel":
+            self._table.cancel(session, req)
         elif req.op == "ping":
             session.send(ok_reply(req.id))
         else:  # hello
@@ -498,6 +518,7 @@ class LockServer:
                 ok_reply(
                     req.id,
                     server=SERVER_NAME,
+                    ops=sorted(OPS),
                     max_frame_bytes=self._max_frame_bytes,
                     idle_timeout_ms=(
                         seconds_to_ms(self._idle_timeout) if self._idle_timeout else None

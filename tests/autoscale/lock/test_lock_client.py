@@ -98,14 +98,20 @@ def test_cancelled_acquire_does_not_leave_the_lock_taken() -> None:
             grant = await a.acquire("c", lease=30)
             waiting = asyncio.create_task(b.acquire("c", lease=30, timeout=None))
             await until(lambda: server.stats()["waiting"] == 1, 10, "b to wait")
-            waiting.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await waiting
-            # The server still grants b's request when a releases; b gives it straight back.
-            await a.release(grant)
             async with LockClient(HOST, server.port) as c:
-                late = await c.acquire("c", timeout=5)
-                assert late.fence > grant.fence + 1  # b had the fence in between
+                behind = asyncio.create_task(c.acquire("c", lease=30, timeout=60))
+                await until(lambda: server.stats()["waiting"] == 2, 10, "c to wait behind b")
+                waiting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await waiting
+                # b withdraws its request: the server never grants it, and b forgets it.
+                await until(lambda: server.stats()["waiting"] == 1, 10, "b's request to go")
+                conn = b._conn
+                assert conn is not None
+                await until(lambda: not conn.abandoned, 10, "b to hear its request went")
+                await a.release(grant)
+                late = await behind
+                assert late.fence == grant.fence + 1  # nobody had the lock in between
                 await c.release(late)
 
     run(scenario())
@@ -408,5 +414,38 @@ def test_grant_whose_connection_closed_before_acquire_returned_is_not_handed_out
                 assert exc.code == "connection_lost"
             else:
                 assert grant.lost, "acquire returned a grant on a closed connection as held"
+
+    run(scenario())
+
+
+@pytest.mark.timeout(60)
+def test_cancelled_acquire_sends_no_cancel_to_a_server_that_does_not_list_it() -> None:
+    # A server from before "cancel" closes the connection on an unknown op, taking every lock
+    # of the client with it: the client asks only a server whose hello lists the op.
+    seen: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                (length,) = struct.unpack(">I", await reader.readexactly(4))
+            except asyncio.IncompleteReadError:
+                break
+            req = json.loads(await reader.readexactly(length))
+            seen.append(req["op"])
+            if req["op"] != "acquire":  # never granted
+                body = json.dumps({"v": 1, "id": req["id"], "ok": True}).encode()
+                writer.write(struct.pack(">I", len(body)) + body)
+        writer.close()
+
+    async def scenario() -> None:
+        old = await asyncio.start_server(handle, HOST, 0)
+        async with old, LockClient(HOST, old.sockets[0].getsockname()[1]) as client:
+            waiting = asyncio.create_task(client.acquire("n", timeout=None))
+            await until(lambda: "acquire" in seen, 10, "the acquire to arrive")
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await client.ping()
+            assert seen == ["hello", "acquire", "ping"]
 
     run(scenario())

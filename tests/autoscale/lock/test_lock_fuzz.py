@@ -93,7 +93,7 @@ near_valid = st.fixed_dictionaries(
     {
         "v": mostly(st.just(1), st.sampled_from([0, 2, "1", None, True, 1.0])),
         "op": mostly(
-            st.sampled_from(["acquire", "acquire", "renew", "release", "ping", "hello"]),
+            st.sampled_from(["acquire", "acquire", "renew", "release", "cancel", "ping", "hello"]),
             st.sampled_from(["", "x", 1, None]),
         ),
         "id": mostly(st.integers(0, 1000), st.one_of(st.integers(-3, 2**54), anything)),
@@ -103,6 +103,7 @@ near_valid = st.fixed_dictionaries(
         "fence": mostly(st.one_of(st.integers(0, 64), st.integers(0, 2**53)), anything),
         "lease_ms": mostly(st.integers(1, 10**7), anything),
         "wait_ms": mostly(st.integers(0, 300), anything),
+        "acquire_id": mostly(st.integers(0, 1000), anything),
         "token": mostly(st.text(max_size=20), anything),
         "client": mostly(st.text(min_size=1, max_size=20), anything),
     },

@@ -82,6 +82,8 @@ def test_parse_valid_requests() -> None:
     hello = parse_request({"v": 1, "op": "hello", "id": 0, "token": "t", "client": "c"})
     assert (hello.token, hello.client) == ("t", "c")
     assert parse_request({"v": 1, "op": "ping", "id": MAX_ID}).id == MAX_ID
+    cancel = parse_request({"v": 1, "op": "cancel", "id": 5, "acquire_id": 3})
+    assert (cancel.op, cancel.id, cancel.acquire_id, cancel.name) == ("cancel", 5, 3, None)
 
 
 OK_ACQUIRE = {"v": 1, "op": "acquire", "id": 7, "name": "x", "lease_ms": 100, "wait_ms": 0}
@@ -125,6 +127,9 @@ def _with(**changes: Any) -> dict[str, Any]:
         (_with(op="hello", token=12), ErrorCode.BAD_REQUEST, 7),
         (_with(name="a\ud800"), ErrorCode.BAD_REQUEST, 7),
         (_with(op="hello", client="\udc80"), ErrorCode.BAD_REQUEST, 7),
+        (_with(op="cancel"), ErrorCode.BAD_REQUEST, 7),  # no acquire_id
+        (_with(op="cancel", acquire_id=-1), ErrorCode.BAD_REQUEST, 7),
+        (_with(op="cancel", acquire_id="3"), ErrorCode.BAD_REQUEST, 7),
     ],
 )
 def test_parse_request_rejects(message: dict[str, Any], code: ErrorCode, echoed_id: Any) -> None:

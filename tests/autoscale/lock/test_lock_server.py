@@ -4,6 +4,8 @@ per-connection limits, shutdown, and the standalone command."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import re
 import signal
 import subprocess
@@ -93,6 +95,47 @@ def test_waiters_are_granted_in_fifo_order(raw: Raw) -> None:
     run(scenario())
 
 
+def test_cancel_withdraws_a_queued_acquire_and_the_next_waiter_gets_the_lock(raw: Raw) -> None:
+    async def scenario() -> None:
+        async with LockServer(HOST, 0) as server:
+            holder, quitter, patient = [await raw(server.port) for _ in range(3)]
+            assert "cancel" in (await quitter.call("hello"))["ops"]
+            grant = await holder.call("acquire", name="q", lease_ms=30_000)
+            gone = await quitter.request("acquire", name="q", lease_ms=30_000)
+            await until(lambda: server.stats()["waiting"] == 1, 10, "the quitter to wait")
+            await patient.request("acquire", name="q", lease_ms=30_000)
+            await until(lambda: server.stats()["waiting"] == 2, 10, "the patient one to wait")
+            cancel = await quitter.request("cancel", acquire_id=gone)
+            # The acquire is answered (once, before the cancel), then the cancel.
+            withdrawn = await quitter.recv()
+            assert withdrawn is not None
+            assert (withdrawn["id"], withdrawn["ok"], withdrawn["error"]) == (
+                gone,
+                False,
+                "cancelled",
+            )
+            reply = await quitter.recv()
+            assert reply == {"v": 1, "id": cancel, "ok": True, "withdrawn": True}
+            assert server.stats()["waiting"] == 1
+            # Nothing left to withdraw: the connection carries on.
+            for acquire_id in (gone, 12345):
+                again = await quitter.call("cancel", acquire_id=acquire_id)
+                assert again["ok"] and again["withdrawn"] is False
+            # Released, the lock goes straight to the waiter still there, not to the quitter.
+            await holder.call("release", name="q", fence=grant["fence"])
+            taken = await patient.recv()
+            assert taken is not None and taken["ok"] and taken["fence"] == grant["fence"] + 1
+            assert (await quitter.call("ping"))["ok"]  # and no grant arrived before the pong
+            assert server.stats() == {"connections": 3, "locks": 1, "held": 1, "waiting": 0}
+            # An acquire answered already is not touched by a cancel.
+            assert (await patient.call("cancel", acquire_id=taken["id"]))["withdrawn"] is False
+            assert (await patient.call("release", name="q", fence=taken["fence"]))["ok"]
+            for conn in (holder, quitter, patient):
+                await conn.close()
+
+    run(scenario())
+
+
 def test_wait_timeout_gets_a_timeout_reply_and_leaves_the_queue(raw: Raw) -> None:
     async def scenario() -> None:
         async with LockServer(HOST, 0) as server:
@@ -162,6 +205,32 @@ def test_closing_a_connection_releases_its_locks_and_cancels_its_waits(raw: Raw)
             await until(lambda: server.stats()["locks"] == 0, 10, "every lock to be forgotten")
 
     run(scenario())
+
+
+def test_network_error_on_a_connection_is_its_end_not_an_internal_error(
+    raw: Raw, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A client whose host vanished: the kernel fails the socket with EHOSTUNREACH (an OSError
+    # that is no ConnectionError), as asyncio's transport reports it.
+    async def scenario() -> None:
+        async with LockServer(HOST, 0) as server:
+            gone, waiter = await raw(server.port), await raw(server.port)
+            grant = await gone.call("acquire", name="h", lease_ms=60_000)
+            await waiter.request("acquire", name="h", lease_ms=60_000)
+            await until(lambda: server.stats()["waiting"] == 1, 10, "the waiter")
+            (session,) = [s for s in server._sessions if s.held]
+            protocol: Any = session.writer._protocol  # type: ignore[attr-defined]
+            protocol.connection_lost(OSError(errno.EHOSTUNREACH, "No route to host"))
+            taken = await waiter.recv()
+            assert taken is not None and taken["ok"] and taken["fence"] > grant["fence"]
+            await until(lambda: server.stats()["connections"] == 1, 10, "the session to go")
+            await gone.close()
+            await waiter.close()
+
+    with caplog.at_level(logging.DEBUG, logger="fogverse.autoscale.lock"):
+        run(scenario())
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, errors
 
 
 def test_lease_is_capped_and_pending_requests_are_limited(raw: Raw) -> None:
