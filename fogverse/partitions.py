@@ -219,6 +219,9 @@ class ConsumerStart(Plugin):
     ) -> None:
         if initial_total_partition < 1:
             raise ValueError("initial_total_partition must be at least 1")
+        if not 0 < master_port <= 65535:
+            # Else every join fails late, with the socket's bare OverflowError.
+            raise ValueError(f"master_port must be a TCP port (1-65535), got {master_port}")
         if sleep_time < 0 or lock_lease <= 0 or admin_timeout <= 0 or metadata_max_age_ms <= 0:
             raise ValueError(
                 "sleep_time must be >= 0; lock_lease, admin_timeout and metadata_max_age_ms > 0"
@@ -260,13 +263,19 @@ class ConsumerStart(Plugin):
         if not address:
             return None
         host, sep, port = address.rpartition(":")
-        if not sep or not host or not port.isdigit():
+        # A port beyond 65535 would surface only at the join, as a bare OverflowError.
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
             raise ValueError(f"{LOCK_ADDRESS_ENV} must be host:port, got {address!r}")
         kwargs.setdefault("token", env.get(_TOKEN_ENV) or None)
-        if env.get(INITIAL_PARTITIONS_ENV):
-            kwargs.setdefault("initial_total_partition", int(env[INITIAL_PARTITIONS_ENV]))
-        if env.get(METADATA_MAX_AGE_ENV):
-            kwargs.setdefault("metadata_max_age_ms", int(env[METADATA_MAX_AGE_ENV]))
+        for name, option in (
+            (INITIAL_PARTITIONS_ENV, "initial_total_partition"),
+            (METADATA_MAX_AGE_ENV, "metadata_max_age_ms"),
+        ):
+            if env.get(name):
+                try:
+                    kwargs.setdefault(option, int(env[name]))
+                except ValueError:
+                    raise ValueError(f"{name} must be an integer, got {env[name]!r}") from None
         return cls(bootstrap_servers, master_host=host.strip("[]"), master_port=int(port), **kwargs)
 
     # ---- configuring clients ------------------------------------------------------------

@@ -1024,6 +1024,13 @@ def test_from_env():
     assert fogverse.partitions._TOKEN_ENV == TOKEN_ENV
     with pytest.raises(ValueError, match="host:port"):
         ConsumerStart.from_env("b:9092", {LOCK_ADDRESS_ENV: "nohost"})
+    # Not accepted here to fail each join later with a bare OverflowError from the socket.
+    with pytest.raises(ValueError, match="host:port"):
+        ConsumerStart.from_env("b:9092", {LOCK_ADDRESS_ENV: "master:99999"})
+    with pytest.raises(ValueError, match="FOGVERSE_INITIAL_PARTITIONS must be an integer"):
+        ConsumerStart.from_env(
+            "b:9092", {LOCK_ADDRESS_ENV: "master:4300", "FOGVERSE_INITIAL_PARTITIONS": "four"}
+        )
 
 
 def test_the_admin_may_be_an_admin_client_or_a_kafka_admin():
@@ -1042,6 +1049,8 @@ def test_the_admin_may_be_an_admin_client_or_a_kafka_admin():
 def test_bad_arguments_are_refused_before_anything_happens():
     with pytest.raises(ValueError):
         ConsumerStart("b:9092", initial_total_partition=0)
+    with pytest.raises(ValueError, match="master_port must be a TCP port"):
+        ConsumerStart("b:9092", master_port=70000)
     start = ConsumerStart("b:9092")
 
     async def call(topic: Any, group: str) -> None:

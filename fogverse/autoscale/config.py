@@ -267,7 +267,11 @@ def _check_value(name: str, value: Any, default: Any, where: str) -> str | None:
         return f"{where}{name} must be a number, got {value!r}"
     if kind is int and not isinstance(value, int):
         return f"{where}{name} must be an integer, got {value!r}"
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float: a YAML value of 400 digits
+        finite = False
+    if not finite:
         return f"{where}{name} must be finite"
     if name in _POSITIVE and value <= 0:
         return f"{where}{name} must be greater than 0, got {value}"
@@ -365,10 +369,13 @@ def validate(conf: Mapping[str, Any]) -> MasterSettings:
         problems.append("control_topic_partitions must be an integer >= 1")
         partitions = 1
     stats: StatisticSettings = sections["statistic_worker_config"]
-    if stats.maximum_seconds < stats.refresh_rate:
+    # Samples come a little more than refresh_rate apart (the loop sleeps after each one): a
+    # shorter history never holds min_samples of them, and no spike is ever called.
+    if stats.maximum_seconds < stats.min_samples * stats.refresh_rate:
         problems.append(
-            "statistic_worker_config.maximum_seconds must be at least refresh_rate "
-            "(the history would hold no sample)"
+            "statistic_worker_config.maximum_seconds must be at least refresh_rate * "
+            f"min_samples ({stats.min_samples * stats.refresh_rate:g}): a shorter history "
+            "never holds min_samples samples, so no spike would ever be detected"
         )
     deployer: DeployerSettings = sections["auto_deployer_config"]
     if deployer.retry_backoff_max < deployer.retry_backoff:

@@ -64,10 +64,18 @@ def test_worker_names_may_be_strings_as_in_yaml() -> None:
             "maximum_seconds must be at least refresh_rate",
         ),
         (
+            # Its history holds 2 samples: min_samples (3) is never reached, no spike ever.
+            {"statistic_worker_config": {"refresh_rate": 1, "maximum_seconds": 2}},
+            "maximum_seconds must be at least refresh_rate * min_samples (3)",
+        ),
+        (
             {"input_output_worker_config": {"input_output_ratio_threshold": float("nan")}},
             "must be finite",
         ),
         ({"distributed_worker_config": {"master_port": 70000}}, "must be a TCP port"),
+        # An int too large for a float: a ConfigError, not isfinite's OverflowError.
+        ({"auto_deployer_config": {"deploy_delay": 10**400}}, "deploy_delay must be finite"),
+        ({"lookback_seconds": 10**400}, "lookback_seconds must be finite"),
         ({"included_worker": ["AUTO_SCALER"]}, "unknown worker 'AUTO_SCALER'"),
         ({"included_worker": "AUTO_DEPLOYER"}, "must be a list"),
         ({"consumer_topic": None}, "consumer_topic is required"),

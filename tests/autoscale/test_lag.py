@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import uuid
@@ -78,6 +79,49 @@ def test_lag_is_end_minus_committed_and_uncommitted_partitions_count_from_the_st
     assert (lag, parts) == (16, 3)
 
 
+def test_measuring_a_missing_topic_does_not_create_it(
+    kafka_bootstrap: str, kafka_admin: Any
+) -> None:
+    """A stage whose source topic was deleted (or is not created yet) must not get it back
+    from the lag worker: a topic-named metadata request from the AdminClient (a producer-type
+    client) auto-creates the topic with the broker's default partition count."""
+    from confluent_kafka.admin import NewTopic
+
+    topic = f"gone-{uuid.uuid4().hex[:12]}"
+    offsets = GroupOffsets({"bootstrap.servers": kafka_bootstrap})
+    with pytest.raises(LookupError, match=topic):
+        measure_lag(kafka_admin, offsets, "g", topic, timeout=10)
+    # Its owner creating it afterwards, with its own partition count, must still work.
+    try:
+        kafka_admin.create_topics([NewTopic(topic, num_partitions=3)], operation_timeout=30)[
+            topic
+        ].result(timeout=30)
+    finally:
+        for future in kafka_admin.delete_topics([topic], operation_timeout=10).values():
+            with contextlib.suppress(Exception):
+                future.result(timeout=10)
+
+
+def test_lag_never_counts_records_deleted_before_the_committed_offset(
+    kafka_bootstrap: str, kafka_admin: Any, new_topic: Any
+) -> None:
+    """Retention (or DeleteRecords) moved the log start past the group's committed offset:
+    its consumers resume at the log start (``auto_offset_reset=earliest``), so the deleted
+    records are no lag."""
+    from confluent_kafka import TopicPartition
+
+    topic = new_topic(partitions=1)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    asyncio.run(produce_kafka(kafka_bootstrap, topic, [(None, b"x", [])] * 10))
+    asyncio.run(_commit(kafka_bootstrap, topic, group, {0: 2}))
+    for future in kafka_admin.delete_records(
+        [TopicPartition(topic, 0, 8)], request_timeout=30
+    ).values():
+        future.result(timeout=30)
+    offsets = GroupOffsets({"bootstrap.servers": kafka_bootstrap})
+    assert measure_lag(kafka_admin, offsets, group, topic) == (2, 1)
+
+
 def test_worker_recommends_from_lag_without_blocking_and_skips_stages_without_a_group(
     kafka_bootstrap: str, kafka_admin: Any, new_topic: Any
 ) -> None:
@@ -132,7 +176,7 @@ class FakeAdmin:
         self.calls = 0
         self.entered = threading.Event()
 
-    def list_topics(self, topic: str, timeout: float) -> Any:
+    def describe_topics(self, topics: Any, request_timeout: float) -> Any:
         from confluent_kafka import KafkaError, KafkaException
 
         self.calls += 1
@@ -141,8 +185,8 @@ class FakeAdmin:
             self.gate.wait(DEADLINE)
         if self.calls <= self.failures:
             raise KafkaException(KafkaError(KafkaError._TRANSPORT))
-        partitions = {p: None for p in self.ENDS}
-        return SimpleNamespace(topics={topic: SimpleNamespace(error=None, partitions=partitions)})
+        partitions = [SimpleNamespace(id=p) for p in self.ENDS]
+        return {t: _done(SimpleNamespace(partitions=partitions)) for t in topics.topic_names}
 
     def committed(self, group_id: str, tps: list[Any], timeout: float) -> dict[int, int]:
         # GroupOffsets' part: the admin API's ListConsumerGroupOffsets is never asked (this
@@ -150,7 +194,16 @@ class FakeAdmin:
         return {tp.partition: self.COMMITTED[tp.partition] for tp in tps}
 
     def list_offsets(self, specs: dict[Any, Any], request_timeout: float) -> Any:
-        return {tp: _done(SimpleNamespace(offset=self.ENDS[tp.partition])) for tp in specs}
+        from confluent_kafka.admin import OffsetSpec
+
+        return {
+            tp: _done(
+                SimpleNamespace(
+                    offset=0 if spec == OffsetSpec.earliest() else self.ENDS[tp.partition]
+                )
+            )
+            for tp, spec in specs.items()
+        }
 
 
 class Deployer:

@@ -4,8 +4,8 @@ Every ``refresh_rate_second`` seconds, for each stage whose consumer group is kn
 the group's committed offsets and the source topic's end offsets (confluent-kafka, in a
 thread: its calls block) and recommends ``ceil(total lag / lag_threshold)`` instances, at most
 one per partition (more would sit idle) unless ``allow_beyond_partitions``. A partition the
-group never committed counts from its beginning, because our consumers start there
-(``auto_offset_reset=earliest``).
+group never committed, or committed before its log start, counts from its log start, because
+our consumers start there (``auto_offset_reset=earliest``).
 
 Committed offsets are read by a consumer of the group (never subscribed, so it never joins
 it), not by the admin API: librdkafka's admin ListConsumerGroupOffsets dereferences a NULL
@@ -84,30 +84,34 @@ def measure_lag(
     admin: Any, offsets: GroupOffsets, group_id: str, topic: str, timeout: float = 10.0
 ) -> tuple[int, int]:
     """``(total lag, partition count)`` of ``group_id`` on ``topic``; blocking."""
-    from confluent_kafka import TopicPartition
+    from confluent_kafka import KafkaError, KafkaException, TopicCollection, TopicPartition
     from confluent_kafka.admin import OffsetSpec
 
-    meta = admin.list_topics(topic, timeout=timeout)
-    info = meta.topics.get(topic)
-    if info is None or info.error is not None:
-        raise LookupError(f"topic {topic!r} not found: {info.error if info else 'no metadata'}")
-    parts = sorted(info.partitions)
+    # Not list_topics(topic): the AdminClient is a producer-type client, and its metadata
+    # request for a missing topic makes the broker auto-create it (a deleted stage's topic
+    # would come back, with the broker's default partition count).
+    try:
+        description = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[
+            topic
+        ].result(timeout)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        if isinstance(err, KafkaError) and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise LookupError(f"topic {topic!r} not found: {err.str()}") from exc
+        raise
+    parts = sorted(p.id for p in description.partitions)
     tps = [TopicPartition(topic, p) for p in parts]
     committed = offsets.committed(group_id, tps, timeout)
     ends = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=timeout)
     end = {tp.partition: f.result(timeout).offset for tp, f in ends.items()}
-    missing = [TopicPartition(topic, p) for p in parts if committed.get(p, -1) < 0]
-    start: dict[int, int] = {}
-    if missing:
-        res = admin.list_offsets(
-            {tp: OffsetSpec.earliest() for tp in missing}, request_timeout=timeout
-        )
-        start = {tp.partition: f.result(timeout).offset for tp, f in res.items()}
+    # Every partition's log start, not only the never-committed ones': a committed offset that
+    # retention (or DeleteRecords) has passed resumes there too, and the records deleted before
+    # it are no lag.
+    res = admin.list_offsets({tp: OffsetSpec.earliest() for tp in tps}, request_timeout=timeout)
+    start = {tp.partition: f.result(timeout).offset for tp, f in res.items()}
     lag = 0
     for p in parts:
-        base = committed.get(p, -1)
-        if base < 0:
-            base = start.get(p, 0)
+        base = max(committed.get(p, -1), start[p])
         lag += max(0, end[p] - base)
     return lag, len(parts)
 
