@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-_SIZED = (bytes, bytearray, memoryview)  # payloads whose len() is their size in bytes
+_SIZED = (bytes, bytearray)  # payloads whose len() is their size in bytes
 
 __all__ = [
     "DEFAULT_SAMPLE",
@@ -63,6 +63,12 @@ _BUCKETS = np.array(
         10.0,
     ]
 )
+
+
+def _unsized(value: Any) -> int:
+    # A memoryview's len() counts the items of its first dimension: a view of a 720p frame
+    # has 720 of them.
+    return value.nbytes if isinstance(value, memoryview) else 0
 
 
 class ProfileSummary(dict[str, Any]):
@@ -138,7 +144,9 @@ class Stamps:
             (processed - admitted) * ns,
             (encoded - processed) * ns,
             (sent - encoded) * ns,
-            (acked - encoded) * ns,
+            # From sent, not encoded: the stages partition the message's time, so their
+            # means add up (the summary's shares) without counting the send twice.
+            (acked - sent) * ns,
         )
 
 
@@ -206,7 +214,7 @@ class Profiler:
     def count_input(self, value: Any) -> int:
         """Count one message in; returns its size in bytes (0 for a value that is not a
         buffer)."""
-        size = len(value) if isinstance(value, _SIZED) else 0
+        size = len(value) if isinstance(value, _SIZED) else _unsized(value)
         self.messages += 1
         self.bytes_in += size
         return size
@@ -214,7 +222,7 @@ class Profiler:
     def count_output(self, stamps: Stamps | None, out: Any) -> None:
         """Count an encoded output's bytes (the stamps of a timed message note when and how
         much)."""
-        size = len(out) if isinstance(out, _SIZED) else 0
+        size = len(out) if isinstance(out, _SIZED) else _unsized(out)
         self.bytes_out += size
         if stamps is not None:
             stamps.encoded = Profiler.now()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import importlib.util
 import inspect
@@ -23,13 +24,21 @@ def load_target(target: str) -> Any:
             raise SystemExit(f"fogverse run: no such file: {where}")
         sys.path.insert(0, str(path.parent))
         spec = importlib.util.spec_from_file_location(path.stem, path)
-        assert spec is not None and spec.loader is not None
+        if spec is None or spec.loader is None:  # a directory, or a name without .py
+            raise SystemExit(f"fogverse run: not a Python script: {where}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[path.stem] = module
         spec.loader.exec_module(module)
     else:
         sys.path.insert(0, str(Path.cwd()))
-        module = importlib.import_module(where)
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as exc:
+            # Only the target itself; a module the target imports that is missing keeps
+            # its traceback.
+            if exc.name is None or not (where + ".").startswith(exc.name + "."):
+                raise
+            raise SystemExit(f"fogverse run: no module named {exc.name!r}") from None
     try:
         return getattr(module, name)
     except AttributeError:
@@ -40,29 +49,53 @@ def _run(args: argparse.Namespace) -> int:
     from fogverse.app import run
 
     obj = load_target(args.target)
-    if inspect.isclass(obj):
-        obj = obj()
-    elif inspect.iscoroutinefunction(obj):
-        run(obj())
-        return 0
-    elif callable(obj) and not hasattr(obj, "run"):
+    if inspect.isclass(obj) or (callable(obj) and not hasattr(obj, "run")):
         obj = obj()
     # A parallel node's module was imported by the target itself; don't load it otherwise.
     parallel = sys.modules.get("fogverse.node.parallel")
     if parallel is not None and isinstance(obj, parallel.ParallelRunnable):
         run(obj.run(args.process_number, args.max_running_task))
-    else:
-        run(obj)
+        return 0
+    problem = None
+    if not (asyncio.iscoroutine(obj) or callable(getattr(obj, "run", None))):
+        problem = f"{args.target} gave {type(obj).__name__}, not a node or a coroutine"
+    elif args.process_number is not None or args.max_running_task is not None:
+        # Silently ignored, they would leave a node meant to be parallel on one process.
+        problem = (
+            f"--process-number and --max-running-task are for parallel nodes; "
+            f"{args.target} is a {type(obj).__name__}"
+        )
+    if problem is not None:
+        if asyncio.iscoroutine(obj):
+            obj.close()  # never awaited, on purpose
+        raise SystemExit(f"fogverse run: {problem}")
+    run(obj)
     return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a node: module:Class, script.py:Class or a coroutine")
     p.add_argument("target", help="module:Name or path/to/script.py:Name")
     p.add_argument(
-        "--process-number", type=int, default=None, help="worker processes for a parallel node"
+        "--process-number",
+        type=_positive,
+        default=None,
+        help="worker processes for a parallel node",
     )
     p.add_argument(
-        "--max-running-task", type=int, default=None, help="tasks in flight for a parallel node"
+        "--max-running-task",
+        type=_positive,
+        default=None,
+        help="tasks in flight for a parallel node",
     )
     p.set_defaults(func=_run)

@@ -8,11 +8,19 @@ import csv
 import logging
 import math
 
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from fogverse import Consumer, MemoryBroker
-from fogverse.metrics import DEFAULT_SAMPLE, STAGES, Profiler, ProfileSummary, format_summary
+from fogverse.metrics import (
+    DEFAULT_SAMPLE,
+    STAGES,
+    Profiler,
+    ProfileSummary,
+    Stamps,
+    format_summary,
+)
 
 
 class Slow(Consumer):
@@ -221,3 +229,23 @@ def test_a_profiled_node_logs_that_table_when_it_ends(caplog):
     assert text.startswith("Forward: 20 messages")
     assert [line.split()[0] for line in text.splitlines()[2:]] == list(STAGES)
     assert "{" not in text, "not a raw dict"
+
+
+def test_the_stages_partition_a_message_time_so_send_is_counted_once():
+    ms = 1_000_000
+    stamps = Stamps(0)
+    stamps.received, stamps.decoded, stamps.processed = 1 * ms, 2 * ms, 5 * ms
+    stamps.encoded, stamps.sent, stamps.acked = 6 * ms, 16 * ms, 17 * ms  # a 10 ms send
+    durations = dict(zip(STAGES, stamps.durations(), strict=True))
+    assert durations["send"] == pytest.approx(0.010)
+    assert durations["ack_wait"] == pytest.approx(0.001)
+    assert sum(durations.values()) == pytest.approx(0.017)
+
+
+def test_a_memoryview_counts_its_bytes_not_its_rows():
+    profiler = Profiler("node", sample=1)
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    assert profiler.count_input(memoryview(frame)) == frame.nbytes
+    profiler.count_output(None, memoryview(frame)[::2])
+    profiler.count_output(None, memoryview(b"abc"))
+    assert (profiler.bytes_in, profiler.bytes_out) == (frame.nbytes, frame.nbytes // 2 + 3)
