@@ -20,6 +20,7 @@ that started them, as a single broker's do, and :meth:`LocalKafkaCluster.stop` s
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -33,11 +34,13 @@ from typing import Any
 
 from fogverse.broker.launcher import (
     _HOST,
+    _META_FILE,
     _QUIET,
     DEFAULT_KAFKA_VERSION,
     BrokerError,
     LocalKafka,
     _free_ports,
+    _port_open,
     new_cluster_id,
 )
 
@@ -82,6 +85,15 @@ _FAST_FAILOVER = {
 }
 
 
+def _saved_ports(node_dir: Path) -> tuple[int, int] | None:
+    """The client and controller ports a formatted node directory was created with."""
+    meta = node_dir / _META_FILE
+    if not (node_dir / "logs" / "meta.properties").exists() or not meta.exists():
+        return None
+    saved = json.loads(meta.read_text())
+    return int(saved["port"]), int(saved["controller_port"])
+
+
 class LocalKafkaCluster:
     """``brokers`` combined broker/controller nodes on 127.0.0.1 with free ports.
 
@@ -89,7 +101,8 @@ class LocalKafkaCluster:
     them report the same brokers and controller. ``node(i)`` is node ``i``'s
     :class:`~fogverse.broker.launcher.LocalKafka` (ids 1..N); :meth:`kill`,
     :meth:`freeze`/:meth:`thaw` and :meth:`restart` act on one node, and :meth:`leader`
-    names a partition's leader, for fault tests.
+    names a partition's leader, for fault tests. A ``data_dir`` you pass is kept; a later
+    cluster of the same size on it starts on the ports it was made with, data and all.
     """
 
     def __init__(
@@ -144,7 +157,8 @@ class LocalKafkaCluster:
 
     def __repr__(self) -> str:
         running = sum(node.is_running() for node in self.nodes)
-        return f"<LocalKafkaCluster {running}/{self.size} running {self.bootstrap}>"
+        where = self.bootstrap if self.nodes else "not started"
+        return f"<LocalKafkaCluster {running}/{self.size} running {where}>"
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -153,18 +167,26 @@ class LocalKafkaCluster:
         if self.nodes and all(node.is_running() for node in self.nodes):
             return self
         started = time.monotonic()
-        if not self.nodes:
-            self._make_nodes()
-        try:
-            # A node serves only once a quorum of controllers runs: spawn all, then wait.
-            for node in self.nodes:
-                node.start(wait=False)
-            for node in self.nodes:
-                node.wait_ready()
-            self.wait_agreed()
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(3):
+            # Ports we chose ourselves may be taken before a JVM binds them (by a client's
+            # outgoing connection, say): a cluster formatted afresh can try other ones.
+            fresh = not self.nodes and self._make_nodes()
+            try:
+                self._start_nodes()
+            except BrokerError as exc:
+                self.stop()
+                if fresh and attempt < 2 and "already in use" in str(exc):
+                    logger.info("A port the cluster chose was taken; retrying on others")
+                    for node in self.nodes:  # left in a data_dir of the caller's
+                        if node.data_dir is not None:
+                            shutil.rmtree(node.data_dir, ignore_errors=True)
+                    self.nodes = []
+                    continue
+                raise
+            except BaseException:
+                self.stop()
+                raise
+            break
         logger.info(
             "Kafka cluster of %d serving at %s after %.1f s",
             self.size,
@@ -173,12 +195,37 @@ class LocalKafkaCluster:
         )
         return self
 
-    def _make_nodes(self) -> None:
+    def _start_nodes(self) -> None:
+        # A node serves only once a quorum of controllers runs: spawn all, then wait.
+        for node in self.nodes:
+            node.start(wait=False)
+        # A node that cannot start (a port taken) would leave the others waiting for their
+        # quorum until the deadline, reported as theirs: report it as soon as it exits.
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                if not node.is_running():
+                    node._wait_ready(deadline)  # raises: its exit code and its log
+            if all(node.port is not None and _port_open(node.port) for node in self.nodes):
+                break
+            time.sleep(0.05)
+        for node in self.nodes:
+            node._wait_ready(deadline)
+        self.wait_agreed()
+
+    def _make_nodes(self) -> bool:
+        """Make the nodes; whether every one's ports were chosen here (none formatted before)."""
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="fogverse-kafka-cluster-")).resolve()
         self._dir.mkdir(parents=True, exist_ok=True)
-        ports = _free_ports(2 * self.size)
-        client, controller = ports[: self.size], ports[self.size :]
+        # A node directory formatted before (a data_dir kept from an earlier cluster) only
+        # starts on the ports it was made with; the others get free ones.
+        saved = [_saved_ports(self._dir / f"node-{i + 1}") for i in range(self.size)]
+        new = saved.count(None)
+        free = _free_ports(2 * new)
+        free_client, free_controller = iter(free[:new]), iter(free[new:])
+        client = [p[0] if p else next(free_client) for p in saved]
+        controller = [p[1] if p else next(free_controller) for p in saved]
         voters = ",".join(f"{i + 1}@{_HOST}:{controller[i]}" for i in range(self.size))
         cluster_id = new_cluster_id()
         self.nodes = [
@@ -197,6 +244,7 @@ class LocalKafkaCluster:
             )
             for i in range(self.size)
         ]
+        return new == self.size
 
     def wait_agreed(self, timeout: float | None = None) -> None:
         """Wait until every running node lists the same running brokers and controller."""
@@ -204,6 +252,8 @@ class LocalKafkaCluster:
 
         deadline = time.monotonic() + (self.start_timeout if timeout is None else timeout)
         running = [node for node in self.nodes if node.is_running()]
+        if not running:
+            raise BrokerError("no node is running")
         expected = {self.nodes.index(node) + 1 for node in running}
         admins = [admin_client(n.bootstrap, _QUIET) for n in running]
         seen: list[Any] = []

@@ -60,7 +60,13 @@ def _run(args: argparse.Namespace) -> int:
             print(f"FogVerse live view: {view.url}", flush=True)
             await stop.wait()
 
-    run(main())
+    from aiokafka.errors import KafkaError
+
+    try:
+        run(main())
+    except (KafkaError, OSError) as exc:  # Kafka unreachable, the port in use: not a bug
+        print(f"fogverse view: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -57,6 +58,8 @@ class StageSpec:
         if len(parts) not in (2, 3) or not all(parts[:2]):
             raise ValueError(f"stage {text!r} is not GROUP:INPUT[,INPUT...][:OUTPUT]")
         inputs = tuple(t for t in parts[1].split(",") if t)
+        if not inputs:
+            raise ValueError(f"stage {text!r} names no input topic")
         output = parts[2] if len(parts) == 3 and parts[2] else None
         return cls(parts[0], inputs, output)
 
@@ -89,7 +92,7 @@ class ViewConfig:
     - ``host``/``port``: 127.0.0.1 unless told otherwise (port 0: any free port);
       ``token``: required on every request when set.
     - ``max_fps``: frames per second sent to each browser, per topic (newer frames replace
-      unsent ones: a slow browser gets fewer frames, never a queue).
+      unsent ones: a slow browser gets fewer frames, never a queue); 0: no limit.
     """
 
     servers: str = field(default_factory=default_servers)
@@ -109,6 +112,25 @@ class ViewConfig:
     max_frame_bytes: int = 16 * 1024 * 1024
     consumer_conf: dict[str, Any] = field(default_factory=dict)
     """Extra aiokafka keywords for the view's clients (SASL/SSL settings go here)."""
+
+    def __post_init__(self) -> None:
+        # Refused here rather than met later: a negative or NaN max_fps turned sampling off (every
+        # frame read), an empty token served without one, a NaN poll_interval or an infinite
+        # history failed deep inside View(), a port out of range only once Kafka was connected.
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0-65535, not {self.port}")
+        if self.token == "":
+            raise ValueError("the token is empty; pass None for no token")
+        if not (math.isfinite(self.max_fps) and self.max_fps >= 0):
+            raise ValueError(
+                f"max_fps must be a finite number >= 0 (0: no limit), not {self.max_fps}"
+            )
+        for name in ("poll_interval", "history_seconds"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, not {value}")
+        if self.max_frame_bytes <= 0:
+            raise ValueError(f"max_frame_bytes must be more than 0, not {self.max_frame_bytes}")
 
     def watch(self, *nodes: Any) -> ViewConfig:
         """Add each node's stage (consumers, with a :class:`ProfileTap` on the node) and output

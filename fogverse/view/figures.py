@@ -153,6 +153,11 @@ class Figures:
     ) -> None:
         """The admin poll's result: end offsets per topic, committed offsets per group."""
         self.poll_error = error
+        if error is not None:
+            # Nothing was read: the rates are unknown now, not the last ones, which the charts
+            # would otherwise carry on flat through a broker's whole outage.
+            for counter in [*(f.end for f in self.topics.values()), *self.groups.values()]:
+                counter.points.clear()
         for topic, parts in ends.items():
             f = self.topics.get(topic)
             if f is None:
@@ -178,13 +183,16 @@ class Figures:
     def _lag(self, stage: StageSpec) -> dict[str, Any]:
         committed = self.committed.get(stage.group, {})
         per: dict[str, dict[str, int | None]] = {}
-        total = 0
+        # Unknown until a partition's lag is: 0 would show a group that never committed (one
+        # stuck on its first message, say) as keeping up.
+        total: int | None = None
         for topic in stage.inputs:
             for p, end in sorted(self.ends.get(topic, {}).items()):
                 c = committed.get(topic, {}).get(p, -1)
                 lag = end - c if c >= 0 else None  # no commit yet: unknown, not "all of it"
                 per.setdefault(topic, {})[str(p)] = lag
-                total += lag or 0
+                if lag is not None:
+                    total = (total or 0) + lag
         return {"total": total, "partitions": per}
 
     def _profile(self, stage: StageSpec) -> dict[str, Any] | None:

@@ -9,13 +9,19 @@ the pipeline with it; a freshly started broker answers exactly that for a few se
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fogverse.view.figures import Offsets
 
-__all__ = ["OffsetProbe"]
+__all__ = ["READ_TIMEOUT", "OffsetProbe"]
+
+READ_TIMEOUT = 10.0
+"""Seconds one :meth:`OffsetProbe.read` may take. A broker that accepts connections but does
+not answer (frozen, overloaded) holds each request for aiokafka's 40 s, a read makes up to four
+of them, and meanwhile the page shows the last figures as current with no error."""
 
 
 class OffsetProbe:
@@ -52,7 +58,24 @@ class OffsetProbe:
         self, topics: Iterable[str], groups: Mapping[str, Iterable[str]]
     ) -> tuple[Offsets, dict[str, Offsets]]:
         """``(end offsets per topic, committed offsets per group)``; topics that do not exist
-        (yet) are left out. ``groups`` maps each group to the topics it reads."""
+        (yet) are left out. ``groups`` maps each group to the topics it reads.
+
+        ``TimeoutError`` if the brokers take longer than :data:`READ_TIMEOUT`."""
+        deadline = asyncio.timeout(READ_TIMEOUT)
+        try:
+            async with deadline:
+                return await self._read(topics, groups)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            await self.close()  # the next read starts afresh, not behind requests still waiting
+            raise TimeoutError(
+                f"the brokers did not answer offsets requests within {READ_TIMEOUT:g} s"
+            ) from None
+
+    async def _read(
+        self, topics: Iterable[str], groups: Mapping[str, Iterable[str]]
+    ) -> tuple[Offsets, dict[str, Offsets]]:
         from aiokafka import TopicPartition
 
         if self._admin is None:

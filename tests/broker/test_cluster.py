@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -15,7 +16,8 @@ import pytest
 from polling import wait_until
 from test_launcher import _kill_jvms_under, needs_tools
 
-from fogverse.broker import pid_alive, replication_defaults
+from fogverse.broker import BrokerError, LocalKafkaCluster, pid_alive, replication_defaults
+from fogverse.broker import cluster as cluster_module
 
 pytestmark = pytest.mark.fault
 
@@ -100,4 +102,75 @@ def test_cli_starts_a_replicated_cluster_and_stops_every_jvm(tmp_path: Path) -> 
         for pid in pids:
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+        _kill_jvms_under(tmp_path)
+
+
+@pytest.mark.timeout(30)
+def test_a_cluster_not_started_has_a_repr_and_no_nodes_to_wait_for() -> None:
+    cluster = LocalKafkaCluster(3)
+    assert "0/3 running not started" in repr(cluster)
+    with pytest.raises(BrokerError, match="no node is running"):
+        cluster.wait_agreed(timeout=1)
+
+
+@needs_tools
+@pytest.mark.kafka
+@pytest.mark.timeout(300)
+def test_a_cluster_starts_again_on_the_data_dir_it_left(tmp_path: Path) -> None:
+    """`fogverse broker start --brokers 2 --data-dir D`, stop, start again: the nodes come back
+    on the ports their directories were formatted with, data and all."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    data = tmp_path / "cluster"
+    first = LocalKafkaCluster(2, data_dir=data)
+    try:
+        first.start()
+        bootstrap = first.bootstrap
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.create_topics([NewTopic("kept", 1)])["kept"].result(timeout=60)
+        first.stop()
+        assert all((data / f"node-{i}" / "logs").is_dir() for i in (1, 2))
+
+        with LocalKafkaCluster(2, data_dir=data) as second:
+            assert second.bootstrap == bootstrap
+            topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30).topics
+            assert "kept" in topics
+    finally:
+        first.stop(0)
+        _kill_jvms_under(tmp_path)
+
+
+@needs_tools
+@pytest.mark.kafka
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("index", [1, 3], ids=["client-port", "controller-port"])
+def test_a_port_taken_before_a_node_binds_it_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index: int
+) -> None:
+    """A port the cluster chose is bound by someone else before node 2's JVM binds it (a
+    client's outgoing connection takes free ports too): the start failed. With node 2's
+    controller port taken, node 1 also waited for a quorum until the start timeout, and the
+    failure was reported as node 1's ("did not open port")."""
+    taken = socket.socket()  # bound, not listening: what an outgoing connection holds
+    taken.bind(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    real = cluster_module._free_ports
+    chosen: list[list[int]] = []
+
+    def free_ports(count: int) -> list[int]:
+        ports = real(count)
+        if not chosen:
+            ports[index] = port  # [client 1, client 2, controller 1, controller 2]
+        chosen.append(ports)
+        return ports
+
+    monkeypatch.setattr(cluster_module, "_free_ports", free_ports)
+    cluster = LocalKafkaCluster(2, data_dir=tmp_path / "cluster", start_timeout=60)
+    try:
+        cluster.start()
+        assert len(chosen) == 2 and port not in chosen[1]
+        assert all(node.is_running() for node in cluster.nodes)
+    finally:
+        cluster.stop(0)
+        taken.close()
         _kill_jvms_under(tmp_path)

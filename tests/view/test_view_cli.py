@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from fogverse.view import ViewConfig
+
 
 def test_the_command_serves_until_interrupted(kafka_bootstrap: str, new_topic: Any) -> None:
     frames = new_topic(prefix="view-cli")
@@ -65,3 +67,52 @@ def test_a_malformed_stage_is_refused() -> None:
         timeout=60,
     )
     assert done.returncode == 2 and "GROUP:INPUT" in done.stderr
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--max-fps", "-1"], "max_fps must be"),  # turned sampling off: every frame read
+        (["--max-fps", "nan"], "max_fps must be"),
+        (["--token", ""], "token is empty"),  # served without a token
+        (["--port", "70000"], "port must be 0-65535"),  # failed only after Kafka was reached
+        (["--stage", "group:,"], "names no input topic"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_starts(args: list[str], says: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fogverse", "view", "--bootstrap", "127.0.0.1:1", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and says in done.stderr, done.stderr[-2000:]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"poll_interval": float("nan")},  # "cannot convert float NaN to integer" in View()
+        {"poll_interval": 0.0},
+        {"history_seconds": float("inf")},  # OverflowError in View()
+        {"max_frame_bytes": 0},
+    ],
+)
+def test_view_config_refuses_what_the_view_cannot_run_with(option: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=f"{next(iter(option))} must be"):
+        ViewConfig("127.0.0.1:1", **option)
+
+
+@pytest.mark.timeout(120)
+def test_an_unreachable_broker_is_an_error_message_not_a_traceback() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fogverse", "view", "--bootstrap", "127.0.0.1:1", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "fogverse view: " in done.stderr and "Unable to bootstrap" in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]

@@ -1,4 +1,5 @@
-"""The view's topic reader without Kafka: a consumer stand-in drives its loop."""
+"""The view's topic reader and offset probe without Kafka: a consumer stand-in drives the
+reader's loop; a server that never answers stands for a frozen broker."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 
+from fogverse.view import probe
+from fogverse.view.probe import OffsetProbe
 from fogverse.view.reader import TopicReader
 
 FRAMES = "cam.frames"
@@ -80,5 +83,35 @@ def test_the_reader_goes_on_after_reading_offsets_fails() -> None:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+
+    asyncio.run(test())
+
+
+@pytest.mark.timeout(60)
+def test_offsets_from_a_broker_that_never_answers_fail_within_the_read_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A frozen broker accepts connections and answers nothing: each of a read's requests
+    waited aiokafka's 40 s, so the page showed the last figures as current, with no error, for
+    minutes. The read now gives up after READ_TIMEOUT and drops its clients."""
+    monkeypatch.setattr(probe, "READ_TIMEOUT", 0.5, raising=False)
+
+    async def test() -> None:
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()  # until the client hangs up
+            writer.close()
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        offsets = OffsetProbe(f"127.0.0.1:{port}")
+        try:
+            with pytest.raises(TimeoutError, match="did not answer offsets requests"):
+                # The outer bound only catches a read that would hang for aiokafka's 40 s.
+                await asyncio.wait_for(offsets.read([FRAMES], {"g": [FRAMES]}), 20)
+            assert offsets._admin is None and offsets._offsets is None
+        finally:
+            await offsets.close()
+            server.close()
+            await server.wait_closed()
 
     asyncio.run(test())

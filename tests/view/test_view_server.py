@@ -21,6 +21,8 @@ from view_harness import make_frame
 
 from fogverse.codec import NDArrayCodec
 from fogverse.view import View, ViewConfig, server
+from fogverse.view.config import StageSpec
+from fogverse.view.figures import Figures
 from fogverse.view.frames import (
     PAIR_DETECTIONS,
     PAIR_FRAMES,
@@ -121,6 +123,40 @@ def test_figures_json_has_the_documented_shape() -> None:
                 assert r.content_type == "image/jpeg" and await r.read() == make_frame(1)
 
     run(test)
+
+
+@pytest.mark.timeout(30)
+def test_a_group_that_never_committed_has_an_unknown_lag_not_zero() -> None:
+    """A stage stuck before its first commit showed lag 0 (keeping up) over a full topic."""
+    figures = Figures(ViewConfig("127.0.0.1:1", stages=[StageSpec("g", ("in",))]))
+    figures.on_offsets(1.0, {"in": {0: 500, 1: 300}}, {"g": {"in": {0: -1, 1: -1}}}, None)
+    lag = figures.snapshot()["stages"][0]["lag"]
+    assert lag == {"total": None, "partitions": {"in": {"0": None, "1": None}}}
+    assert figures.history[-1]["stages"]["g"]["lag"] is None
+    figures.on_offsets(2.0, {"in": {0: 500, 1: 300}}, {"g": {"in": {0: 480, 1: -1}}}, None)
+    assert figures.snapshot()["stages"][0]["lag"]["total"] == 20
+    assert figures.history[-1]["stages"]["g"]["lag"] == 20
+
+
+@pytest.mark.timeout(30)
+def test_rates_are_unknown_while_the_offsets_cannot_be_read() -> None:
+    """A broker down for a minute: the rates read before it went stayed on the page and were
+    charted, flat, at every failed poll."""
+    figures = Figures(ViewConfig("127.0.0.1:1", topics=["t"], stages=[StageSpec("g", ("t",))]))
+    figures.on_offsets(1.0, {"t": {0: 100}}, {"g": {"t": {0: 100}}}, None)
+    figures.on_offsets(2.0, {"t": {0: 200}}, {"g": {"t": {0: 150}}}, None)
+    snap = figures.snapshot()
+    assert snap["topics"]["t"]["per_s"] == 100 and snap["stages"][0]["in_per_s"] == 50
+    for t in (3.0, 4.0):
+        figures.on_offsets(t, {}, {}, "KafkaConnectionError: Unable to bootstrap")
+        snap = figures.snapshot()
+        assert snap["topics"]["t"]["per_s"] is None and snap["stages"][0]["in_per_s"] is None
+        assert figures.history[-1]["topics"]["t"] is None
+        assert figures.history[-1]["stages"]["g"]["in"] is None
+    figures.on_offsets(5.0, {"t": {0: 300}}, {"g": {"t": {0: 200}}}, None)
+    figures.on_offsets(6.0, {"t": {0: 330}}, {"g": {"t": {0: 220}}}, None)
+    snap = figures.snapshot()
+    assert snap["topics"]["t"]["per_s"] == 30 and snap["stages"][0]["in_per_s"] == 20
 
 
 def test_frames_are_not_deflated_again_for_a_browser_that_offers_compression() -> None:
