@@ -449,7 +449,7 @@ async def run_pipeline(args: argparse.Namespace, bootstrap: str) -> Summary:
         source = PhotoCamera(frames=args.frames or 300)
         video_fps = args.fps or source.fps
     else:
-        source = int(args.video) if str(args.video).isdigit() else str(args.video)
+        source = _capture_source(args.video)
         # A camera delivers frames at its own rate; a file is paced like one unless --max-rate.
         video_fps = args.fps or _video_fps(source)
     live = isinstance(source, int)
@@ -552,6 +552,18 @@ async def run_pipeline(args: argparse.Namespace, bootstrap: str) -> Summary:
     return Summary.of(sent, sink.stats, settings, interrupted)
 
 
+def _capture_source(video: str) -> str | int:
+    return int(video) if str(video).isdigit() else str(video)
+
+
+def _opens(source: str | int) -> bool:
+    cap = cv2.VideoCapture(source)
+    try:
+        return bool(cap.isOpened())
+    finally:
+        cap.release()
+
+
 def _video_fps(source: str | int) -> float:
     cap = cv2.VideoCapture(source)
     try:
@@ -640,6 +652,12 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("--model runs the YOLO detector: leave out --detector or say yolo")
     if args.detector == "yolo" and args.model is None:
         parser().error("--detector yolo needs --model PATH (a YOLO .onnx file)")
+    # Checked before a broker starts or topics are made: found later, a wrong path failed
+    # the run with a traceback (a missing model also left the run's topics on the broker).
+    if args.model is not None and not args.model.is_file():
+        parser().error(f"--model {args.model}: no such file")
+    if args.video is not None and not _opens(_capture_source(args.video)):
+        parser().error(f"--video {args.video}: OpenCV cannot open it (no such file or camera)")
     if args.video is None and args.detector in ("motion", "none"):
         args.video = DEFAULT_VIDEO if DEFAULT_VIDEO.exists() else make_video(DEFAULT_VIDEO)
     args.output_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,8 @@ Two output layouts exist (batch axis of 1 optional):
 * ``"v8"`` (YOLOv8/v9/v11, and v5u): ``(4 + C) x N`` columns of ``cx, cy, w, h, C class
   scores``, no objectness;
 * ``"end2end"`` (YOLOv10, and models exported with NMS inside): ``N x 6`` rows of final
-  detections, ``x1, y1, x2, y2, score, class id``; nothing is suppressed again.
+  detections, ``x1, y1, x2, y2, score, class id``; nothing is suppressed again (a row with a
+  NaN or infinite value is dropped, as NMS drops such a candidate of the other layouts).
 
 ``"auto"`` tells them apart by shape: the attribute axis is the short one (a 640 model has
 thousands of candidates and at most a few hundred attributes), rows of candidates are v5;
@@ -180,7 +181,10 @@ def _decode(
 def _end2end(
     rows: NDArray[Any], conf: float, num_classes: int | None
 ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int64], int]:
-    rows = rows[rows[:, 4] >= conf]
+    # No NMS comes after to drop a non-finite row, as it does for v5/v8: left in, a NaN box
+    # or score makes the record unencodable as JSON, an infinite corner is clipped into a
+    # box across the frame, and a NaN class id would pass for a v5 output's score column.
+    rows = rows[np.isfinite(rows).all(axis=1) & (rows[:, 4] >= conf)]
     ids = rows[:, 5]
     # A v5 output of one class has six columns too: its sixth is a score, not a class id.
     if len(ids) and (np.any(ids < 0) or np.any(ids != np.round(ids))):

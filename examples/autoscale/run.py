@@ -125,7 +125,9 @@ async def main() -> None:
         print(f"detector logs: {LOG}")
         print(f"{'t(s)':>5} {'instances':>9} {'in/s':>6} {'out/s':>6} {'received':>8}")
         start = time.monotonic()
-        while time.monotonic() - start < SECONDS:
+        # Ctrl-C/SIGTERM stop every node (FogVerse's handlers): then wind down at once, not
+        # after SECONDS, or a supervisor's SIGKILL leaves the detector instances running.
+        while time.monotonic() - start < SECONDS and not sink.stopping:
             await asyncio.sleep(2)
             now = master.state.clock()
             end = now - master.state.max_interval()
@@ -138,6 +140,8 @@ async def main() -> None:
                 f"{len(sink.received):8d}",
                 flush=True,
             )
+        if sink.stopping:
+            print("interrupted: stopping the detector instances")
         deploys = [r for r in master.deployer.records if r.action == "deploy"]
         print(
             f"camera sent {camera.sent}, sink received {len(sink.received)} distinct; "

@@ -104,6 +104,8 @@ class WorkerPool:
     other large inputs and results travel through shared memory; small ones inside the task's
     message. A worker that dies is replaced and its tasks are
     retried up to ``max_retries`` times; an exception in ``process()`` fails only that task.
+    (A worker that dies among short tasks whose replies it batched cannot say which one it was
+    running: those are run once more, one reply at a time, before a crash is charged.)
     Results arrive in completion order. Use a pool from the thread running its event loop.
 
     ::
@@ -207,8 +209,9 @@ class WorkerPool:
     async def start(self) -> None:
         """Start the workers; returns once every worker has run ``setup()``.
 
-        Raises :class:`ProcessorPickleError` if the processor cannot be pickled and
-        :class:`WorkerSetupError` if a worker's ``setup()`` fails.
+        Raises :class:`ProcessorPickleError` if the processor cannot be pickled,
+        :class:`WorkerSetupError` if a worker's ``setup()`` fails and :class:`PoolClosed` if
+        :meth:`close` is called meanwhile.
         """
         if self._state != _NEW:
             raise RuntimeError("WorkerPool.start() may be called only once")
@@ -233,6 +236,9 @@ class WorkerPool:
             for index in range(self._process_number):
                 self._spawn(index)
             await asyncio.gather(*(w.ready for w in self._workers.values()))
+            if self._state != _STARTING:
+                # close() ran meanwhile: running now would restart the workers it stops.
+                raise PoolClosed("the pool was closed while it started")
         except BaseException:
             await asyncio.shield(self._begin_shutdown(drain=False, timeout=_KILL_GRACE))
             raise
@@ -364,6 +370,10 @@ class WorkerPool:
         slot = task._slot
         w.outstanding.append(task)
         inline = task._inline
+        short = self._short
+        if short and task._alone:
+            short = 0
+        task._short = short
         if inline is not None or w.known[slot.index] == slot.generation:
             # Buffered: the syscall (and the worker's wake-up) is paid once per loop iteration
             # and worker rather than once per task, which is most of a small task's cost.
@@ -374,15 +384,15 @@ class WorkerPool:
                     assert self._loop is not None
                     self._loop.call_soon(self._flush)
             body, flags = (
-                (_TASK_BODY, self._short)
+                (_TASK_BODY, short)
                 if inline is None
-                else (_TASK_BODY + len(inline), self._short | wire.TASK_INLINE)
+                else (_TASK_BODY + len(inline), short | wire.TASK_INLINE)
             )
             w.wbuf += _TASK_PACK(body, wire.MSG_TASK, task._id, slot.index, slot.generation, flags)
             if inline is not None:
                 w.wbuf += inline
             return
-        flags = wire.TASK_FD | self._short
+        flags = wire.TASK_FD | short
         frame = _TASK_PACK(_TASK_BODY, wire.MSG_TASK, task._id, slot.index, slot.generation, flags)
         try:
             w.send_with_fd(frame, slot.region.fd)
@@ -520,6 +530,9 @@ class WorkerPool:
         if not w.exited.done():
             w.exited.set_result(exitcode)
         if self._state not in (_STARTING, _RUNNING, _CLOSING):
+            if not w.ready.done():  # stopped by close() before it was ready: start() waits
+                w.ready.set_exception(PoolClosed("the pool was closed while it started"))
+                w.ready.exception()
             return
         if not w.ready.done():
             self._startup_failures += 1
@@ -585,11 +598,19 @@ class WorkerPool:
         # A worker runs its tasks in order: only the first was running when it died; the others
         # were waiting on its socket and are retried without being charged an attempt.
         head = tasks[0]
-        head._attempts += 1
-        if head._attempts > self._max_retries:
-            tasks = tasks[1:]
-            self._stats["crashed"] += 1
-            self._fail(head, WorkerCrashed(exitcode, head._attempts))
+        if head._short:
+            # Unless the first was a short task: the worker may have run it and the ones after
+            # it, holding their replies back, and died in any of them. Nobody is charged; they
+            # are retried as tasks that are not short, whose replies leave before the next one
+            # runs, so that a crash among them is charged to the task that was running.
+            for task in tasks:
+                task._alone = True
+        else:
+            head._attempts += 1
+            if head._attempts > self._max_retries:
+                tasks = tasks[1:]
+                self._stats["crashed"] += 1
+                self._fail(head, WorkerCrashed(exitcode, head._attempts))
         self._stats["retried"] += len(tasks)
         self._pending.extendleft(reversed(tasks))
         while self._pending:

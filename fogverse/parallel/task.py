@@ -33,6 +33,7 @@ class TaskHandle:
 
     __slots__ = (
         "__weakref__",
+        "_alone",
         "_attempts",
         "_callbacks",
         "_error",
@@ -42,6 +43,7 @@ class TaskHandle:
         "_owner",
         "_released",
         "_shared",
+        "_short",
         "_slot",
         "_value",
         "_waiter",
@@ -56,6 +58,10 @@ class TaskHandle:
         # Whether the result lives in the slot (zero-copy views) or is a value of its own.
         self._shared = False
         self._attempts = 0
+        # The TASK_SHORT flag it was last sent with (its reply may have been held back), and
+        # whether it must be sent without it (it was on a worker that died unexplained).
+        self._short = 0
+        self._alone = False
         self._released = False
         self._finished = False
         self._value: Any = None
@@ -68,12 +74,15 @@ class TaskHandle:
 
     def __await__(self) -> Generator[Any, None, Any]:
         if not self._finished:
-            if self._waiter is None:
+            waiter = self._waiter
+            if waiter is None:
                 loop = self._owner.loop
                 assert loop is not None
-                self._waiter = loop.create_future()
-            # Cancelling the awaiting task cancels this wait only, never the task itself.
-            yield from self._waiter.__await__()
+                waiter = self._waiter = loop.create_future()
+            # Cancelling the awaiting task cancels this wait only, never the task itself: the
+            # shared future, cancelled, would fail every other wait for this task and every
+            # later one.
+            yield from asyncio.shield(waiter).__await__()
         return self.result()
 
     def result(self) -> Any:

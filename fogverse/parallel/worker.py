@@ -257,16 +257,20 @@ def _limit_openblas(count: int) -> None:
 
 
 def _error_frame(task_id: int, exc: BaseException) -> bytes:
-    try:
-        message = str(exc)
-    except Exception:
-        message = repr(exc)
     kind = type(exc)
     name = (
         kind.__qualname__
         if kind.__module__ == "builtins"
         else f"{kind.__module__}.{kind.__qualname__}"
     )
+    # An exception that cannot even be printed still fails only its task, not the worker.
+    try:
+        message = str(exc)
+    except Exception:
+        try:
+            message = repr(exc)
+        except Exception:
+            message = f"<{name}: str() and repr() raised>"
     body = pickle.dumps((name, message, traceback.format_exc()), protocol=5)
     return ERROR.pack(ERROR.size - 4 + len(body), MSG_ERROR, task_id) + body
 
@@ -331,6 +335,12 @@ def _serve(sock: socket.socket, inbox: _Inbox, processor: Any) -> None:
         if frame is None or frame[4] == MSG_STOP:
             return
         _, _, task_id, slot_index, generation, flags = TASK.unpack_from(frame)
+        if held and not flags & TASK_SHORT:
+            # Nothing is held while a task that is not short runs: if it kills this worker,
+            # the parent then knows that it was the one running.
+            sock.sendall(held)
+            held.clear()
+            held_n = 0
         if flags & TASK_FD:
             # Replacing the previous generation drops our mapping of it; views that user code
             # kept keep theirs alive.

@@ -466,3 +466,76 @@ def test_the_pipeline_benchmark_sends_with_the_examples_low_latency_preset(monke
     preset = _load("video_pipeline").LOW_LATENCY
     assert librdkafka_config(preset) == bench._low_latency("confluent")
     assert librdkafka_config(preset)["max.in.flight.requests.per.connection"] == 1
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--model", "no-such-model.onnx"], "--model no-such-model.onnx: no such file"),
+        (["--video", "no-such-clip.mp4"], "--video no-such-clip.mp4: OpenCV cannot open it"),
+    ],
+    ids=["model", "video"],
+)
+def test_video_pipeline_refuses_a_missing_input_before_starting_anything(
+    option: list[str], message: str, tmp_path: Path
+) -> None:
+    # A typo in a path is a usage error, found before a broker starts or topics are made on
+    # the user's cluster, not a traceback once the pipeline runs.
+    proc = start_example("video_pipeline.py", *option, "--output-dir", str(tmp_path))
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail(f"the run did not stop within 120 s\n{err[-4000:]}")
+    assert proc.returncode == 2, err[-4000:]
+    assert message in err
+    assert "starting a local Kafka broker" not in err and "Traceback" not in err
+    left = _group_members(proc.pid)
+    for p in left:
+        p.kill()
+    assert not left, f"processes left behind: {[p.cmdline()[:3] for p in left]}"
+
+
+@pytest.mark.timeout(300)
+def test_autoscale_example_stops_its_instances_promptly_on_sigterm(kafka_bootstrap: str) -> None:
+    # Its own end lies far beyond the test: only the signal may stop it, and soon, with every
+    # detector instance it started stopped too (a supervisor SIGKILLs what outlasts its grace).
+    proc = start_example(
+        "autoscale/run.py", env={"FOGVERSE_BOOTSTRAP": kafka_bootstrap, "EXAMPLE_SECONDS": "900"}
+    )
+    seen = []
+    deadline = time.monotonic() + 150
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:  # readline returns at the latest when the run ends
+        line = proc.stdout.readline()
+        seen.append(line)
+        if not line or "t(s)" in line:
+            break
+    assert any("t(s)" in line for line in seen), "".join(seen)[-4000:]
+    proc.send_signal(signal.SIGTERM)
+    result = finish_example(proc, timeout=60)
+    assert "interrupted" in result.stdout
+
+
+@pytest.mark.timeout(300)
+def test_dynamic_partitions_example_ends_at_once_on_sigterm(kafka_bootstrap: str) -> None:
+    # Stopped while c1 runs alone, the demo must not go on to start c2 and c3 (growing the
+    # topic) and must not wait out its pauses first.
+    proc = start_example(
+        "dynamic_partitions.py", "--bootstrap", kafka_bootstrap, "--join-every", "600"
+    )
+    seen = []
+    deadline = time.monotonic() + 150
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:  # readline returns at the latest when the run ends
+        line = proc.stdout.readline()
+        seen.append(line)
+        if not line or line.startswith("t="):
+            break
+    assert any(line.startswith("t=") for line in seen), "".join(seen)[-4000:]
+    proc.send_signal(signal.SIGTERM)
+    result = finish_example(proc, timeout=60)
+    assert "interrupted" in result.stdout
+    assert "joins" not in result.stdout

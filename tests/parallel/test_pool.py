@@ -37,6 +37,7 @@ from fogverse.parallel import (
     output_array,
     shm,
 )
+from fogverse.parallel import pool as pool_module
 from fogverse.processor import Processor
 
 DEADLINE = 20.0
@@ -232,6 +233,14 @@ class CountingProcessor(Processor):
         return (os.getpid(), UNPICKLED_HERE)
 
 
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception fails")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr() of this exception fails")
+
+
 class Faulty(Processor):
     """Fails in the ways real processors do, selected by the input."""
 
@@ -252,6 +261,8 @@ class Faulty(Processor):
             ctypes.string_at(0)
         if data == "exit":
             os._exit(3)
+        if data == "unprintable":
+            raise Unprintable()
         if data == "kill-once":
             marker = Path(self.marker_dir, "killed-once")
             if not marker.exists():
@@ -289,6 +300,22 @@ class Sleepy(Processor):
     def teardown(self) -> None:
         if self.marker_dir:
             Path(self.marker_dir, f"teardown-{os.getpid()}").touch()
+
+
+class SetupWaits(Processor):
+    """setup() announces itself, then waits (up to 30 s) for the test's go-ahead."""
+
+    def __init__(self, marker_dir: str) -> None:
+        self.marker_dir = marker_dir
+
+    def setup(self) -> None:
+        Path(self.marker_dir, f"setup-{os.getpid()}").touch()
+        deadline = time.monotonic() + 30
+        while not Path(self.marker_dir, "go").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def process(self, data: Any) -> Any:
+        return data
 
 
 class Environment(Processor):
@@ -667,6 +694,45 @@ def test_exception_in_process_fails_only_that_task():
     run(main())
 
 
+def test_an_exception_that_cannot_be_printed_fails_only_its_task():
+    async def main() -> None:
+        async with WorkerPool(Faulty(), 1, 2, max_retries=0) as pool:
+            pids = pool.worker_pids
+            handle = await pool.submit("unprintable")
+            with pytest.raises(TaskFailed) as info:
+                await handle
+            assert info.value.exc_type.endswith(".Unprintable")
+            assert "Unprintable" in info.value.message
+            handle.release()
+            handle = await pool.submit(1)
+            assert (await handle)[0] == 1
+            handle.release()
+            assert pool.worker_pids == pids and "crashed" not in pool.stats
+
+    run(main())
+
+
+def test_a_crash_among_batched_short_tasks_is_charged_to_the_task_that_caused_it(monkeypatch):
+    # Every task counts as short: the worker holds replies back while more tasks are queued.
+    monkeypatch.setattr(pool_module, "_SHORT_TASK", float("inf"))
+    items = [*range(10), "kill", *range(10, 15)]
+
+    async def main() -> None:
+        async with WorkerPool(Faulty(), 1, len(items), max_retries=0) as pool:
+            await map_through(pool, list(range(3 * len(items))))
+            assert pool._short  # the next window is sent in one write, replies held back
+            outcomes = await map_through(pool, items)
+            crashed = outcomes[items.index("kill")]
+            assert isinstance(crashed, WorkerCrashed) and crashed.attempts == 1, outcomes
+            others = [o for i, o in zip(items, outcomes, strict=True) if i != "kill"]
+            assert [o[0] if isinstance(o, tuple) else o for o in others] == [
+                i for i in items if i != "kill"
+            ], outcomes
+            assert pool.stats["crashed"] == 1
+
+    run(main())
+
+
 async def _settle(handle: Any) -> None:
     with contextlib.suppress(Exception):
         await handle
@@ -907,6 +973,31 @@ def test_completion_order_is_what_the_pool_delivers(tmp_path):
     run(main())
 
 
+def test_cancelling_one_wait_for_a_task_leaves_the_task_and_other_waits_alone(tmp_path):
+    flag = tmp_path / "flag"
+
+    async def main() -> None:
+        async with WorkerPool(Sleepy(), 1, 1) as pool:
+            handle = await pool.submit(("wait-for", str(flag)))
+
+            async def wait() -> Any:
+                return await handle
+
+            first, second = asyncio.ensure_future(wait()), asyncio.ensure_future(wait())
+            await asyncio.sleep(0)  # both are waiting
+            first.cancel()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(handle, 0.05)  # a wait that times out, cancelled too
+            flag.touch()
+            assert (await second)[0] == "wait-for"
+            assert (await handle)[0] == "wait-for"
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            handle.release()
+
+    run(main())
+
+
 # --------------------------------------------------------------------------- shared memory
 
 
@@ -968,6 +1059,39 @@ def test_close_without_drain_fails_what_is_left_and_kills_stragglers(tmp_path):
             with pytest.raises(PoolClosed):
                 h.result()
         assert gone(pid)
+
+    run(main())
+
+
+def test_close_while_starting_stops_the_start_even_if_workers_never_get_ready(tmp_path):
+    async def main() -> None:
+        pool = WorkerPool(SetupWaits(str(tmp_path)), 2, 2)
+        starting = asyncio.ensure_future(pool.start())
+        await until(lambda: len(list(tmp_path.glob("setup-*"))) == 2, DEADLINE, "setup()")
+        await pool.close(drain=False, timeout=0.2)  # kills the workers inside setup()
+        with pytest.raises(PoolClosed):
+            await asyncio.wait_for(starting, DEADLINE)
+        assert all(gone(pid) for pid in pool.all_worker_pids)
+
+    run(main())
+
+
+def test_close_while_starting_restarts_no_worker(tmp_path):
+    async def main() -> None:
+        pool = WorkerPool(SetupWaits(str(tmp_path)), 2, 2)
+        starting = asyncio.ensure_future(pool.start())
+        await until(lambda: len(list(tmp_path.glob("setup-*"))) == 2, DEADLINE, "setup()")
+        closing = asyncio.ensure_future(pool.close())
+        await asyncio.sleep(0)
+        (tmp_path / "go").touch()  # the workers get ready, then read close()'s STOP
+        with pytest.raises(PoolClosed):
+            await asyncio.wait_for(starting, DEADLINE)
+        await closing
+        assert "restarts" not in pool.stats, pool.stats
+        assert len(pool.all_worker_pids) == 2
+        assert all(gone(pid) for pid in pool.all_worker_pids)
+        with pytest.raises(PoolClosed):
+            await pool.submit(1)
 
     run(main())
 

@@ -137,3 +137,10 @@ def test_a_waiting_worker_sleeps_through_the_parent_reading_its_replies():
     finally:
         parent.close()
         child.close()
+
+
+def test_a_task_that_is_not_short_runs_with_no_reply_held_back():
+    # Were the short task's reply still held while the other runs, a crash in that one would
+    # lose it, and the parent could not tell which of the two killed the worker.
+    frames = task_frame(0, "short", wire.TASK_SHORT) + task_frame(1, "long", 0)
+    assert replies_per_write(frames) == [[(0, "short")], [(1, "long")]]

@@ -337,3 +337,21 @@ def test_numpy_nms_decision_does_not_depend_on_the_class_id(class_id) -> None:
     for backend in ("numpy", "opencv"):
         keep = nms(boxes, np.array([0.9, 0.8]), np.full(2, class_id), backend=backend)
         assert keep.tolist() == [0, 1], backend
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("column", [0, 2, 4, 5])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_end2end_drops_a_non_finite_row_and_keeps_the_rest(column, bad) -> None:
+    # No NMS follows an end-to-end output to drop it: a NaN/inf corner, score or class id
+    # must not reach the record (JSON refuses NaN; an infinite corner would be clipped into
+    # a box across the frame) nor fail the frame, nor take a max_det slot.
+    out = _end2end_output()
+    out[0, 0, column] = bad
+    boxes, _, class_ids = decode_yolo(out, layout="end2end", conf=0.25)
+    np.testing.assert_allclose(boxes, [_xyxy(1), _xyxy(2)], atol=1e-4)
+    assert class_ids.tolist() == [2, 3]
+    for frame_hw in (None, (640, 640)):
+        rec = YoloDecode(640, frame_hw=frame_hw, conf=0.25, max_det=2).process(out)
+        assert rec["scores"] == [0.8, 0.7]
+        json.dumps(rec, allow_nan=False)  # what the node's JSON codec sends
