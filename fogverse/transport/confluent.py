@@ -58,6 +58,8 @@ _librdkafka_logger = logging.getLogger(__name__ + ".librdkafka")
 # (a commit, close) waits at most this long behind an idle consume().
 _CONSUME_SLICE = 0.05
 _WAKE = object()  # queued when a rebalance coroutine finishes, to wake the waiting thread
+# How long getmany() waits for the consumer thread beyond its own timeout.
+_BUSY_GRACE = 1.0
 
 
 # librdkafka's consumer defaults, set deliberately (the figures are in benchmarks/README.md):
@@ -202,6 +204,13 @@ class ConfluentConsumerTransport:
     rebalance_timeout: float = 120.0
     """Seconds a rebalance callback waits for ``on_revoke``/``on_assign`` on the event loop
     before giving the partitions up anyway (keep it below ``max.poll.interval.ms``)."""
+    commit_timeout: float = 30.0
+    """Seconds ``commit()`` waits for the group coordinator before failing with TimeoutError.
+    librdkafka's synchronous commit has no timeout: a coordinator that accepts connections
+    but never answers (frozen, or behind a link that drops packets) holds it for good."""
+    close_timeout: float = 30.0
+    """Seconds ``stop()`` waits to leave the group; a consumer thread still held by such a
+    commit then closes the client in the background once librdkafka lets go of it."""
 
     def __init__(
         self,
@@ -262,13 +271,27 @@ class ConfluentConsumerTransport:
         thread = self._thread
         if thread is None:
             return
+        closed = not thread.is_alive()
         try:
-            if thread.is_alive():
-                await self._call(self._close)
+            if not closed:
+                # Not cancelled on timeout: the close still runs once the thread is free.
+                close = self._submit(self._close, self.consumer)
+                await asyncio.wait({close}, timeout=self.close_timeout)
+                closed = close.done()
+                if closed:
+                    close.result()
         finally:
             self._jobs.put(None)
-            # The thread's last act was resolving the close job: this join is immediate.
-            thread.join(timeout=5)
+            if closed:
+                # The thread's last act was resolving the close job: this join is immediate.
+                thread.join(timeout=5)
+            else:
+                logger.warning(
+                    "the consumer is still closing (its group coordinator does not answer?); "
+                    "it closes in the background"
+                )
+                # The node that owned it is gone: the late close revokes to nobody.
+                self.on_assign = self.on_revoke = None
             self._thread = None
             self.consumer = None
 
@@ -278,11 +301,26 @@ class ConfluentConsumerTransport:
         if self._leftover:
             out, self._leftover = self._leftover[:max_records], self._leftover[max_records:]
             return out
-        return await self._submit(self._consume, max_records, timeout, settle=self._settle_records)
+        fetch = self._submit(self._consume, max_records, timeout, settle=self._settle_records)
+        try:
+            # The thread may be held by a commit the coordinator does not answer: a caller
+            # that waited for it could not even stop. A fetch given up before it started is
+            # skipped; one under way hands its records to the next call (_settle_records).
+            return await asyncio.wait_for(fetch, timeout + _BUSY_GRACE)
+        except TimeoutError:
+            return []
 
     async def commit(self, offsets: dict[TP, int]) -> None:
-        if offsets:
-            await self._call(self._commit, offsets, reentrant=True)
+        if not offsets:
+            return
+        try:
+            await asyncio.wait_for(
+                self._submit(self._commit, offsets, reentrant=True), self.commit_timeout
+            )
+        except TimeoutError:
+            raise TimeoutError(
+                f"the group coordinator did not answer a commit in {self.commit_timeout:g} s"
+            ) from None
 
     async def seek_to_end(self, partitions: Iterable[TP]) -> None:
         tps = list(partitions)
@@ -335,6 +373,8 @@ class ConfluentConsumerTransport:
             self._loop.call_soon_threadsafe(job.settle, job.future, result, exc)
 
     def _run(self, job: _Job) -> None:
+        if job.future.cancelled():
+            return  # its caller gave up before it started (getmany, commit past their timeout)
         try:
             result = job.fn(*job.args)
         except BaseException as exc:
@@ -371,10 +411,10 @@ class ConfluentConsumerTransport:
             on_lost=self._lost_cb,
         )
 
-    def _close(self) -> None:
-        assert self.consumer is not None
+    def _close(self, consumer: Consumer) -> None:
+        # Given, not read from self: a close that outlived stop() runs after it let go.
         try:
-            self.consumer.close()  # leaves the group; the revoke callback runs in here
+            consumer.close()  # leaves the group; the revoke callback runs in here
         finally:
             self._assigned = frozenset()
             self._closed = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import signal
 import threading
 import uuid
 from typing import Any
@@ -508,6 +509,43 @@ def test_cancelled_getmany_loses_no_records_and_stop_leaves_no_threads(kafka_boo
     assert {k: v for k, v in native_after.items() if k.startswith("rdk:")} == {
         k: v for k, v in native_before.items() if k.startswith("rdk:")
     }
+
+
+@pytest.mark.timeout(300)
+def test_a_coordinator_that_stops_answering_fails_the_commit_and_lets_the_consumer_stop(
+    local_kafka, kafka_bootstrap, new_topic
+):
+    """A single broker frozen (SIGSTOP: what a link that drops packets looks like) accepts
+    connections but answers nothing. librdkafka's synchronous commit then waits for good; it
+    held the consumer thread, so the commit, every later getmany() and stop() never returned,
+    and a node could not stop. Now the commit fails, getmany() comes back empty and stop()
+    returns; the consumer closes in the background once the broker answers again."""
+    topic = new_topic()
+    _produce(kafka_bootstrap, topic, [(None, b"m%d" % i, None) for i in range(5)])
+
+    async def main() -> None:
+        c = ConfluentConsumerTransport([topic], kafka_bootstrap, _group())
+        c.commit_timeout = c.close_timeout = 2.0
+        await c.start()
+        thread = c._thread
+        assert thread is not None
+        try:
+            assert len(await _read_all(c, 5)) == 5
+            os.kill(local_kafka.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(TimeoutError, match="coordinator"):
+                    await asyncio.wait_for(c.commit({(topic, 0): 3}), 60)
+                # The thread is still held by that commit.
+                assert await asyncio.wait_for(c.getmany(0.1, 10), 60) == []
+                await asyncio.wait_for(c.stop(), 60)
+            finally:
+                os.kill(local_kafka.pid, signal.SIGCONT)
+            await until(lambda: not thread.is_alive(), 120, "the consumer to close")
+        finally:
+            if c._thread is not None:
+                await c.stop()
+
+    asyncio.run(main())
 
 
 def test_serve_group_joins_and_hands_out_nothing(kafka_bootstrap, new_topic):
