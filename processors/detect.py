@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, get_args
 
 import numpy as np
 from numpy.typing import NDArray
@@ -192,9 +192,10 @@ def _end2end(
             "this (N, 6) output's sixth column is not whole class ids, so it is not an "
             "end-to-end output: pass layout='v5' for a one-class YOLOv5 model"
         )
+    # Checked as floats: an id past int64's range (1e20) casts to a negative garbage id.
+    if num_classes is not None and len(ids) and ids.max() >= num_classes:
+        raise ValueError(f"class id {ids.max():g} in an output of {num_classes} classes")
     class_ids = ids.astype(np.int64)
-    if num_classes is not None and len(class_ids) and class_ids.max() >= num_classes:
-        raise ValueError(f"class id {class_ids.max()} in an output of {num_classes} classes")
     boxes = np.ascontiguousarray(rows[:, :4], np.float32)
     classes = -1 if num_classes is None else num_classes
     return boxes, rows[:, 4].astype(np.float32), class_ids, classes
@@ -311,6 +312,14 @@ def _default_names(names: Sequence[str] | None, classes: int) -> Sequence[str] |
     return names if names is not None else (COCO_NAMES if classes == 80 else None)
 
 
+def _check_choices(layout: str, nms_backend: str) -> None:
+    # Here, not at the first frame: there a typo fails every frame, or the worker's setup.
+    if layout not in get_args(YoloLayout):
+        raise ValueError(f"layout must be 'auto', 'v5', 'v8' or 'end2end', got {layout!r}")
+    if nms_backend not in get_args(NmsBackend):
+        raise ValueError(f"nms_backend must be 'numpy' or 'opencv', got {nms_backend!r}")
+
+
 def _check_thresholds(conf: float, iou: float, max_det: int) -> None:
     if not 0 <= conf <= 1:
         raise ValueError(f"conf must be in [0, 1], got {conf!r}")
@@ -344,9 +353,9 @@ class YoloDecode(Processor):
         max_det: int = 300,
         names: Sequence[str] | None = None,
         nms_backend: NmsBackend = "opencv",
-        reduced_decode: bool = True,
     ) -> None:
         _check_thresholds(conf, iou, max_det)
+        _check_choices(layout, nms_backend)
         self.size = _as_hw(size, "size")
         self.params = (
             None
@@ -419,6 +428,7 @@ class YoloDetect(Processor):
         reduced_decode: bool = True,
     ) -> None:
         _check_thresholds(conf, iou, max_det)
+        _check_choices(layout, nms_backend)
         self.inference = OnnxInference(model, threads=threads)
         self.size = None if size is None else _as_hw(size, "size")
         self.conf, self.iou, self.max_det, self.layout = conf, iou, max_det, layout

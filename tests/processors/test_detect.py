@@ -257,6 +257,25 @@ def test_thresholds_are_checked() -> None:
         YoloDecode(iou=-0.1)
 
 
+@pytest.mark.timeout(30)
+def test_layout_and_nms_backend_are_checked_when_the_processor_is_made() -> None:
+    # Not at the first frame, where a typo would fail every frame or the workers' setup.
+    model = constant_model(_end2end_output(), "end2end")
+    for make in (YoloDecode, lambda **kw: YoloDetect(model, **kw)):
+        with pytest.raises(ValueError, match="layout"):
+            make(layout="v7")
+        with pytest.raises(ValueError, match="nms_backend"):
+            make(nms_backend="cuda")
+
+
+@pytest.mark.timeout(30)
+def test_an_end2end_class_id_past_int64_is_refused_not_wrapped() -> None:
+    out = _end2end_output()
+    out[0, 0, 5] = 1e20  # cast to int64 it turns negative and passed the class count check
+    with pytest.raises(ValueError, match="class id 1e\\+20 in an output of 80 classes"):
+        decode_yolo(out, layout="end2end", conf=0.25, num_classes=80)
+
+
 def test_split_steps_give_the_fused_detectors_record() -> None:
     # Fog node: YoloPreprocess; inference node: OnnxInference then YoloDecode with the
     # cameras' frame size. Same frame, same record as YoloDetect in one step.
