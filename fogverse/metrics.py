@@ -66,9 +66,10 @@ _BUCKETS = np.array(
 
 
 def _unsized(value: Any) -> int:
-    # A memoryview's len() counts the items of its first dimension: a view of a 720p frame
-    # has 720 of them.
-    return value.nbytes if isinstance(value, memoryview) else 0
+    # A memoryview's or an ndarray's len() counts the items of its first dimension (720 for a
+    # 720p frame); nbytes is its size. A camera producer's inputs are ndarrays.
+    nbytes = getattr(value, "nbytes", 0)
+    return nbytes if type(nbytes) is int else 0
 
 
 class ProfileSummary(dict[str, Any]):

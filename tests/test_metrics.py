@@ -249,3 +249,11 @@ def test_a_memoryview_counts_its_bytes_not_its_rows():
     profiler.count_output(None, memoryview(frame)[::2])
     profiler.count_output(None, memoryview(b"abc"))
     assert (profiler.bytes_in, profiler.bytes_out) == (frame.nbytes, frame.nbytes // 2 + 3)
+
+
+def test_an_ndarray_input_counts_its_bytes():
+    # A camera producer's inputs are frames, not buffers: they were counted as 0 bytes.
+    profiler = Profiler("node", sample=1)
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    assert profiler.count_input(frame) == frame.nbytes
+    assert profiler.count_input({"nbytes": 5}) == 0  # nothing else has a size
