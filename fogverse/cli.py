@@ -7,7 +7,18 @@ import logging
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["main", "positive_int"]
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a whole number of at least 1 (else a usage error, status 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fogverse.cli import positive_int
+
 __all__ = ["load_target", "register"]
 
 
@@ -73,28 +75,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a node: module:Class, script.py:Class or a coroutine")
     p.add_argument("target", help="module:Name or path/to/script.py:Name")
     p.add_argument(
         "--process-number",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="worker processes for a parallel node",
     )
     p.add_argument(
         "--max-running-task",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="tasks in flight for a parallel node",
     )

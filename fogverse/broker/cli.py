@@ -37,6 +37,7 @@ from fogverse.broker.launcher import (
     pid_alive,
     terminate_pid,
 )
+from fogverse.cli import positive_int
 
 __all__ = ["register", "state_dir"]
 
@@ -67,7 +68,10 @@ def register(subparsers: Any) -> None:
     start.add_argument("--controller-port", type=int, help="KRaft controller port")
     start.add_argument("--data-dir", type=Path, help="keep the data here (default: temporary)")
     start.add_argument(
-        "--brokers", type=int, default=1, help="nodes: 3 gives a replicated cluster (default: 1)"
+        "--brokers",
+        type=positive_int,
+        default=1,
+        help="nodes: 3 gives a replicated cluster (default: 1)",
     )
     start.add_argument(
         "--heap", help=f"JVM heap per node, e.g. 512m (default: 256m, {CLUSTER_HEAP} in a cluster)"

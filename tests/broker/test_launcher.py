@@ -98,6 +98,23 @@ def test_cli_start_without_java_fails_cleanly(tmp_path: Path) -> None:
     assert not (tmp_path / "state" / "broker.json").exists()
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("count", ["0", "-3", "two"])
+def test_cli_start_refuses_a_broker_count_below_one(tmp_path: Path, count: str) -> None:
+    # It used to start a single broker for any count below 2.
+    env = {**os.environ, "FOGVERSE_STATE_DIR": str(tmp_path / "state")}
+    result = subprocess.run(
+        [sys.executable, "-m", "fogverse", "broker", "start", "--brokers", count],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "argument --brokers" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "state" / "broker.json").exists()
+
+
 _RESOLVE = """
 import logging, sys
 from pathlib import Path
