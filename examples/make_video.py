@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_DIR = Path(__file__).resolve().parent / "output"
 DEFAULT_VIDEO = OUTPUT_DIR / "synthetic.mp4"
+MIN_SIDE = 64  # the scene's figure and shapes need this much room
 
 # (fourcc, file suffix) in order of preference; the first one this OpenCV build can both
 # write and read back is used. mp4v ships with the FFmpeg inside opencv-python wheels.
@@ -39,8 +40,10 @@ class SyntheticScene:
     """
 
     def __init__(self, width: int = 1280, height: int = 720, seed: int = 0) -> None:
-        if width < 64 or height < 64:
-            raise ValueError(f"frame size must be at least 64x64, got {width}x{height}")
+        if width < MIN_SIDE or height < MIN_SIDE:
+            raise ValueError(
+                f"frame size must be at least {MIN_SIDE}x{MIN_SIDE}, got {width}x{height}"
+            )
         self.width, self.height = width, height
         rng = np.random.default_rng(seed)
         coarse = rng.integers(0, 256, (max(height // 40, 2), max(width // 40, 2), 3), np.uint8)
@@ -226,14 +229,27 @@ def parse_size(text: str) -> tuple[int, int]:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise argparse.ArgumentTypeError(f"at least {MIN_SIDE}x{MIN_SIDE}, got {text!r}")
     return width, height
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite number above 0 (a rate, a duration)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_VIDEO, help="output file")
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--seconds", type=positive_float, default=4.0)
+    parser.add_argument("--fps", type=positive_float, default=30.0)
     parser.add_argument("--size", type=parse_size, default=(1280, 720), help="WIDTHxHEIGHT")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -35,10 +35,11 @@ from harness import (
     setup_logging,
     supervise,
 )
-from make_video import OUTPUT_DIR, SyntheticScene, parse_size
+from make_video import OUTPUT_DIR, SyntheticScene, parse_size, positive_float
 from video_pipeline import LOW_LATENCY, preprocessor
 
 from fogverse import Producer, Record, run
+from fogverse.cli import positive_int
 from fogverse.codec import JPEGCodec
 
 __all__ = ["SyntheticCamera", "main"]
@@ -175,10 +176,10 @@ def parser() -> argparse.ArgumentParser:
         help="Kafka host:port (default: FOGVERSE_BOOTSTRAP, else a "
         "local broker that this script starts and stops)",
     )
-    p.add_argument("--cameras", type=int, default=4)
-    p.add_argument("--fps", type=float, default=10.0, help="frames per second per camera")
+    p.add_argument("--cameras", type=positive_int, default=4)
+    p.add_argument("--fps", type=positive_float, default=10.0, help="frames per second per camera")
     p.add_argument("--size", type=parse_size, default=(1280, 720), help="WIDTHxHEIGHT")
-    p.add_argument("--frames", type=int, help="frames per camera")
+    p.add_argument("--frames", type=positive_int, help="frames per camera")
     p.add_argument(
         "--seconds",
         dest="max_seconds",
@@ -188,8 +189,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--partitions", type=int, help="partitions of the frames topic (default: one per camera)"
     )
-    p.add_argument("--processes", type=int, default=min(os.cpu_count() or 1, 2))
-    p.add_argument("--max-running-task", type=int)
+    p.add_argument("--processes", type=positive_int, default=min(os.cpu_count() or 1, 2))
+    p.add_argument("--max-running-task", type=positive_int)
     p.add_argument("--output-dir", type=Path, default=OUTPUT_DIR)
     p.add_argument(
         "--topic-prefix",

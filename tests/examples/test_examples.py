@@ -498,6 +498,25 @@ def test_video_pipeline_refuses_a_missing_input_before_starting_anything(
     assert not left, f"processes left behind: {[p.cmdline()[:3] for p in left]}"
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("script", "option"),
+    [
+        ("multi_camera.py", ["--fps", "0"]),
+        ("multi_camera.py", ["--cameras", "0"]),
+        ("make_video.py", ["--size", "10x10"]),
+    ],
+    ids=["fps", "cameras", "size"],
+)
+def test_examples_refuse_impossible_counts_as_usage_errors(script: str, option: list[str]) -> None:
+    # --fps 0 divided by zero once the cameras ran, --cameras 0 ran a pipeline of nothing and
+    # a size the scene cannot draw failed with a traceback: argparse refuses them first.
+    proc = start_example(script, *option, "--help-not-reached")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err[-4000:]
+    assert f"argument {option[0]}" in err and "Traceback" not in err
+
+
 @pytest.mark.timeout(300)
 def test_autoscale_example_stops_its_instances_promptly_on_sigterm(kafka_bootstrap: str) -> None:
     # Its own end lies far beyond the test: only the signal may stop it, and soon, with every
