@@ -81,10 +81,17 @@ def _preload_modules() -> list[str]:
 
 def _ensure_fd_limit(needed: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        # Refused now rather than met as EMFILE partway through a run, once the window fills.
+        raise ValueError(
+            f"a window of this size needs about {needed} open files (a shared-memory slot per "
+            f"task in flight), and this process may open at most {hard} (ulimit -Hn): lower "
+            "max_running_task or raise the limit"
+        )
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 def _kill_all(workers: dict[int, WorkerConnection]) -> None:
@@ -210,8 +217,9 @@ class WorkerPool:
         """Start the workers; returns once every worker has run ``setup()``.
 
         Raises :class:`ProcessorPickleError` if the processor cannot be pickled,
-        :class:`WorkerSetupError` if a worker's ``setup()`` fails and :class:`PoolClosed` if
-        :meth:`close` is called meanwhile.
+        :class:`WorkerSetupError` if a worker's ``setup()`` fails, :class:`PoolClosed` if
+        :meth:`close` is called meanwhile and ``ValueError`` if the window needs more open
+        files than the process may have.
         """
         if self._state != _NEW:
             raise RuntimeError("WorkerPool.start() may be called only once")
@@ -225,7 +233,11 @@ class WorkerPool:
         except BaseException:
             self._state = _CLOSED
             raise
-        _ensure_fd_limit(self._max_running + 4 * self._process_number + 256)
+        try:
+            _ensure_fd_limit(self._max_running + 4 * self._process_number + 256)
+        except ValueError:
+            self._state = _CLOSED
+            raise
         self._blob = shm.SharedRegion.create(len(blob), "fogverse-processor")
         self._blob.view[: len(blob)] = blob
         self._blob_size = len(blob)

@@ -1106,6 +1106,48 @@ def test_spawn_start_method_works():
     run(main())
 
 
+_FD_LIMIT_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, resource
+    from fogverse.parallel import WorkerPool
+    from fogverse.processor import Processor
+
+    class Echo(Processor):
+        def process(self, data):
+            return data
+
+    async def main():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, 1024))
+        pool = WorkerPool(Echo(), 1, 5000)
+        try:
+            await pool.start()
+        except ValueError as exc:
+            print("refused:", exc)
+        else:
+            print("started")
+            await pool.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_a_window_beyond_the_open_file_limit_is_refused_at_start():
+    # One shared-memory slot (a descriptor) per task in flight: a window the hard limit cannot
+    # hold used to start and fail with EMFILE partway through the run.
+    result = subprocess.run(
+        [sys.executable, "-c", _FD_LIMIT_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        cwd=Path(__file__).parents[2],
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("refused:"), result.stdout
+    assert "at most 1024 (ulimit -Hn)" in result.stdout and "max_running_task" in result.stdout
+
+
 _ORPHAN_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys, time
