@@ -315,6 +315,45 @@ def build_broker(node: str, *, force: bool = False) -> str:
     return tag
 
 
+KEEP_BUILDS = 3
+"""Images of a repository kept besides the one just built: each source change builds one of
+about a gigabyte (the wheels' layer is never cached), and other checkouts on this machine may
+still be about to run theirs."""
+
+
+def drop_stale(repository: str, keep: str) -> None:
+    """Remove ``repository``'s images older than its :data:`KEEP_BUILDS` newest (never
+    ``keep``); one a container still uses stays, as ``podman rmi`` refuses it."""
+    listed = subprocess.run(
+        [
+            "podman",
+            "images",
+            "--noheading",
+            "--sort",
+            "created",  # newest first
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+            "--filter",
+            f"reference={repository}",
+        ],
+        env=podman_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    builds = [
+        name
+        for name in listed.stdout.split()
+        if name.startswith(f"{repository}:") and not name.endswith((":latest", ":<none>"))
+    ]
+    for name in builds[KEEP_BUILDS:]:
+        if name != keep:
+            log(f"removing the stale image {name}")
+            subprocess.run(
+                ["podman", "rmi", name], env=podman_env(), capture_output=True, check=False
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--base", help="base image (default: one built here from Debian's packages)")
@@ -325,7 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     node = build(args.base, args.extras, force=args.force)
     print(node, flush=True)
     if args.broker:
-        print(build_broker(node, force=args.force))
+        broker = build_broker(node, force=args.force)
+        print(broker, flush=True)
+        drop_stale(BROKER_IMAGE, broker)  # first: a broker image is a child of a node image
+    drop_stale(IMAGE, node)
     return 0
 
 
