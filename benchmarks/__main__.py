@@ -24,6 +24,7 @@ from benchmarks.common import (
     validate,
     validate_summary,
     write_json,
+    write_text_atomic,
 )
 
 logger = logging.getLogger("benchmarks")
@@ -161,7 +162,7 @@ def _publish(summary: dict[str, Any], docs: list[dict[str, Any]], out: Path, plo
     if problems:
         raise ValueError(f"malformed summary: {problems}")
     write_json(out / "summary.json", summary)
-    (out / "latest.md").write_text(markdown(summary, docs))
+    write_text_atomic(out / "latest.md", markdown(summary, docs))
 
 
 def replot(out: Path, plots: bool = True) -> dict[str, Any]:

@@ -57,6 +57,7 @@ __all__ = [
     "validate",
     "validate_summary",
     "write_json",
+    "write_text_atomic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -293,7 +294,21 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
     text = json.dumps(doc, indent=1, allow_nan=False)
     # Lists of numbers on one line each: time series stay readable and diffs stay short.
     text = _NUMBER_LIST.sub(lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
-    path.write_text(text + "\n")
+    write_text_atomic(path, text + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """``path`` holds either its old text or all of ``text``, never a part: a run killed or
+    out of disk while writing leaves the previous results readable."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -309,9 +324,16 @@ class Target:
     measured: float | None = None
     detail: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    missing: str = ""
+    """What the figure leaves out (frames lost in the run): the target is then not met,
+    whatever the figure of the rest says."""
 
     def as_dict(self) -> dict[str, Any]:
-        met = None if self.measured is None else _OPS[self.op](self.measured, self.threshold)
+        met = (
+            None
+            if self.measured is None
+            else not self.missing and _OPS[self.op](self.measured, self.threshold)
+        )
         return {
             "id": self.id,
             "description": self.description,

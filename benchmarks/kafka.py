@@ -757,6 +757,7 @@ def bench_pipeline(
         show_progress,
     )
     runs: dict[str, list[float]] = {}
+    lost: dict[str, int] = {}
     with _own_node_settings(), contextlib.closing(bar):
         for scenario in settings.scenarios:
             logger.info("pipeline scenario %s", scenario.name)
@@ -769,6 +770,7 @@ def bench_pipeline(
                     logger.info("pipeline scenario %s (%d)", scenario.name, rep + 1)
                     m = _run(bootstrap, scenario, settings, frames)
                     runs.setdefault(scenario.name, []).append(m["delivered_fps"])
+                    lost[scenario.name] = lost.get(scenario.name, 0) + m["lost"]
                     m["delivered_fps_runs"] = runs[scenario.name]
                     scenarios[scenario.name] = m  # the last run's details
                     bar.update()
@@ -779,6 +781,7 @@ def bench_pipeline(
             "serial_cost": serial_cost,
             "delivered_fps": summarize(runs[reduced.name], 2),
             "fullsize_delivered_fps": summarize(runs[full.name], 2),
+            "lost": lost[reduced.name] + lost[full.name],
             "vs_fullsize": round(median_ratio(runs[reduced.name], runs[full.name]), 3),
             "vs_fullsize_runs": [
                 round(a / b, 3) for a, b in zip(runs[reduced.name], runs[full.name], strict=True)
@@ -929,10 +932,20 @@ class HighWatermark:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.client.close()
+        try:
+            # The variant has stopped and flushed: more records than inputs are duplicates,
+            # which reached the target early and would overstate its rate.
+            total = self._total() if exc_type is None and self.reached is not None else None
+        finally:
+            self.client.close()
+        if total is not None and total != self.target:
+            raise RuntimeError(
+                f"the output topic holds {total} records for {self.target} inputs: "
+                f"{total - self.target} duplicated, no rate reported"
+            )
 
 
 # What a careful librdkafka user sets on a consumer that reads a sustained stream. librdkafka's

@@ -343,6 +343,10 @@ def targets(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         t = by_id["kafka.pipeline.max_rate"]
         t.measured = one["vs_fullsize"]
         t.detail = "; ".join(_max_rate_note(name, r) for name, r in rates.items())
+        if one.get("lost"):
+            # A run that lost frames stopped at the deadline: its frames/s is not a top rate.
+            t.missing = f"{one['lost']} frames lost in the paired runs"
+            t.detail += f"; {t.missing}"
         cost = one.get("serial_cost")
         if cost:
             t.extra["serial_cost_ratio"] = cost["ratio"]
@@ -361,6 +365,10 @@ def targets(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 f"p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, "
                 f"{scenario['frames_arrived']} frames, {scenario['lost']} lost"
             )
+            if scenario["lost"]:
+                # A lost frame has no latency to count: the percentiles of those that arrived
+                # say nothing of it.
+                t.missing = f"{scenario['lost']} frames lost"
     return [t.as_dict() for t in out]
 
 

@@ -7,6 +7,7 @@ behind. Never the speed: figures from a shared CI machine mean nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -385,3 +386,71 @@ def test_descendants_cpu_keeps_an_exited_grandchilds_cpu_and_leaves_out_the_excl
     finally:
         excluded.stdin.close()
         excluded.wait(20)
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from benchmarks.common import write_json
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    write_json(Path(sys.argv[1]), {"runs": list(range(10_000))})
+except OSError:
+    sys.exit(3)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_write_that_fails_leaves_the_previous_results_whole(tmp_path: Path) -> None:
+    # A disk filling up (here a file-size limit) in the middle of writing new results.
+    path = tmp_path / "pool.jpeg.json"
+    from benchmarks.common import write_json
+
+    write_json(path, {"old": True})
+    run = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert run.returncode == 3, run.stderr
+    assert json.loads(path.read_text()) == {"old": True}
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+@pytest.mark.timeout(30)
+def test_a_latency_target_is_not_met_by_a_run_that_lost_frames() -> None:
+    from benchmarks.report import targets
+
+    # Half the frames never arrived; those that did were fast.
+    scenario = {
+        "latency_ms": {"p50": 20.0, "p95": 30.0, "p99": 40.0, "max": 45.0, "mean": 21.0},
+        "frames_sent": 1800,
+        "frames_arrived": 900,
+        "lost": 900,
+    }
+    doc = {"benchmark": "kafka.pipeline", "metrics": {"scenarios": {"30fps-1cam": scenario}}}
+    (p99,) = [t for t in targets([doc]) if t["id"] == "kafka.pipeline.p99"]
+    assert p99["measured"] == 40.0
+    assert p99["met"] is False
+
+
+@pytest.mark.timeout(60)
+def test_a_top_rate_target_is_not_met_by_runs_that_lost_frames(monkeypatch) -> None:
+    from benchmarks import kafka as k
+    from benchmarks.report import targets
+
+    def scenario_run(bootstrap: str, scenario: k.Scenario, settings: k.KafkaSettings, frames):
+        # The reduced path "twice as fast" only because its run stopped at the deadline.
+        full = scenario.reduced_decode is False
+        return {"delivered_fps": 10.0 if full else 20.0, "lost": 0 if full else 300}
+
+    monkeypatch.setattr(k, "_run", scenario_run)
+    monkeypatch.setattr(k, "_serial_cost", lambda *a: None)
+    settings = dataclasses.replace(k.settings_for(quick=True), scenarios=())
+    doc = k.bench_pipeline("127.0.0.1:9", quick=True, settings=settings, show_progress=False)
+    (top,) = [t for t in targets([doc]) if t["id"] == "kafka.pipeline.max_rate"]
+    assert top["measured"] == 2.0
+    assert top["met"] is False

@@ -56,3 +56,18 @@ def test_it_stops_after_the_last_record_and_polls_at_most_every_50_ms_until_the_
     # At one poll per 5 ms this would be 200 per second; at most 20 per second plus the
     # end game (a quarter of the remaining time each, the last few at 5 ms).
     assert len(watched) <= seconds / k._WATCH_SLOWEST + 30, (len(watched), seconds)
+
+
+@pytest.mark.timeout(60)
+def test_a_run_that_wrote_duplicates_reports_no_rate(kafka_bootstrap, new_topic):
+    # A variant that wrote one input twice: the topic reaches the target a record early.
+    topic = new_topic()
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for value in (b"a", b"b", b"c", b"c"):
+        producer.produce(topic, value)
+    assert producer.flush(30) == 0
+    with (
+        pytest.raises(RuntimeError, match="1 duplicated"),
+        k.HighWatermark(kafka_bootstrap, topic, 3) as mark,
+    ):
+        assert mark.done.wait(30)
