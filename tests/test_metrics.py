@@ -160,6 +160,21 @@ def test_sample_setting_comes_from_the_environment(monkeypatch):
     assert summary["sampled"] == summary["messages"] == 20
 
 
+@pytest.mark.timeout(30)
+def test_the_csv_path_from_the_environment_wins_over_the_nodes(tmp_path, monkeypatch):
+    MemoryBroker.reset()
+    broker = MemoryBroker.named("prof-csv-env")
+    for i in range(5):
+        broker.append("in", f"m{i}".encode(), None, [])
+    preset, deployed = tmp_path / "preset.csv", tmp_path / "deployed.csv"
+    monkeypatch.setenv("FOGVERSE_PROFILE_CSV", str(deployed))
+    node = Slow("in", "memory://prof-csv-env", "g", producer_topic="out")
+    node.profile_csv = str(preset)
+    _run_until(node, broker, 5)
+    assert not preset.exists()
+    assert len(list(csv.DictReader(deployed.open()))) == 5
+
+
 def test_the_default_samples_one_in_thirty_two():
     node = Consumer("in", "memory://prof-default", "g", producer_topic="out")
     assert node.profile_sample == DEFAULT_SAMPLE == 32

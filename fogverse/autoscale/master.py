@@ -25,6 +25,7 @@ from fogverse.autoscale.messages import (
     parse_message,
 )
 from fogverse.autoscale.state import ControlState
+from fogverse.config import default_servers
 from fogverse.transport.aiokafka_clients import SafeFetch, UnparsedRecord, sender_died
 
 __all__ = ["Master", "MasterObserver", "Service"]
@@ -87,7 +88,8 @@ class Master:
     ) -> None:
         self.consumer_topic = consumer_topic
         self.consumer_group_id = consumer_group_id
-        self.consumer_servers = consumer_servers
+        # Like every node, the observer and the view: FOGVERSE_BOOTSTRAP, else localhost.
+        self.consumer_servers = consumer_servers or default_servers()
         self.observers = list(observers)
         self.possible_data_types = tuple(possible_data_types) if possible_data_types else None
         self.services = list(services)
@@ -173,7 +175,7 @@ class Master:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
         assert self.consumer_topic is not None
-        servers = self.consumer_servers or "localhost:9092"
+        servers = self.consumer_servers
         if self.create_topic:
             from fogverse.admin import KafkaAdmin
 
@@ -344,7 +346,7 @@ class Master:
                 await dead.stop()
             from aiokafka import AIOKafkaProducer
 
-            servers = self.consumer_servers or "localhost:9092"
+            servers = self.consumer_servers
             producer = AIOKafkaProducer(**self._producer_config(servers))
             try:
                 await producer.start()

@@ -214,7 +214,8 @@ class Runnable:
         if self.profile or os.environ.get("FOGVERSE_PROFILE", "") not in ("", "0"):
             self.profiler = Profiler(
                 type(self).__name__,
-                self.profile_csv or os.environ.get("FOGVERSE_PROFILE_CSV"),
+                # The environment wins, as for every setting (docs/concepts.md).
+                os.environ.get("FOGVERSE_PROFILE_CSV") or self.profile_csv,
                 _profile_sample(self.profile_sample),
             )
         self._enter_process()

@@ -214,3 +214,27 @@ def test_a_huge_integer_in_a_message_is_skipped_and_the_master_keeps_handling() 
     master = asyncio.run(scenario())
     assert master.invalid_messages == 1
     assert [m.instance_id for m in rec.seen] == ["a"]
+
+
+@pytest.mark.timeout(60)
+def test_a_master_built_without_servers_uses_fogverse_bootstrap(
+    kafka_bootstrap: str, new_topic: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docs/deployment.md: FOGVERSE_BOOTSTRAP is the default of every node, the master and the
+    # view; the master alone went to localhost:9092.
+    monkeypatch.setenv("FOGVERSE_BOOTSTRAP", kafka_bootstrap)
+    control = new_topic()
+    rec = Recorder()
+
+    async def scenario() -> None:
+        master = Master(control, "m", observers=[rec], lookback_seconds=30)
+        run = asyncio.create_task(master.run())
+        ready = asyncio.create_task(master.ready.wait())
+        await asyncio.wait({run, ready}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+        assert ready.done(), f"the master did not get ready: {run}"
+        await _produce(kafka_bootstrap, control, [_beat("a", 1)])
+        await until(lambda: len(rec.seen) == 1, 20, "the beat")
+        master.stop()
+        await run
+
+    asyncio.run(scenario())
