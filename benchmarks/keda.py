@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import write_text_atomic
 from benchmarks.scaling_sim import (
     Clock,
     Load,
@@ -194,10 +195,13 @@ class _SimAdmin:
     def __init__(self, stage: Stage) -> None:
         self.stage = stage
 
-    def list_topics(self, topic: str, timeout: float | None = None) -> Any:
-        parts = {p: None for p in range(self.stage.p.partitions)}
-        info = type("Topic", (), {"partitions": parts, "error": None})()
-        return type("Meta", (), {"topics": {topic: info}})()
+    def describe_topics(self, topics: Any, request_timeout: float = 0) -> dict[str, Any]:
+        parts = [type("Partition", (), {"id": p})() for p in range(self.stage.p.partitions)]
+        description = type("Description", (), {"partitions": parts})()
+        return {
+            name: type("Done", (), {"result": lambda self, t=None: description})()
+            for name in topics.topic_names
+        }
 
     def list_offsets(
         self, request: Mapping[Any, Any], request_timeout: float = 0
@@ -490,9 +494,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "policies": POLICIES,
         "results": [r.document() for r in runs],
     }
-    (args.out / "keda.json").write_text(json.dumps(doc) + "\n")
+    write_text_atomic(args.out / "keda.json", json.dumps(doc) + "\n")
     text = table([r.summary() for r in runs])
-    (args.out / "keda.md").write_text(text + "\n")
+    write_text_atomic(args.out / "keda.md", text + "\n")
     print(text)
     return 0
 

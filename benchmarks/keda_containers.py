@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import write_text_atomic
 from benchmarks.kafka import broker
 from benchmarks.keda import CAMERA, table
 from benchmarks.keda import _run as simulate
@@ -282,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "keda_containers.json").write_text(json.dumps(doc) + "\n")
+    write_text_atomic(args.out / "keda_containers.json", json.dumps(doc) + "\n")
     text = table(rows)
     note = (
         f"\nLoad: {LOAD.duration} s ({', '.join(f'{n} {a}-{b} s' for n, a, b in LOAD.phases)}); "
@@ -290,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"container start-up (deploy to first report), measured: "
         f"{[round(s, 1) for s in real['startups']]} s, median {startup:.1f} s.\n"
     )
-    (args.out / "keda_containers.md").write_text(text + "\n" + note)
+    write_text_atomic(args.out / "keda_containers.md", text + "\n" + note)
     print(text + "\n" + note)
     return 0
 

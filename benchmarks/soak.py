@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import write_text_atomic
 from fogverse import Consumer, ParallelConsumer, Producer, Record, run
 
 __all__ = ["SoakPreprocess", "SoakSettings", "main", "run_soak"]
@@ -550,7 +551,7 @@ async def run_soak(settings: SoakSettings, broker: Any = None) -> dict[str, Any]
     summary = _summary(
         settings, stats, rows, faults, lost, dead_ids, node.starts, time.monotonic() - began
     )
-    (out / "soak.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(out / "soak.json", json.dumps(summary, indent=1) + "\n")
     _plot(rows, faults, out / "soak.png", summary)
     return summary
 
