@@ -514,8 +514,20 @@ def peak_rss(pids: Sequence[int]) -> Iterator[dict[str, float]]:
         )
 
 
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def progress(total: int, desc: str, enabled: bool | None) -> Any:
     """A tqdm bar on stderr (``enabled=None``: only on a terminal)."""
+    if enabled is False:
+        # Not even a disabled tqdm: making one creates a multiprocessing lock, a semaphore in
+        # /dev/shm that the process then maps for good (the pool's test of its slots sees it).
+        return _NoBar()
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, disable=None if enabled is None else not enabled)
