@@ -11,6 +11,9 @@ many frames the camera sends and the sink expects), ``FPS`` (the camera's pace),
 ``PROCESSES`` (the detector's worker processes), ``OUTPUT_DIR`` (the sink's annotated.mp4,
 latency.csv and summary.json) and ``IDLE_TIMEOUT`` (the sink gives up after this many quiet
 seconds). The sink exits with status 0 when every frame arrived, 1 when some were lost.
+With ``AUTOSCALE_PROVIDER`` set (deploy/kubernetes sets ``K8S``), the detector asks the
+auto-scaling master to scale it, through that provider of the master's ``deploy_scripts``, up to
+``AUTOSCALE_MAX`` instances (default 4).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from harness import ReadyParallelConsumer, Summary
 from photo_camera import PhotoCamera
 from video_pipeline import LOW_LATENCY, DetectionSink, VideoSource
 
+from fogverse.autoscale import enable_heartbeats
 from fogverse.config import default_servers
 from processors import FaceCascade
 
@@ -76,6 +80,22 @@ def detector() -> ReadyParallelConsumer:
     )
     node.processor = FaceCascade()
     node.process_number = int(_setting("PROCESSES", "2"))
+    provider = _setting("AUTOSCALE_PROVIDER", "")
+    if provider:
+        # Heartbeats alone never make a stage scalable: the master scales only the stages
+        # that sent it an auto-scale request naming one of its providers.
+        observer = enable_heartbeats(node, True)
+        assert observer is not None
+        observer.send_auto_scale_request(
+            frames_topic,
+            detections_topic,
+            {
+                "provider": provider,
+                "service_name": "detector",
+                "max_instance": int(_setting("AUTOSCALE_MAX", "4")),
+                "extra_configs": {},
+            },
+        )
     return node
 
 

@@ -181,6 +181,43 @@ def test_the_master_scales_the_detector_out_and_in_as_its_service_account(
     assert {_replicas(applied, s) for s in STAGES if s != "detector"} == {1}
 
 
+def test_reapplying_the_manifests_keeps_the_replicas_the_master_set(
+    applied: KubeCluster, tmp_path: Path
+) -> None:
+    """A user rolls out a change with `kubectl apply --server-side --force-conflicts -f
+    deploy/kubernetes/` while the master has scaled the detector out: the pods the master
+    started must stay (a manifest that names `replicas` takes them back to its own count)."""
+    (manifest,) = [
+        d for d in _documents() if d["kind"] == "Deployment" and d["metadata"]["name"] == "detector"
+    ]
+    apps = client.AppsV1Api(applied.api_client())
+
+    def apply() -> None:
+        apps.patch_namespaced_deployment(
+            "detector",
+            NS,
+            manifest,
+            field_manager="kubectl",
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+
+    apply()
+    deploy = _deploy_scripts_as_master(applied, tmp_path).get_deploy_function("K8S")
+
+    async def scale_out() -> None:
+        for n in range(2):
+            await call_deploy_function(deploy, logger, _deploy_config(f"r-{n}"))
+
+    before = _replicas(applied, "detector")
+    asyncio.run(scale_out())
+    try:
+        apply()
+        assert _replicas(applied, "detector") == before + 2
+    finally:
+        apps.patch_namespaced_deployment_scale("detector", NS, {"spec": {"replicas": before}})
+
+
 def test_requests_outside_the_masters_role_are_refused_by_the_server(
     applied: KubeCluster, tmp_path: Path
 ) -> None:
