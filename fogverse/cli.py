@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main", "positive_int"]
+__all__ = ["exit_on_signal", "main", "positive_int"]
 
 
 def positive_int(text: str) -> int:
@@ -38,7 +39,17 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_on_signal(signum: int, frame: object) -> None:
+    """A signal handler that ends the command with status 128 + the signal's number."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # As a container's PID 1 the process ignores a SIGTERM it has no handler for, and a stop
+    # while the target's imports run (cv2, onnxruntime: seconds) would wait for the grace
+    # period's SIGKILL. Nothing has been read yet then: end at once. A node's own handler
+    # (drain, commit) replaces this one when it starts.
+    signal.signal(signal.SIGTERM, exit_on_signal)
     parser = _build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

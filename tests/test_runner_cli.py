@@ -100,3 +100,54 @@ def test_a_file_that_is_not_a_python_script_is_named(tmp_path: Path) -> None:
     done = _fogverse_run(tmp_path, "./nodes:Seq")
     assert done.returncode == 1
     assert done.stderr.splitlines() == ["fogverse run: not a Python script: ./nodes"]
+
+
+_SLOW_IMPORT = """
+import sys, time
+print("importing", flush=True)
+time.sleep(60)  # a target's heavy imports (cv2, onnxruntime)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_as_pid_1_while_the_target_imports_ends_the_command(tmp_path: Path) -> None:
+    # A container's PID 1 ignores a SIGTERM it has no handler for: a pod stopped during the
+    # target's imports waited for its grace period's SIGKILL.
+    import os
+    import shutil
+    import signal
+
+    import psutil
+    from polling import wait_until
+
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs unshare and root for a PID namespace")
+    (tmp_path / "slow.py").write_text(_SLOW_IMPORT)
+    outer = subprocess.Popen(
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            sys.executable,
+            "-m",
+            "fogverse",
+            "run",
+            "slow:Node",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    try:
+        assert outer.stdout is not None and outer.stdout.readline() == "importing\n"
+        (pid_1,) = psutil.Process(outer.pid).children()
+        pid_1.send_signal(signal.SIGTERM)
+        wait_until(lambda: outer.poll() is not None, 10, "the command to end on SIGTERM")
+        assert outer.returncode == 128 + signal.SIGTERM, outer.stderr.read() if outer.stderr else ""
+    finally:
+        if outer.poll() is None:
+            outer.kill()
+            outer.wait(10)

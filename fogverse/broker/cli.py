@@ -37,7 +37,7 @@ from fogverse.broker.launcher import (
     pid_alive,
     terminate_pid,
 )
-from fogverse.cli import positive_int
+from fogverse.cli import exit_on_signal, positive_int
 
 __all__ = ["register", "state_dir"]
 
@@ -152,11 +152,7 @@ def _forget(path: Path, state: dict[str, Any]) -> None:
 @contextlib.contextmanager
 def _signals_raise() -> Iterator[None]:
     """SIGTERM/SIGHUP raise SystemExit: a detached JVM is stopped unless it was recorded."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
