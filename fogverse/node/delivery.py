@@ -42,6 +42,7 @@ class Delivery(Pending):
 
     __slots__ = (
         "content_type",
+        "followers",
         "on_failure",
         "on_fatal",
         "pending",
@@ -72,6 +73,8 @@ class Delivery(Pending):
         self.on_fatal = on_fatal
         self.profiler: Profiler | None = None
         self.stamps: Stamps | None = None
+        # Held inputs released while this one was processed: they finish with it.
+        self.followers: list[Delivery] | None = None
 
     def track(
         self,
@@ -165,6 +168,10 @@ class Delivery(Pending):
         if self.token is not None and self.tracker is not None:
             self.tracker.abandon(self.token)
             self.token = None
+        followers, self.followers = self.followers, None
+        if followers is not None:
+            for held in followers:
+                held.abandon()
 
     def _finish(self) -> None:
         if self.stamps is not None and self.profiler is not None:
@@ -172,6 +179,10 @@ class Delivery(Pending):
         if self.token is not None and self.tracker is not None:
             self.tracker.done(self.token)
             self.token = None
+        followers, self.followers = self.followers, None
+        if followers is not None:
+            for held in followers:
+                held._release()
 
 
 class Hold:
@@ -205,9 +216,24 @@ class Hold:
 
     def release(self) -> None:
         """Done with the input: it is committed once whatever was sent for it is acknowledged.
-        Releasing twice does nothing."""
+        Released while another input is processed (its partner, whose ``process`` sends the
+        pair), once that input is committable too. Releasing twice does nothing."""
         delivery = self._take()
-        if delivery is not None:
+        if delivery is None:
+            return
+        partner = current_delivery.get()
+        if (
+            partner is not None
+            and partner is not delivery
+            and not partner.sealed
+            and partner.token is not None
+        ):
+            # The pair is sent on the partner's behalf and acknowledged against it only:
+            # committed before that ack, the held input would be lost with the pair in a crash.
+            if partner.followers is None:
+                partner.followers = []
+            partner.followers.append(delivery)
+        else:
             delivery._release()
 
     def fail(self, exc: BaseException) -> None:

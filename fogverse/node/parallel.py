@@ -126,7 +126,7 @@ class ParallelRunnable(Runnable):
         # loop; the inputs left behind are abandoned by the node's end.
         admission = asyncio.current_task()
         assert admission is not None
-        ours = interrupted = False
+        ours = interrupted = overdue = False
 
         def emitter_ended(_: asyncio.Task[None]) -> None:
             nonlocal interrupted
@@ -134,7 +134,19 @@ class ParallelRunnable(Runnable):
                 interrupted = True
                 admission.cancel()
 
+        async def drain_deadline() -> None:
+            # A task that never finishes (a worker stuck in native code) would hold both the
+            # admission (waiting for a slot) and the drain forever: a stop waits for the
+            # window as long as it waits for acknowledgements, then gives up what is left.
+            nonlocal overdue
+            await self._stop_event.wait()
+            await asyncio.sleep(self.drain_timeout)
+            if not ours:
+                overdue = True
+                admission.cancel()
+
         emitter.add_done_callback(emitter_ended)
+        watchdog = asyncio.create_task(drain_deadline())
         drained: asyncio.Task[Any] | None = None
         try:
             if batches is not None and not self._hooks:
@@ -145,14 +157,23 @@ class ParallelRunnable(Runnable):
             drained = asyncio.create_task(self._all_emitted.wait())
             await asyncio.wait([drained, emitter], return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            if not interrupted or admission.cancelling() > 1:
+            if not (interrupted or overdue) or admission.cancelling() > 1:
                 raise  # the node itself is cancelled
             admission.uncancel()
         finally:
             ours = True
             emitter.cancel()
+            watchdog.cancel()
             if drained is not None:
                 drained.cancel()
+        if overdue and not emitter.done():
+            logger.warning(
+                "%d admitted inputs still unfinished %.0f s after the stop; they stay uncommitted",
+                self._outstanding,
+                self.drain_timeout,
+            )
+            self._abandon_open_inputs()
+            return
         if emitter.done():  # it ended before this loop ended it
             if emitter.cancelled():
                 raise asyncio.CancelledError(

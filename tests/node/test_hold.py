@@ -9,11 +9,12 @@ import uuid
 from typing import Any
 
 import pytest
-from backends import Backend, produce_kafka
+from backends import Backend, ForwardingProducer, produce_kafka
 from polling import until
 
 from fogverse import Consumer
 from fogverse.node.delivery import Hold
+from fogverse.transport.base import AckCallback
 
 ERR = "fogverse.error."
 
@@ -180,6 +181,90 @@ def test_a_rebalance_does_not_wait_for_open_holds_and_the_input_is_read_again(
 
     first = asyncio.run(main())
     assert not any(h.open for h in first.holds)
+
+
+class HoldBackAck(ForwardingProducer):
+    """The node's producer, except that the node hears of the ack of the output ``value``
+    only once ``let_go()`` is called (the record itself goes to the broker at once)."""
+
+    def __init__(self, inner: Any, value: bytes) -> None:
+        super().__init__(inner)
+        self.value = value
+        self.withheld: list[Any] = []
+
+    async def send(self, topic: str, value: Any, key: Any = None, headers: Any = None) -> Any:
+        ack = await self.inner.send(topic, value, key, headers)
+        if value != self.value:
+            return ack
+        late = asyncio.get_running_loop().create_future()
+        self.withheld.append(lambda: ack.add_done_callback(lambda _: late.set_result(None)))
+        return late
+
+    def send_nowait(
+        self, topic: str, value: Any, key: Any, headers: Any, on_ack: AckCallback
+    ) -> bool:
+        if value != self.value:
+            return self.inner.send_nowait(topic, value, key, headers, on_ack)
+        acked: list[BaseException | None] = []
+        if not self.inner.send_nowait(topic, value, key, headers, acked.append):
+            return False
+
+        async def later() -> None:
+            await until(lambda: bool(acked), 60, "the broker's ack")
+            on_ack(acked[0])
+
+        self.withheld.append(lambda: asyncio.ensure_future(later()))
+        return True
+
+    def let_go(self) -> None:
+        forwards, self.withheld = self.withheld, []
+        for forward in forwards:
+            forward()
+
+
+def test_a_held_input_released_by_its_partner_waits_for_the_pairs_ack(backend: Backend):
+    # A join over two topics: the frame is held; its detections' process() sends the pair and
+    # releases the frame. The pair is acknowledged against the detections only, yet it is the
+    # frame's output too: committed before the ack, a crash would lose the frame, the pair
+    # with it (the detections alone, read again, have nothing to pair with).
+    frames, detections, out = backend.topic(), backend.topic(), backend.topic()
+    group = f"g-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> Joiner:
+        node = Joiner([frames, detections], backend.servers, group, producer_topic=out)
+        producer = HoldBackAck(node.producer, b"release")
+        node.producer = producer
+        task = asyncio.create_task(node.run())
+        try:
+            await _produce(backend, frames, [b"hold-frame"])
+            await until(lambda: node.holds, 60, "the frame held")
+            await _produce(backend, detections, [b"release", b"after"])
+
+            # The pair went out, unacknowledged, and the next input was done after it.
+            def after_done() -> bool:
+                return node._tracker.pending_in([(detections, 0)]) == 1
+
+            await until(lambda: node.seen[-1:] == [b"after"] and producer.withheld, 60, "pair")
+            await until(after_done, 60, "the input after the pair done")
+            committed = {tp for commit in node.commits for tp in commit}
+            assert (frames, 0) not in committed | node._tracker.committable().keys(), (
+                "the held frame became committable before its pair was acknowledged"
+            )
+            producer.let_go()
+            await until(
+                lambda: node.commits and node.commits[-1].get((frames, 0)) == 1,
+                60,
+                "the frame committed once the pair was acknowledged",
+            )
+        finally:
+            producer.let_go()  # a stop waits for the ack (drain_timeout)
+            node.stop()
+            await asyncio.wait_for(task, 60)
+        return node
+
+    asyncio.run(main())
+    assert backend.committed(group, frames) == 1
+    assert backend.committed(group, detections) == 2
 
 
 def test_hold_outside_an_input_is_an_error():

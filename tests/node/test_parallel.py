@@ -418,3 +418,44 @@ def test_a_parallel_producer_sends_every_result_in_order():
     got = [int(CODEC.decode(r.value)[0]) for r in broker.records("out")]
     assert got == [i + 1 for i in range(n) if i != 13]  # 13 fails in the worker: dead-lettered
     assert node.pool.max_in_flight_seen <= 4
+
+
+class StuckOn(Processor):
+    """Never returns for the input ``stuck`` (a worker hung in native code); echoes the rest."""
+
+    def process(self, data):
+        if data == b"stuck":
+            time.sleep(3600)
+        return data
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("window", [1, 4])
+def test_a_stop_gives_up_a_task_that_never_finishes_after_drain_timeout(
+    kafka_bootstrap, new_topic, window
+):
+    # Window 1: the admission of b waits for the stuck task's slot; window 4: b is admitted
+    # and its result waits behind the stuck one (input order), so only the drain waits.
+    src, out = new_topic(), new_topic()
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    values = (b"a", b"stuck", b"b")
+    asyncio.run(produce_kafka(kafka_bootstrap, src, [(None, v, []) for v in values]))
+    node = ParallelConsumer(src, kafka_bootstrap, group, producer_topic=out, input_codec="bytes")
+    node.drain_timeout = 1.0
+
+    async def scenario():
+        task = asyncio.create_task(node.run(1, window, StuckOn()))
+        try:
+            await read_kafka(kafka_bootstrap, out, 1, timeout=60)
+            await asyncio.to_thread(
+                wait_until, lambda: node._tracker.in_flight == 2, 60, "stuck and b in flight"
+            )
+        finally:
+            node.stop()
+            # The stuck worker is killed when the pool closes (its teardown grace is 30 s);
+            # a stop that waited for the task would never end.
+            await asyncio.wait_for(task, 120)
+
+    asyncio.run(scenario())
+    assert [r.value for r in asyncio.run(read_kafka(kafka_bootstrap, out, 1))] == [b"a"]
+    assert committed_kafka(kafka_bootstrap, group, src) == 1, "the stuck input was committed"
