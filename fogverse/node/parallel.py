@@ -106,7 +106,9 @@ class ParallelRunnable(Runnable):
             await super()._close()
         finally:
             if self.pool is not None:
-                await self.pool.close(drain=False)
+                # A worker still busy after that (a task the stop gave up) is killed: a stop
+                # waits drain_timeout at most at each step, not the pool's own 30 s.
+                await self.pool.close(drain=False, timeout=self.drain_timeout)
 
     async def _parallel_loop(self) -> None:
         assert self.pool is not None
