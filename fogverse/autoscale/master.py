@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 _INVALID_LOG_FIRST = 20
 _INVALID_LOG_EVERY = 1000
 _PARTITION_CHECK_SECONDS = 10.0
+_MAX_RECORDS = 1000  # per read of the control topic
 
 
 @runtime_checkable
@@ -283,13 +284,17 @@ class Master:
         loop = asyncio.get_running_loop()
         next_check = loop.time() + _PARTITION_CHECK_SECONDS
         while True:
-            batches = await self._fetch.getmany(timeout_ms=200, max_records=1000)
+            started = self.state.clock()
+            batches = await self._fetch.getmany(timeout_ms=200, max_records=_MAX_RECORDS)
             for records in batches.values():
                 for record in records:
                     if type(record) is UnparsedRecord:
                         self.invalid_messages += 1
                         continue  # SafeFetch logged it
                     await self.handle_raw(record.value)
+            if sum(len(records) for records in batches.values()) < _MAX_RECORDS:
+                # Not a full batch: everything sent before the read began is applied now.
+                self.state.mark_read(started)
             if not self.ready.is_set():
                 await self._check_ready()
             if loop.time() >= next_check:

@@ -138,6 +138,11 @@ class ControlState:
         self.expiry_factor = expiry_factor
         self.clock = clock
         self.rates = RateTracker(retention)
+        self.read_until: float | None = None
+        """When the master last began a read of the control topic that reached its end
+        (None: no reader tells, judge by the clock). An instance is judged silent against
+        this, not the clock: after the master's loop stalled, its instances' heartbeats of
+        the stall are still unread, and they would look gone and be replaced."""
         self.instances: dict[str, Instance] = {}
         self.stages: dict[StageKey, Stage] = {}
         self._instance_stage: dict[str, StageKey] = {}
@@ -273,8 +278,15 @@ class ControlState:
         ]
         return matches[0] if len(matches) == 1 else None
 
+    def mark_read(self, started: float) -> None:
+        """A read that began at ``started`` reached the end of the control topic."""
+        if self.read_until is None or started > self.read_until:
+            self.read_until = started
+
     def live_instances(self, current: float | None = None) -> list[Instance]:
         current = self.clock() if current is None else current
+        if self.read_until is not None:
+            current = min(current, self.read_until)
         return [i for i in self.instances.values() if i.alive(current, self.expiry_factor)]
 
     def instances_of(self, stage: StageKey, current: float | None = None) -> list[Instance]:

@@ -238,3 +238,57 @@ def test_a_master_built_without_servers_uses_fogverse_bootstrap(
         await run
 
     asyncio.run(scenario())
+
+
+@pytest.mark.timeout(60)
+def test_instances_are_not_judged_gone_on_heartbeats_a_stalled_master_has_not_read(
+    kafka_bootstrap: str, new_topic: Any
+) -> None:
+    # A master whose loop stalls (a loaded machine, a long GC) resumes with its instances'
+    # heartbeats of the stall still unread: judged by the clock, they looked gone, and the
+    # deployer replaced live instances past max_instance (test_scale_out, under load).
+    import threading
+
+    from confluent_kafka import Producer
+
+    control = new_topic()
+    beating = threading.Event()
+    beating.set()
+
+    def beat() -> None:
+        producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 0})
+        count = 0
+        while beating.is_set():
+            count += 1
+            ts = time.time()
+            hb = Heartbeat("a", ts, "out", count, ts - 0.2, 0.2, "in", "g")
+            producer.produce(control, encode_message(hb))
+            producer.poll(0)
+            time.sleep(0.2)
+        producer.flush(10)
+
+    async def scenario() -> None:
+        master = Master(control, "m", kafka_bootstrap, [], lookback_seconds=30)
+        run = asyncio.create_task(master.run())
+        beater = threading.Thread(target=beat, daemon=True)
+        beater.start()
+        try:
+            await until(master.ready.is_set, 20, "the master to be ready")
+
+            def alive() -> bool:
+                return "a" in {i.instance_id for i in master.state.live_instances()}
+
+            await until(alive, 20, "the first heartbeat")
+            time.sleep(1.5)  # noqa: ASYNC251  (the stall itself: 7 intervals, expiry after 3)
+            assert alive(), "judged gone on heartbeats the master had not read yet"
+            await asyncio.sleep(0.5)
+            assert alive()
+            beating.clear()
+            await until(lambda: not alive(), 20, "the silent instance to expire")
+        finally:
+            beating.clear()
+            master.stop()
+            await run
+            await asyncio.to_thread(beater.join, 15)
+
+    asyncio.run(scenario())

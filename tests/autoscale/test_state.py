@@ -98,3 +98,18 @@ def test_heartbeats_from_a_clock_always_two_minutes_ahead_read_twice_count_once(
         state.apply(hb)
         state.apply(beats[0])  # read again
     assert state.rates.count("out", T0, T0 + 200) == pytest.approx(50)
+
+
+def test_an_instance_is_judged_silent_only_against_what_the_master_has_read() -> None:
+    # A master whose loop stalled has the heartbeats sent meanwhile still unread: judged by
+    # the clock alone, its instances looked gone and were replaced past max_instance.
+    clock = Clock()
+    state = ControlState(clock=clock)
+    state.apply(Heartbeat("a", T0, "out", 1, T0 - 0.5, 0.5))
+    state.mark_read(T0)
+    clock.t = T0 + 5  # 10 intervals later, nothing read since
+    assert [i.instance_id for i in state.live_instances()] == ["a"]
+    state.mark_read(T0 + 4)  # a read that began then reached the end: "a" said nothing
+    assert state.live_instances() == []
+    state.mark_read(T0 + 1)  # an older read moves nothing back
+    assert state.read_until == T0 + 4
