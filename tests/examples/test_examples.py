@@ -19,8 +19,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import cv2
 import numpy as np
@@ -114,6 +116,20 @@ def finish_example(
     assert not left, f"{proc.args[1]} left processes behind: {[p.cmdline()[:3] for p in left]}"
     assert proc.returncode == 0, f"{proc.args[1]} exited {proc.returncode}\n{err[-4000:]}"
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def read_until(stream: Any, marker: Callable[[str], bool], timeout: float = 150) -> list[str]:
+    """Lines of a running example's ``stream`` up to the first that ``marker`` accepts (the
+    test fails, showing them, if none comes within ``timeout`` seconds or before it ends)."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # readline returns at the latest when the run ends
+        line = stream.readline()
+        seen.append(line)
+        if not line or marker(line):
+            break
+    assert any(marker(line) for line in seen), "".join(seen)[-4000:]
+    return seen
 
 
 def run_example(
@@ -341,15 +357,8 @@ def test_video_pipeline_stops_cleanly_on_ctrl_c(
         "--output-dir",
         str(tmp_path),
     )
-    seen = []
-    deadline = time.monotonic() + 150
     assert proc.stderr is not None
-    while time.monotonic() < deadline:  # readline returns at the latest when the run ends
-        line = proc.stderr.readline()
-        seen.append(line)
-        if not line or "frames out" in line:
-            break
-    assert any("frames out" in line for line in seen), "".join(seen)[-4000:]
+    seen = read_until(proc.stderr, lambda line: "frames out" in line)
     proc.send_signal(signal.SIGINT)
     result = finish_example(proc, timeout=60, stderr_so_far="".join(seen))
     assert "interrupted" in result.stderr
@@ -524,15 +533,8 @@ def test_autoscale_example_stops_its_instances_promptly_on_sigterm(kafka_bootstr
     proc = start_example(
         "autoscale/run.py", env={"FOGVERSE_BOOTSTRAP": kafka_bootstrap, "EXAMPLE_SECONDS": "900"}
     )
-    seen = []
-    deadline = time.monotonic() + 150
     assert proc.stdout is not None
-    while time.monotonic() < deadline:  # readline returns at the latest when the run ends
-        line = proc.stdout.readline()
-        seen.append(line)
-        if not line or "t(s)" in line:
-            break
-    assert any("t(s)" in line for line in seen), "".join(seen)[-4000:]
+    read_until(proc.stdout, lambda line: "t(s)" in line)
     proc.send_signal(signal.SIGTERM)
     result = finish_example(proc, timeout=60)
     assert "interrupted" in result.stdout
@@ -545,15 +547,8 @@ def test_dynamic_partitions_example_ends_at_once_on_sigterm(kafka_bootstrap: str
     proc = start_example(
         "dynamic_partitions.py", "--bootstrap", kafka_bootstrap, "--join-every", "600"
     )
-    seen = []
-    deadline = time.monotonic() + 150
     assert proc.stdout is not None
-    while time.monotonic() < deadline:  # readline returns at the latest when the run ends
-        line = proc.stdout.readline()
-        seen.append(line)
-        if not line or line.startswith("t="):
-            break
-    assert any(line.startswith("t=") for line in seen), "".join(seen)[-4000:]
+    read_until(proc.stdout, lambda line: line.startswith("t="))
     proc.send_signal(signal.SIGTERM)
     result = finish_example(proc, timeout=60)
     assert "interrupted" in result.stdout
