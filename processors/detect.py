@@ -85,6 +85,7 @@ class Detections(TypedDict):
 def _rows(output: NDArray[Any], layout: YoloLayout, num_classes: int | None) -> tuple[Any, str]:
     """The candidates as rows ``(N, K)`` and the layout they are in."""
     out = np.asarray(output)
+    _check_choice("layout", layout, YoloLayout)
     if out.ndim == 3:
         if out.shape[0] != 1:
             raise ValueError(f"decode one image at a time; output has batch {out.shape[0]}")
@@ -99,10 +100,8 @@ def _rows(output: NDArray[Any], layout: YoloLayout, num_classes: int | None) -> 
         return out, layout
     if layout == "v8":
         rows, classes = out.T, out.shape[0] - 4
-    elif layout == "v5":
+    else:  # v5
         rows, classes = out, out.shape[1] - 5
-    else:
-        raise ValueError(f"layout must be 'auto', 'v5', 'v8' or 'end2end', got {layout!r}")
     if classes < 1:
         raise ValueError(f"a {layout} output needs at least one class column, got {out.shape}")
     if num_classes is not None and classes != num_classes:
@@ -242,8 +241,7 @@ def nms(
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     scores = np.asarray(scores, np.float32).reshape(-1)
     class_ids = np.asarray(class_ids).reshape(-1)
-    if backend not in ("numpy", "opencv"):
-        raise ValueError(f"backend must be 'numpy' or 'opencv', got {backend!r}")
+    _check_choice("backend", backend, NmsBackend)
     # Left in, one non-finite box would poison the class offsets and the IoUs below and
     # suppress every other box of the frame.
     candidates = np.flatnonzero(np.isfinite(boxes).all(axis=1) & np.isfinite(scores))
@@ -312,12 +310,12 @@ def _default_names(names: Sequence[str] | None, classes: int) -> Sequence[str] |
     return names if names is not None else (COCO_NAMES if classes == 80 else None)
 
 
-def _check_choices(layout: str, nms_backend: str) -> None:
-    # Here, not at the first frame: there a typo fails every frame, or the worker's setup.
-    if layout not in get_args(YoloLayout):
-        raise ValueError(f"layout must be 'auto', 'v5', 'v8' or 'end2end', got {layout!r}")
-    if nms_backend not in get_args(NmsBackend):
-        raise ValueError(f"nms_backend must be 'numpy' or 'opencv', got {nms_backend!r}")
+def _check_choice(name: str, value: str, choices: Any) -> None:
+    """``value`` is one of the ``Literal`` ``choices``, else a ValueError that names them."""
+    allowed = get_args(choices)
+    if value not in allowed:
+        listed = ", ".join(map(repr, allowed[:-1])) + f" or {allowed[-1]!r}"
+        raise ValueError(f"{name} must be {listed}, got {value!r}")
 
 
 def _check_thresholds(conf: float, iou: float, max_det: int) -> None:
@@ -355,7 +353,9 @@ class YoloDecode(Processor):
         nms_backend: NmsBackend = "opencv",
     ) -> None:
         _check_thresholds(conf, iou, max_det)
-        _check_choices(layout, nms_backend)
+        # Here, not at the first frame: there a typo fails every frame, or the workers' setup.
+        _check_choice("layout", layout, YoloLayout)
+        _check_choice("nms_backend", nms_backend, NmsBackend)
         self.size = _as_hw(size, "size")
         self.params = (
             None
@@ -428,7 +428,9 @@ class YoloDetect(Processor):
         reduced_decode: bool = True,
     ) -> None:
         _check_thresholds(conf, iou, max_det)
-        _check_choices(layout, nms_backend)
+        # Here, not at the first frame: there a typo fails every frame, or the workers' setup.
+        _check_choice("layout", layout, YoloLayout)
+        _check_choice("nms_backend", nms_backend, NmsBackend)
         self.inference = OnnxInference(model, threads=threads)
         self.size = None if size is None else _as_hw(size, "size")
         self.conf, self.iou, self.max_det, self.layout = conf, iou, max_det, layout

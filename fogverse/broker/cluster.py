@@ -20,7 +20,6 @@ that started them, as a single broker's do, and :meth:`LocalKafkaCluster.stop` s
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -34,13 +33,13 @@ from typing import Any
 
 from fogverse.broker.launcher import (
     _HOST,
-    _META_FILE,
     _QUIET,
     DEFAULT_KAFKA_VERSION,
     BrokerError,
     LocalKafka,
     _free_ports,
     _port_open,
+    _saved_ports,
     new_cluster_id,
 )
 
@@ -83,15 +82,6 @@ _FAST_FAILOVER = {
     # (every 5 minutes there): rolling restarts then spread leaders again.
     "leader.imbalance.check.interval.seconds": 5,
 }
-
-
-def _saved_ports(node_dir: Path) -> tuple[int, int] | None:
-    """The client and controller ports a formatted node directory was created with."""
-    meta = node_dir / _META_FILE
-    if not (node_dir / "logs" / "meta.properties").exists() or not meta.exists():
-        return None
-    saved = json.loads(meta.read_text())
-    return int(saved["port"]), int(saved["controller_port"])
 
 
 class LocalKafkaCluster:

@@ -201,6 +201,16 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
+def _saved_ports(data_dir: Path) -> tuple[int, int] | None:
+    """The client and controller ports a formatted data directory was created with: the KRaft
+    voter set records the controller endpoint at format time, so it starts only on those."""
+    meta = data_dir / _META_FILE
+    if not (meta.exists() and (data_dir / "logs" / "meta.properties").exists()):
+        return None
+    saved = json.loads(meta.read_text())
+    return int(saved["port"]), int(saved["controller_port"])
+
+
 def _port_open(port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((_HOST, port), timeout=timeout):
@@ -509,19 +519,16 @@ class LocalKafka:
             self._data_dir = Path(tempfile.mkdtemp(prefix="fogverse-kafka-")).resolve()
         data_dir = self._data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        meta = data_dir / _META_FILE
-        if meta.exists() and (data_dir / "logs" / "meta.properties").exists():
-            # The KRaft voter set records the controller endpoint at format time, so an
-            # existing directory keeps the ports it was created with.
-            saved = json.loads(meta.read_text())
-            for attr, key in (("_port", "port"), ("_controller_port", "controller_port")):
+        saved = _saved_ports(data_dir)
+        if saved is not None:
+            for attr, key, port in zip(
+                ("_port", "_controller_port"), ("port", "controller_port"), saved, strict=True
+            ):
                 current = getattr(self, attr)
                 if current is None:
-                    setattr(self, attr, saved[key])
-                elif current != saved[key]:
-                    raise BrokerError(
-                        f"{data_dir} was created with {key}={saved[key]}, not {current}"
-                    )
+                    setattr(self, attr, port)
+                elif current != port:
+                    raise BrokerError(f"{data_dir} was created with {key}={port}, not {current}")
         return data_dir
 
     def _config(self, data_dir: Path) -> dict[str, Any]:

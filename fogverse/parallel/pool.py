@@ -230,12 +230,8 @@ class WorkerPool:
         self._idle.set()
         try:
             blob = pickle_processor(self._processor)
-        except BaseException:
-            self._state = _CLOSED
-            raise
-        try:
             _ensure_fd_limit(self._max_running + 4 * self._process_number + 256)
-        except ValueError:
+        except BaseException:
             self._state = _CLOSED
             raise
         self._blob = shm.SharedRegion.create(len(blob), "fogverse-processor")
